@@ -1,0 +1,95 @@
+"""Training the classifiers that get debiased, and the two references beside them."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from hpo.base_models import ColoredMnistClassifier
+
+
+def images_to_float(images: torch.Tensor) -> torch.Tensor:
+    return images.float().div_(255.0)
+
+
+def train_classifier(
+    model: ColoredMnistClassifier,
+    images: torch.Tensor,
+    digits: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    desc: str,
+    progress: bool,
+) -> ColoredMnistClassifier:
+    """Adam on cross-entropy; images stay uint8 on the device and are scaled per batch."""
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    n = len(digits)
+    model.train()
+    steps = epochs * ((n + batch_size - 1) // batch_size)
+    with tqdm(
+        total=steps, desc=desc, disable=not progress, leave=False, unit="batch", mininterval=1.0
+    ) as bar:
+        for _ in range(epochs):
+            perm = torch.randperm(n, generator=gen).to(images.device)
+            for start in range(0, n, batch_size):
+                idx = perm[start : start + batch_size]
+                loss = F.cross_entropy(model(images_to_float(images[idx])), digits[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+    return model.eval()
+
+
+def retrain_head(
+    model: ColoredMnistClassifier,
+    layer: str,
+    z: torch.Tensor,
+    digits: torch.Tensor,
+    *,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> ColoredMnistClassifier:
+    """Last-layer retraining: re-initialise the layers from `layer` on and fit them on
+    balanced data, from cached inputs of `layer` (the trunk stays frozen and never runs)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    head = [
+        m for name, m in model.named_children() if name in model.LAYERS[model.LAYERS.index(layer) :]
+    ]
+    for module in head:
+        module.reset_parameters()
+    params = [p for m in head for p in m.parameters()]
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    n = len(digits)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(z.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            loss = F.cross_entropy(model.head(z[idx], layer), digits[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def layer_inputs(
+    model: ColoredMnistClassifier, images: torch.Tensor, layer: str, batch_size: int = 1024
+) -> torch.Tensor:
+    """Run the trunk once over a split: the cached inputs every later score reuses."""
+    model.eval()
+    out = [
+        model.layer_input(images_to_float(images[i : i + batch_size]), layer)
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(out)

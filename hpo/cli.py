@@ -1,0 +1,94 @@
+"""The `hpo` command. Argument parsing and printing only; the work lives elsewhere.
+
+A `UserError` becomes one line on stderr and exit code 2; a bug keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from hpo.errors import UserError
+
+
+def _add_trial(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trial", help="run one trial with the study's fixed parameters")
+    p.add_argument(
+        "study_file", nargs="?", help="a study file (studies/*.toml) or an exported config"
+    )
+    p.add_argument("--config", help="an exported config.toml (same as giving it as STUDY_FILE)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a field, e.g. --set params.steps=500 --set task.bias=0.9",
+    )
+    p.add_argument("--seed", type=int, help="seed for the data split, base model and SAE")
+    p.add_argument(
+        "--data-dir", help="folder with the MNIST IDX files (else $HPO_DATA_DIR, else the cache)"
+    )
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--no-test", action="store_true", help="do not score the test split")
+    p.set_defaults(func=cmd_trial)
+
+
+def cmd_trial(args: argparse.Namespace) -> int:
+    from hpo.study_file import load_study_file
+    from hpo.trial import prepare_task, run_trial
+    from hpo.trial_table import format_result
+
+    path = args.config or args.study_file
+    if not path:
+        raise UserError("hpo trial: give a study file, e.g. hpo trial studies/colored_mnist.toml")
+    overrides = list(args.overrides)
+    if args.seed is not None:
+        overrides += [f"params.seed={args.seed}", f"task.seed={args.seed}"]
+    study = load_study_file(path, overrides)
+    progress = not args.json or sys.stderr.isatty()
+    _say(f"task {study.task.kind}: preparing data and base model", quiet=args.json)
+    ctx = prepare_task(study, data_dir=args.data_dir, progress=progress)
+    _say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=args.json)
+    result, _ = run_trial(study, ctx, study.params, with_test=not args.no_test, progress=progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(format_result(result))
+    return 0
+
+
+def _say(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_trial]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hpo", description="Hyperparameter optimisation for Faithful-SAE debiasing"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,331 @@
+"""The schema of a study file: the one source of truth for every default.
+
+The CLI, the tests and the README never repeat a default; they read it from here.
+Every model is frozen and forbids unknown keys, so that a typo in a study file is an
+error naming the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+# Colours a user can name in a study file, as RGB in [0, 1].
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "orange": (1.0, 0.5, 0.0),
+    "purple": (0.5, 0.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+    "gray": (0.5, 0.5, 0.5),
+}
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ColoredMnistTask(Strict):
+    """Colored MNIST: digits tied to colours in `train`, balanced everywhere else."""
+
+    kind: Literal["colored_mnist"] = "colored_mnist"
+    source: Literal["mnist", "colorized_folder"] = "mnist"
+    colorized_root: str | None = None
+    colorize: Literal["background", "foreground"] = "background"
+    colors: tuple[str, ...] = ("red", "green")
+    color_digits: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+    bias: float = Field(0.95, ge=0.0, le=1.0)
+    train_per_digit: int = Field(500, ge=1)
+    probe_per_digit: int = Field(400, ge=2)
+    val_per_digit: int = Field(300, ge=2)
+    test_per_digit: int = Field(800, ge=2)
+    base_model: Literal["cnn", "mlp"] = "cnn"
+    layer: Literal["fc1", "fc2"] = "fc1"
+    base_epochs: int = Field(10, ge=1)
+    base_lr: float = Field(1e-3, gt=0)
+    base_batch_size: int = Field(64, ge=1)
+    seed: int = 0
+
+    @field_validator("colors")
+    @classmethod
+    def _known_colors(cls, colors: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in colors if c not in PALETTE]
+        if unknown:
+            raise ValueError(f"unknown colour {unknown[0]!r}; valid: {', '.join(PALETTE)}")
+        if len(colors) < 2 or len(set(colors)) != len(colors):
+            raise ValueError("needs at least two distinct colours")
+        return colors
+
+    @model_validator(mode="after")
+    def _digits_partition(self) -> ColoredMnistTask:
+        if len(self.color_digits) != len(self.colors):
+            raise ValueError(
+                f"color_digits has {len(self.color_digits)} digit sets but colors has "
+                f"{len(self.colors)} colours; give one digit set per colour"
+            )
+        flat = sorted(d for ds in self.color_digits for d in ds)
+        if flat != list(range(10)):
+            raise ValueError("color_digits must split the digits 0-9, each digit exactly once")
+        if self.source == "colorized_folder" and not self.colorized_root:
+            raise ValueError("source = 'colorized_folder' needs colorized_root")
+        return self
+
+
+class ToyTask(Strict):
+    """The 5-2 toy model of superposition: known features, known mechanisms."""
+
+    kind: Literal["toy_superposition"] = "toy_superposition"
+    n_features: int = Field(5, ge=2)
+    hidden_dim: int = Field(2, ge=1)
+    feature_prob: float = Field(0.05, gt=0.0, le=1.0)
+    train_steps: int = Field(5000, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    n_samples: int = Field(20000, ge=100)
+    seed: int = 0
+
+
+Task = Annotated[ColoredMnistTask | ToyTask, Field(discriminator="kind")]
+
+
+class TrialParams(Strict):
+    """Everything one Faithful-SAE trial samples or fixes; the search space names these."""
+
+    # Loss weights.
+    faithful_weight: float = Field(1.6, ge=0)
+    recon_weight: float = Field(1.0, ge=0)
+    rank_weight: float = Field(0.0, ge=0)
+    cond_weight: float = Field(0.5, ge=0)
+    sparsity_weight: float = Field(0.13, ge=0)
+    decorr_weight: float = Field(0.4, ge=0)
+    faithful_ramp: bool = False
+    schatten_p: float = Field(1.0, gt=0)
+    # Structure.
+    n_components: int = Field(1024, ge=1)
+    top_k: int = Field(32, ge=1)
+    rank: int = Field(1, ge=1)
+    lr: float = Field(5e-4, gt=0)
+    steps: int = Field(3000, ge=1)
+    batch_size: int = Field(512, ge=1)
+    # Ablation: which components go, and how strongly (None = sweep alpha, pick on val).
+    ablate: Literal["conditioned", "attribution"] = "conditioned"
+    n_ablate: int = Field(2, ge=1)
+    alpha: float | None = Field(None, ge=0)
+    alpha_max: float = Field(1.2, gt=0)
+    alpha_steps: int = Field(13, ge=2)
+    # Bookkeeping.
+    eval_every: int = Field(500, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> TrialParams:
+        if self.top_k > self.n_components:
+            raise ValueError(
+                f"top_k ({self.top_k}) must not exceed n_components ({self.n_components})"
+            )
+        return self
+
+
+# ---- the study service -------------------------------------------------------------
+
+Direction = Literal["maximize", "minimize"]
+OBJECTIVES: dict[str, dict[str, Direction]] = {
+    "colored_mnist": {
+        "worst_group": "maximize",
+        "mean_group": "maximize",
+        "overall": "maximize",
+        "faithfulness_error": "minimize",
+        "reconstruction_error": "minimize",
+    },
+    "toy_superposition": {
+        "mmcs": "maximize",
+        "ml2r": "maximize",
+        "faithfulness_error": "minimize",
+    },
+}
+
+
+class StudySection(Strict):
+    name: str = Field(min_length=1)
+    objectives: tuple[str, ...] = ("worst_group",)
+    directions: tuple[Direction, ...] | None = None
+    n_trials: int = Field(50, ge=1)
+    timeout: float | None = Field(None, gt=0)
+
+
+class StorageSection(Strict):
+    url: str | None = None
+    url_env: str | None = None
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    heartbeat_interval: int = Field(10, ge=1)
+    grace_period: int = Field(30, ge=2)
+    max_retry: int = Field(3, ge=0)
+    artifacts: str | None = None
+
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsgaii")
+PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
+
+
+class SamplerSection(Strict):
+    name: Literal["tpe", "random", "cmaes", "gp", "nsgaii"] = "tpe"
+    seed: int = 0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PrunerSection(Strict):
+    name: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class FloatRange(Strict):
+    low: float
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FloatRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low = {self.low}")
+        return self
+
+
+class IntRange(Strict):
+    low: int
+    high: int
+    step: int = Field(1, ge=1)
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _ordered(self) -> IntRange:
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got low = {self.low}")
+        if self.log and self.step != 1:
+            raise ValueError("an int range cannot have both log = true and step > 1")
+        return self
+
+
+class Choice(Strict):
+    choices: tuple[Any, ...] = Field(min_length=1)
+
+
+class Fixed(Strict):
+    value: Any
+
+
+def _spec_kind(value: Any) -> str:
+    """Pick the spec type from the keys present, so errors name one kind, not four."""
+    if isinstance(value, BaseModel):
+        return type(value).__name__.lower()
+    if "choices" in value:
+        return "choice"
+    if "value" in value:
+        return "fixed"
+    ints = all(type(value.get(k)) is int for k in ("low", "high"))
+    return "intrange" if ints else "floatrange"
+
+
+SearchSpec = Annotated[
+    Annotated[FloatRange, Tag("floatrange")]
+    | Annotated[IntRange, Tag("intrange")]
+    | Annotated[Choice, Tag("choice")]
+    | Annotated[Fixed, Tag("fixed")],
+    Discriminator(_spec_kind),
+]
+
+
+class StudyFile(Strict):
+    """A whole study file. `params` fixes values; `search` samples them per trial."""
+
+    study: StudySection
+    storage: StorageSection = StorageSection()
+    sampler: SamplerSection = SamplerSection()
+    pruner: PrunerSection = PrunerSection()
+    task: Task
+    params: TrialParams = TrialParams()
+    search: dict[str, SearchSpec] = Field(default_factory=dict)
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _bare_values_are_fixed(cls, search: Any) -> Any:
+        if not isinstance(search, dict):
+            return search
+        return {
+            k: v if isinstance(v, (dict, BaseModel)) else {"value": v} for k, v in search.items()
+        }
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyFile:
+        allowed = OBJECTIVES[self.task.kind]
+        for name in self.study.objectives:
+            if name not in allowed:
+                raise ValueError(
+                    f"study.objectives: unknown objective {name!r} for task "
+                    f"{self.task.kind}; valid: {', '.join(allowed)}"
+                )
+        if self.study.directions is not None and len(self.study.directions) != len(
+            self.study.objectives
+        ):
+            raise ValueError(
+                f"study.directions has {len(self.study.directions)} entries but "
+                f"study.objectives has {len(self.study.objectives)}; give one per objective"
+            )
+        unknown = [k for k in self.search if k not in TrialParams.model_fields]
+        if unknown:
+            raise ValueError(
+                f"search.{unknown[0]}: not a trial parameter; valid: "
+                f"{', '.join(TrialParams.model_fields)}"
+            )
+        for name, spec in self.search.items():
+            for candidate in spec_extremes(spec):
+                check_param(self.params, name, candidate)
+        if len(self.study.objectives) > 1 and self.sampler.name in ("cmaes",):
+            raise ValueError(
+                "sampler.name: cmaes supports one objective; use nsgaii, tpe or random"
+            )
+        return self
+
+    @property
+    def directions(self) -> list[Direction]:
+        if self.study.directions is not None:
+            return list(self.study.directions)
+        allowed = OBJECTIVES[self.task.kind]
+        return [allowed[name] for name in self.study.objectives]
+
+
+def spec_extremes(spec: SearchSpec) -> list[Any]:
+    """The values a spec can reach at its edges: enough to type-check it against a field."""
+    if isinstance(spec, (FloatRange, IntRange)):
+        return [spec.low, spec.high]
+    if isinstance(spec, Choice):
+        return list(spec.choices)
+    return [spec.value]
+
+
+def check_param(base: TrialParams, name: str, value: Any) -> TrialParams:
+    """`base` with one field replaced, validated; a ValueError names the field and value."""
+    from pydantic import ValidationError
+
+    try:
+        return TrialParams(**{**base.model_dump(), name: value})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise ValueError(f"search.{name}: value {value!r} is invalid: {first['msg']}") from None

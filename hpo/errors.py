@@ -1,0 +1,19 @@
+"""Errors meant for people, not for debuggers.
+
+The CLI prints a `UserError` as one line and exits non-zero; anything else is a bug and
+keeps its traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input: a file, a field, a value, or an environment the user can fix."""
+
+
+class DivergedError(Exception):
+    """Training produced a non-finite loss; the trial is recorded as such."""
+
+    def __init__(self, step: int, losses: dict[str, float]) -> None:
+        bad = ", ".join(f"{k}={v}" for k, v in losses.items())
+        super().__init__(f"loss became non-finite at step {step} ({bad})")
+        self.step = step
+        self.losses = losses

@@ -1,0 +1,1 @@
+"""The Faithful-SAE: model, losses and training loop."""

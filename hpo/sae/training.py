@@ -1,0 +1,165 @@
+"""The Faithful-SAE training loop: it fits on a screen, and its data never leaves the device.
+
+The whole probe set sits on the device as two tensors; a step takes a slice of a
+permutation. `loss_terms` returns the named losses; the loop weighs them, logs them, and
+calls `on_eval(step, sae)` every `eval_every` steps so a caller can score the
+decomposition (and an Optuna pruner can stop the trial).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from hpo.config import TrialParams
+from hpo.errors import DivergedError
+from hpo.sae import losses
+from hpo.sae.model import FaithfulSAE
+
+LOSS_NAMES = ("recon", "faithful", "rank", "cond", "sparsity", "decorr")
+
+
+@dataclass(frozen=True)
+class SAEData:
+    """What a Faithful-SAE trains on, all on one device."""
+
+    inputs: torch.Tensor  # [N, in]: the layer's inputs
+    targets: torch.Tensor  # [N, out]: inputs @ weight_t (pre-activation without bias)
+    weight_t: torch.Tensor  # [in, out]: the layer's weight, transposed
+    concepts: torch.Tensor  # [N, m]: concept labels for the first m latents (m may be 0)
+
+
+@dataclass
+class TrainResult:
+    sae: FaithfulSAE
+    history: dict[str, list[float]] = field(default_factory=dict)  # name -> values, + "step"
+    seconds: float = 0.0
+
+
+def loss_weights(params: TrialParams, step: int) -> dict[str, float]:
+    faithful = params.faithful_weight
+    if params.faithful_ramp:
+        faithful *= losses.quadratic_ramp(step, params.steps)
+    return {
+        "recon": params.recon_weight,
+        "faithful": faithful,
+        "rank": params.rank_weight,
+        "cond": params.cond_weight,
+        "sparsity": params.sparsity_weight,
+        "decorr": params.decorr_weight,
+    }
+
+
+def loss_terms(
+    sae: FaithfulSAE,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    concepts: torch.Tensor,
+    weight_t: torch.Tensor,
+    params: TrialParams,
+    weights: dict[str, float],
+) -> dict[str, torch.Tensor]:
+    """One step's losses by name. Terms whose weight is zero are not computed."""
+    recon, sparse, pre = sae(x)
+    zero = x.new_zeros(())
+    out = {
+        "recon": losses.reconstruction(recon, target),
+        "faithful": losses.faithfulness(sae.effective_weight(), weight_t),
+        "rank": zero,
+        "cond": zero,
+        "sparsity": zero,
+        "decorr": zero,
+    }
+    if weights["rank"]:
+        out["rank"] = losses.schatten_rank(*sae.factors(), p=params.schatten_p)
+    if weights["cond"] and concepts.shape[1]:
+        out["cond"] = losses.conditioning(pre, concepts, sae.rank)
+    if weights["sparsity"]:
+        out["sparsity"] = losses.sparsity(pre)
+    if weights["decorr"]:
+        out["decorr"] = losses.decorrelation(sparse)
+    return out
+
+
+def train_sae(
+    data: SAEData,
+    params: TrialParams,
+    *,
+    on_eval: Callable[[int, FaithfulSAE], None] | None = None,
+    progress: bool = False,
+    log_points: int = 200,
+) -> TrainResult:
+    import time
+
+    device = data.inputs.device
+    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    torch.manual_seed(params.seed)
+    d_in, d_out = data.weight_t.shape
+    top_k = min(params.top_k, params.n_components)
+    sae = FaithfulSAE(d_in, d_out, params.n_components, top_k, params.rank).to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=params.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
+    n = data.inputs.shape[0]
+    batch = min(params.batch_size, n)
+    per_epoch = n // batch
+    log_every = max(1, params.steps // log_points)
+    history: dict[str, list[float]] = {"step": [], **{k: [] for k in (*LOSS_NAMES, "total")}}
+    running = {k: torch.zeros((), device=device) for k in (*LOSS_NAMES, "total")}
+    perm = torch.randperm(n, generator=gen).to(device)
+    start = time.perf_counter()
+    bar = tqdm(
+        total=params.steps,
+        desc="SAE",
+        disable=not progress,
+        leave=False,
+        unit="step",
+        mininterval=1.0,
+    )
+    for step in range(params.steps):
+        pos = step % per_epoch
+        if pos == 0 and step:
+            perm = torch.randperm(n, generator=gen).to(device)
+        idx = perm[pos * batch : (pos + 1) * batch]
+        weights = loss_weights(params, step)
+        terms = loss_terms(
+            sae,
+            data.inputs[idx],
+            data.targets[idx],
+            data.concepts[idx],
+            data.weight_t,
+            params,
+            weights,
+        )
+        total = sum(weights[k] * v for k, v in terms.items())
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            for k, v in terms.items():
+                running[k] += v.detach()
+            running["total"] += total.detach()
+        if (step + 1) % log_every == 0 or step + 1 == params.steps:
+            count = (step % log_every) + 1
+            values = {k: float(v) / count for k, v in running.items()}
+            if not all(math.isfinite(v) for v in values.values()):
+                bar.close()
+                raise DivergedError(step + 1, values)
+            history["step"].append(step + 1)
+            for k, v in values.items():
+                history[k].append(v)
+                running[k].zero_()
+            bar.set_postfix(recon=f"{values['recon']:.3g}", faithful=f"{values['faithful']:.3g}")
+        bar.update(1)
+        if (
+            on_eval is not None
+            and ((step + 1) % params.eval_every == 0)
+            and step + 1 < params.steps
+        ):
+            on_eval(step + 1, sae)
+    bar.close()
+    return TrainResult(sae=sae, history=history, seconds=time.perf_counter() - start)

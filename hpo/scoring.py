@@ -1,0 +1,73 @@
+"""Group accuracies and the α sweep, from cached inputs of the edited layer.
+
+The trunk never reruns here: an α sweep is one batched matmul over the cached layer
+inputs of a split, for every α at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hpo.ablation import swept_weights
+from hpo.base_models import ColoredMnistClassifier
+
+Metrics = dict  # {"worst_group", "mean_group", "overall", "groups": {name: acc}}
+
+
+def group_metrics(
+    correct: torch.Tensor, group_ids: torch.Tensor, names: tuple[str, ...]
+) -> Metrics:
+    """Accuracy per group, worst and mean over groups, and overall; from a bool vector."""
+    n = len(names)
+    hits = torch.bincount(group_ids, weights=correct.double(), minlength=n)
+    sizes = torch.bincount(group_ids, minlength=n).double()
+    acc = (hits / sizes.clamp(min=1)).tolist()
+    present = [a for a, s in zip(acc, sizes.tolist(), strict=False) if s > 0]
+    return {
+        "worst_group": min(present),
+        "mean_group": float(np.mean(present)),
+        "overall": float(correct.double().mean()),
+        "groups": dict(zip(names, acc, strict=False)),
+    }
+
+
+@torch.no_grad()
+def score_weight(
+    model: ColoredMnistClassifier,
+    layer: str,
+    z: torch.Tensor,
+    digits: torch.Tensor,
+    group_ids: torch.Tensor,
+    names: tuple[str, ...],
+    weight: torch.Tensor | None = None,
+) -> Metrics:
+    pred = model.head(z, layer, weight).argmax(-1)
+    return group_metrics(pred == digits, group_ids, names)
+
+
+@torch.no_grad()
+def alpha_sweep(
+    model: ColoredMnistClassifier,
+    layer: str,
+    z: torch.Tensor,
+    digits: torch.Tensor,
+    group_ids: torch.Tensor,
+    names: tuple[str, ...],
+    ablated_t: torch.Tensor,
+    alphas: torch.Tensor,
+) -> list[Metrics]:
+    """Metrics of the debiased model at every α, in one batched pass."""
+    weight = getattr(model, layer).weight
+    preds = model.head(z, layer, swept_weights(weight, ablated_t, alphas)).argmax(-1)
+    return [group_metrics(p == digits, group_ids, names) for p in preds]
+
+
+def pick_alpha(sweep: list[Metrics]) -> int:
+    """Index of the best α on validation: worst-group first, then mean-group, then smaller α."""
+    keys = [(m["worst_group"], m["mean_group"], -i) for i, m in enumerate(sweep)]
+    return max(range(len(sweep)), key=keys.__getitem__)
+
+
+def alpha_grid(alpha_max: float, steps: int) -> torch.Tensor:
+    return torch.linspace(0.0, alpha_max, steps)

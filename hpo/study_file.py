@@ -1,0 +1,97 @@
+"""Reading a study file: TOML in, a validated `StudyFile` out, or one readable error.
+
+Errors name the file, the field (dotted), the bad value and what would be valid, so
+that the CLI can print them on one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from hpo.config import StudyFile
+from hpo.errors import UserError
+
+_TAGS = {"floatrange", "intrange", "choice", "fixed", "colored_mnist", "toy_superposition"}
+
+
+def load_study_file(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
+    """Parse and validate a study file, applying `section.key=value` overrides first."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such study file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML: {err}") from None
+    for item in overrides or []:
+        apply_override(raw, item, path)
+    return parse_study(raw, path)
+
+
+def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
+    try:
+        return StudyFile.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(f"{source}: {describe_error(err)}") from None
+
+
+def apply_override(raw: dict[str, Any], item: str, source: str | Path) -> None:
+    """`--set params.steps=200` → raw["params"]["steps"] = 200 (value read as TOML)."""
+    key, sep, text = item.partition("=")
+    if not sep or "." not in key:
+        raise UserError(
+            f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. params.steps=200 or task.bias=0.9"
+        )
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    node = raw
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"--set {item!r}: {part} in {source} is not a section")
+    node[leaf] = value
+
+
+def describe_error(err: ValidationError) -> str:
+    """The first validation error as 'field: problem (got value)'."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first["loc"] if str(p) not in _TAGS]
+    field = ".".join(loc) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        valid = _valid_keys(loc[:-1])
+        hint = f"; valid keys: {', '.join(valid)}" if valid else ""
+        return f"{field}: unknown key{hint}"
+    if kind == "missing":
+        return f"{field}: required but missing"
+    msg = first["msg"].removeprefix("Value error, ")
+    if kind == "literal_error":
+        return f"{field}: {msg} (got {first['input']!r})"
+    if kind in ("value_error", "assertion_error") and field == "(top level)":
+        return msg
+    return f"{field}: {msg} (got {first['input']!r})" if "input" in first else f"{field}: {msg}"
+
+
+def _valid_keys(loc: list[str]) -> list[str]:
+    """Field names of the model at `loc` inside a StudyFile, for 'unknown key' hints."""
+    from hpo.config import ColoredMnistTask, ToyTask
+
+    model: type[BaseModel] | None = StudyFile
+    for part in loc:
+        if model is None:
+            return []
+        if part == "task":
+            return sorted(set(ColoredMnistTask.model_fields) | set(ToyTask.model_fields))
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return list(model.model_fields) if model is not None else []

@@ -1,0 +1,122 @@
+"""The 5-2 toy model of superposition: does a decomposition recover the known features?
+
+Feature i's true mechanism in the encoder W (n × d) is the rank-1 matrix e_i ⊗ W[i, :]
+(row i of W, zeros elsewhere). A good decomposition has, for every feature, a component
+close to that matrix: MMCS (mean max cosine similarity) near 1 and ML2R (norm ratio)
+near 1, as in the APD paper.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hpo.base_models import MODEL_CODE_VERSION, ToySuperpositionAE
+from hpo.cache import cache_dir, content_hash, load_tensors, save_tensors
+from hpo.config import ToyTask, TrialParams
+from hpo.sae.model import FaithfulSAE
+from hpo.sae.training import SAEData
+
+
+@dataclass
+class ToyContext:
+    task: ToyTask
+    model: ToySuperpositionAE
+    inputs: torch.Tensor  # sparse feature vectors the SAE trains on
+    data_sha256: str
+    bundle_key: str
+    bundle_path: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def sparse_features(n: int, n_features: int, prob: float, gen: torch.Generator) -> torch.Tensor:
+    """Each feature present with probability `prob`, with a magnitude uniform in [0, 1]."""
+    mask = torch.rand(n, n_features, generator=gen) < prob
+    return torch.rand(n, n_features, generator=gen) * mask
+
+
+def train_toy(task: ToyTask, device: torch.device) -> ToySuperpositionAE:
+    gen = torch.Generator().manual_seed(task.seed)
+    torch.manual_seed(task.seed)
+    model = ToySuperpositionAE(task.n_features, task.hidden_dim).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=task.lr, weight_decay=0.0)
+    for _ in range(task.train_steps):
+        x = sparse_features(task.batch_size, task.n_features, task.feature_prob, gen).to(device)
+        loss = F.mse_loss(model(x), x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def prepare(
+    task: ToyTask, *, device: torch.device, bundle_path: Path | None = None, **_: Any
+) -> ToyContext:
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(task.seed + 1)
+    inputs = sparse_features(task.n_samples, task.n_features, task.feature_prob, gen).to(device)
+    # The toy data is synthetic: its checksum is that of the generated inputs.
+    import hashlib
+
+    sha = hashlib.sha256(inputs.cpu().numpy().tobytes()).hexdigest()
+    timings["data"] = time.perf_counter() - t0
+    key = content_hash({"task": task.model_dump(mode="json"), "code": MODEL_CODE_VERSION})
+    path = bundle_path or cache_dir() / "base_models" / f"toy-{key}.pt"
+    t0 = time.perf_counter()
+    model = ToySuperpositionAE(task.n_features, task.hidden_dim).to(device)
+    if path.exists():
+        model.load_state_dict(load_tensors(path, map_location=device)["base"])
+        model.eval()
+    else:
+        model = train_toy(task, device)
+        save_tensors(path, {"base": {k: v.cpu() for k, v in model.state_dict().items()}})
+    timings["base_model"] = time.perf_counter() - t0
+    timings["activations"] = 0.0
+    return ToyContext(task, model, inputs, sha, key, path, timings)
+
+
+def sae_data(ctx: ToyContext) -> SAEData:
+    w = ctx.model.W.detach()
+    return SAEData(
+        inputs=ctx.inputs,
+        targets=ctx.inputs @ w,
+        weight_t=w,
+        concepts=ctx.inputs.new_zeros(len(ctx.inputs), 0),
+    )
+
+
+def true_mechanisms(w: torch.Tensor) -> torch.Tensor:
+    """[n, n, d]: feature i's mechanism is W with every row but i zeroed."""
+    n = w.shape[0]
+    return torch.eye(n, device=w.device)[:, :, None] * w[None]
+
+
+def mechanism_metrics(components: torch.Tensor, w: torch.Tensor) -> dict[str, float]:
+    """MMCS and ML2R of components [C, n, d] against the true mechanisms of W (n × d)."""
+    mech = true_mechanisms(w).flatten(1)
+    comp = components.flatten(1)
+    cos = F.normalize(mech, dim=1) @ F.normalize(comp, dim=1).T  # [n, C]
+    best = cos.argmax(dim=1)
+    ratio = comp[best].norm(dim=1) / mech.norm(dim=1).clamp(min=1e-12)
+    return {"mmcs": float(cos.max(dim=1).values.mean()), "ml2r": float(ratio.mean())}
+
+
+@torch.no_grad()
+def evaluate(
+    ctx: ToyContext, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
+) -> dict[str, Any]:
+    w = ctx.model.W.detach()
+    metrics = mechanism_metrics(sae.components(), w)
+    faith = float((w - sae.effective_weight()).square().sum() / w.square().sum())
+    data = sae_data(ctx)
+    recon, _, _ = sae(data.inputs)
+    rec = float(
+        (recon - data.targets).square().sum() / data.targets.square().sum().clamp(min=1e-12)
+    )
+    return {**metrics, "faithfulness_error": faith, "reconstruction_error": rec}
