@@ -26,6 +26,11 @@ def cache_dir() -> Path:
     return Path(base) / "faithful-sae-hpo"
 
 
+def bundle_file(kind: str, key: str) -> Path:
+    """Where a task's base-model bundle with this content hash lives in the local cache."""
+    return cache_dir() / "base_models" / f"{kind}-{key}.pt"
+
+
 def content_hash(payload: Any) -> str:
     text = json.dumps(payload, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:20]

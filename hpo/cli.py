@@ -60,12 +60,77 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_launch(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("launch", help="create or resume a study and run local workers")
+    p.add_argument("study_file", help="a study file, e.g. studies/colored_mnist.toml")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--n-trials", type=int, help="study-wide trial budget (default: the file's)")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: the file's, else storage/<study>.db)")
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a field of the study file")
+    p.set_defaults(func=cmd_launch)
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from hpo.runner import launch
+
+    if args.workers < 1:
+        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UserError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    return launch(
+        args.study_file, workers=args.workers, n_trials=args.n_trials,
+        storage_url=args.storage, data_dir=args.data_dir, overrides=args.overrides,
+    )
+
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("worker", help="join an existing study (from any machine)")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL)")
+    p.add_argument("--worker-id", help="a name for this worker (default: host-pid)")
+    p.add_argument("--threads", type=int, help="torch CPU threads for this worker")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.set_defaults(func=cmd_worker)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from hpo.runner import work
+    from hpo.storage import STORAGE_ENV
+
+    url = args.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        raise UserError(f"hpo worker: give --storage URL or set {STORAGE_ENV}")
+    worker = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
+    return work(args.study, url, worker=worker, threads=args.threads, timeout=args.timeout)
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="studies, trial counts, best values, workers alive")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/*.db)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hpo.status import collect_status, format_status
+
+    rows = collect_status(args.storage)
+    print(json.dumps(rows) if args.json else format_status(rows))
+    return 0
+
+
 def _say(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_trial]
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_trial, _add_launch, _add_worker, _add_status,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

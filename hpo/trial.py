@@ -22,16 +22,11 @@ from hpo.versions import package_versions
 
 
 def prepare_task(
-    study: StudyFile,
-    *,
-    data_dir: str | Path | None,
-    progress: bool,
-    device: str | None = None,
-    bundle_path: Path | None = None,
+    study: StudyFile, *, data_dir: str | Path | None, progress: bool, device: str | None = None
 ) -> Any:
     dev = resolve_device(device or study.params.device)
     return TASKS[study.task.kind].prepare(
-        study.task, data_dir=data_dir, device=dev, progress=progress, bundle_path=bundle_path
+        study.task, data_dir=data_dir, device=dev, progress=progress
     )
 
 

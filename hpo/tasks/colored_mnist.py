@@ -19,7 +19,7 @@ import torch
 from hpo import ablation, scoring
 from hpo.base_models import BASE_MODELS, MODEL_CODE_VERSION, ColoredMnistClassifier
 from hpo.base_training import layer_inputs, retrain_head, train_classifier
-from hpo.cache import cache_dir, content_hash, load_tensors, save_tensors
+from hpo.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.colored_mnist import ORACLE_SPLIT, Split, build_splits, make_groups
 from hpo.config import ColoredMnistTask, TrialParams
 from hpo.mnist_files import load_mnist
@@ -78,76 +78,112 @@ def load_splits(
     return splits, mnist.sha256
 
 
+def ensure_bundle(
+    task: ColoredMnistTask,
+    *,
+    data_dir: str | Path | None,
+    device: torch.device,
+    progress: bool = True,
+) -> tuple[Path, dict[str, float]]:
+    """The cached bundle for this task and data, trained first if missing.
+
+    A bundle holds everything trials need and nothing that needs MNIST again: the base
+    model, the oracle and last-layer references with their scores, and per split the
+    cached layer inputs, digits, colours and group ids. A worker on another machine only
+    needs this file.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    splits, sha = load_splits(task, data_dir, progress)
+    timings["data"] = time.perf_counter() - t0
+    path = bundle_file("colored_mnist", bundle_key(task, sha))
+    if not path.exists():
+        t0 = time.perf_counter()
+        save_tensors(path, _cpu(_build_bundle(task, splits, sha, device, progress, timings)))
+        timings["base_model"] = time.perf_counter() - t0 - timings["activations"]
+    return path, timings
+
+
+def _build_bundle(
+    task: ColoredMnistTask,
+    splits: dict[str, Split],
+    sha: str,
+    device: torch.device,
+    progress: bool,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    groups = make_groups(task)
+    images = {name: torch.from_numpy(s.images).to(device) for name, s in splits.items()}
+    digits = {name: torch.from_numpy(s.digits).to(device) for name, s in splits.items()}
+    bundle = _train_bundle(task, BASE_MODELS[task.base_model], images, digits, device, progress)
+    model = bundle.pop("_model")
+    t0 = time.perf_counter()
+    bundle["splits"] = {
+        name: {
+            "z": layer_inputs(model, images[name], task.layer),
+            "digits": digits[name],
+            "colors": torch.from_numpy(splits[name].colors),
+            "group_ids": torch.from_numpy(groups.ids(splits[name].digits, splits[name].colors)),
+        }
+        for name in EVAL_SPLITS
+    }
+    timings["activations"] = time.perf_counter() - t0
+    split_tensors = {
+        name: SplitTensors(**{k: v.to(device) for k, v in d.items()})
+        for name, d in bundle["splits"].items()
+    }
+    bundle["references"] = _reference_metrics(
+        task, model, bundle, split_tensors, groups.names, images, device
+    )
+    bundle["meta"] = {
+        "key": bundle_key(task, sha),
+        "data_sha256": sha,
+        "task": task.model_dump(mode="json"),
+        "group_names": list(groups.names),
+    }
+    return bundle
+
+
+def load_context(
+    task: ColoredMnistTask, path: Path, device: torch.device
+) -> ColoredMnistContext:
+    """Everything a trial needs, from a bundle file alone (no MNIST, no trunk run)."""
+    t0 = time.perf_counter()
+    bundle = load_tensors(path, map_location=device)
+    model = BASE_MODELS[task.base_model]().to(device)
+    model.load_state_dict(bundle["base"])
+    model.eval()
+    meta = bundle["meta"]
+    return ColoredMnistContext(
+        task=task,
+        model=model,
+        splits={n: SplitTensors(**d) for n, d in bundle["splits"].items()},
+        group_names=tuple(meta["group_names"]),
+        references=bundle["references"],
+        data_sha256=meta["data_sha256"],
+        bundle_key=meta["key"],
+        bundle_path=path,
+        timings={"load": time.perf_counter() - t0},
+    )
+
+
 def prepare(
     task: ColoredMnistTask,
     *,
     data_dir: str | Path | None,
     device: torch.device,
     progress: bool = True,
-    bundle_path: Path | None = None,
 ) -> ColoredMnistContext:
     """Data, base model (cached), references and cached layer inputs, with timings."""
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    splits, sha = load_splits(task, data_dir, progress)
-    groups = make_groups(task)
-    timings["data"] = time.perf_counter() - t0
-
-    key = bundle_key(task, sha)
-    path = bundle_path or cache_dir() / "base_models" / f"colored_mnist-{key}.pt"
-    t0 = time.perf_counter()
-    tensors = {name: torch.from_numpy(s.images).to(device) for name, s in splits.items()}
-    digits = {name: torch.from_numpy(s.digits).to(device) for name, s in splits.items()}
-    model_cls = BASE_MODELS[task.base_model]
-    if path.exists():
-        bundle = load_tensors(path, map_location=device)
-        model = model_cls().to(device)
-        model.load_state_dict(bundle["base"])
-        model.eval()
-        timings["base_model"] = time.perf_counter() - t0
-        cached = True
-    else:
-        cached = False
-        bundle = _train_bundle(task, model_cls, tensors, digits, device, progress)
-        model = bundle.pop("_model")
-        timings["base_model"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    split_tensors: dict[str, SplitTensors] = {}
-    for name in EVAL_SPLITS:
-        z = bundle["z"][name] if cached else layer_inputs(model, tensors[name], task.layer)
-        colors = torch.from_numpy(splits[name].colors).to(device)
-        split_tensors[name] = SplitTensors(
-            z=z.to(device),
-            digits=digits[name],
-            colors=colors,
-            group_ids=torch.from_numpy(groups.ids(splits[name].digits, splits[name].colors)).to(
-                device
-            ),
-        )
-    if not cached:
-        bundle["z"] = {name: s.z.cpu() for name, s in split_tensors.items()}
-    timings["activations"] = time.perf_counter() - t0
-
-    if not cached:
-        t0 = time.perf_counter()
-        bundle["references"] = _reference_metrics(
-            task, model, bundle, split_tensors, groups.names, tensors, device
-        )
-        bundle["meta"] = {"key": key, "data_sha256": sha, "task": task.model_dump(mode="json")}
-        save_tensors(path, _cpu(bundle))
-        timings["base_model"] += time.perf_counter() - t0
-    return ColoredMnistContext(
-        task=task,
-        model=model,
-        splits=split_tensors,
-        group_names=groups.names,
-        references=bundle["references"],
-        data_sha256=sha,
-        bundle_key=key,
-        bundle_path=path,
-        timings=timings,
-    )
+    path, timings = ensure_bundle(task, data_dir=data_dir, device=device, progress=progress)
+    ctx = load_context(task, path, device)
+    load = ctx.timings.pop("load")
+    ctx.timings = {
+        "data": timings["data"],
+        "base_model": timings.get("base_model", 0.0) + load,
+        "activations": timings.get("activations", 0.0),
+    }
+    return ctx
 
 
 def _cpu(obj: Any) -> Any:

@@ -1,0 +1,147 @@
+"""The Optuna objective: sample a trial's parameters, train, report, score on `val`.
+
+Intermediate scores (every `eval_every` SAE steps, from cached layer inputs) go to the
+pruner. The test split is never computed here: the sampler only ever sees validation
+numbers. Each finished trial records what a user needs to judge it, and uploads the
+weights it scored so that export can hand over exactly those.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.config import StudyFile
+from hpo.errors import DivergedError
+from hpo.search_space import suggest
+from hpo.tasks import TASKS
+from hpo.trial import run_trial
+
+# Trials that count against the study-wide budget (a FAIL counts only if it diverged:
+# interrupted, surplus and heartbeat-failed trials are not results).
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+TRIAL_WEIGHTS = "trial_weights"
+
+
+class SurplusTrial(Exception):
+    """Two workers started the last trial of the budget at once; this one steps aside."""
+
+
+def counts_toward_budget(t: optuna.trial.FrozenTrial) -> bool:
+    if t.state == optuna.trial.TrialState.FAIL:
+        return "diverged" in t.user_attrs
+    return True
+
+
+def is_result(t: optuna.trial.FrozenTrial) -> bool:
+    return t.state in FINISHED or (
+        t.state == optuna.trial.TrialState.FAIL and "diverged" in t.user_attrs
+    )
+
+
+def downsample(history: dict[str, list[float]], points: int = 60) -> dict[str, list[float]]:
+    n = len(history.get("step", []))
+    if n <= points:
+        return history
+    idx = [round(i * (n - 1) / (points - 1)) for i in range(points)]
+    return {k: [v[i] for i in idx] for k, v in history.items()}
+
+
+class Objective:
+    def __init__(
+        self, study_file: StudyFile, ctx: Any, budget: int, artifact_store: Any | None = None
+    ) -> None:
+        self.study_file = study_file
+        self.ctx = ctx
+        self.budget = budget
+        self.artifact_store = artifact_store
+        self.task = TASKS[study_file.task.kind]
+        self.objectives = study_file.study.objectives
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        self._check_budget(trial)
+        params = suggest(trial, self.study_file)
+        trial.set_user_attr("seed", params.seed)
+        trial.set_user_attr("data_sha256", self.ctx.data_sha256)
+        trial.set_user_attr("base_model", self.ctx.bundle_key)
+        single = len(self.objectives) == 1
+
+        def on_eval(step: int, sae: Any) -> None:
+            if not single:
+                return  # Optuna prunes single-objective studies only.
+            value = self.task.evaluate(self.ctx, sae, params, with_test=False)[self.objectives[0]]
+            trial.report(value, step)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_step", step)
+                raise optuna.TrialPruned(f"pruned at step {step} ({self.objectives[0]}={value:.4f})")
+
+        try:
+            result, trained = run_trial(
+                self.study_file, self.ctx, params, with_test=False, on_eval=on_eval
+            )
+        except DivergedError as err:
+            trial.set_user_attr("diverged", str(err))
+            raise
+        record(trial, result, trained.history)
+        if self.artifact_store is not None:
+            self._upload_weights(trial, trained.sae, result)
+        values = tuple(float(result[name]) for name in self.objectives)
+        return values[0] if single else values
+
+    def _check_budget(self, trial: optuna.Trial) -> None:
+        earlier = trial.study.get_trials(deepcopy=False)
+        used = sum(1 for t in earlier if t.number <= trial.number and counts_toward_budget(t))
+        if used > self.budget:
+            trial.set_user_attr("surplus", f"budget of {self.budget} trials already taken")
+            raise SurplusTrial(f"trial {trial.number}: budget of {self.budget} already taken")
+
+    def _upload_weights(self, trial: optuna.Trial, sae: Any, result: dict[str, Any]) -> None:
+        from optuna.artifacts import upload_artifact
+
+        from hpo.cache import save_tensors
+
+        payload: dict[str, Any] = {"sae": _cpu_state(sae), "sae_config": sae.config()}
+        if "alpha" in result:
+            payload["debiased"] = {
+                k: v.cpu() for k, v in self.task.debiased_state_dict(
+                    self.ctx, sae, _params_of(result), result["alpha"]
+                ).items()
+            }
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"trial-{trial.number}.pt"
+            save_tensors(path, payload)
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial
+            )
+        trial.set_user_attr(TRIAL_WEIGHTS, artifact_id)
+
+
+def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
+def _params_of(result: dict[str, Any]) -> Any:
+    from hpo.config import TrialParams
+
+    return TrialParams(**result["params"])
+
+
+def record(trial: optuna.Trial, result: dict[str, Any], history: dict[str, list[float]]) -> None:
+    """User attrs a person reads to judge a trial (validation numbers only)."""
+    keep = (
+        "worst_group", "mean_group", "overall", "faithfulness_error", "reconstruction_error",
+        "alpha", "ablated_components", "alpha_curve", "mmcs", "ml2r", "timings", "versions",
+        "device",
+    )
+    for key in keep:
+        if key in result:
+            trial.set_user_attr(key, result[key])
+    if "models" in result:
+        trial.set_user_attr("val_groups", {
+            name: result["models"][name]["val"]["groups"] for name in ("original", "debiased")
+        })
+    trial.set_user_attr("loss_history", downsample(history))

@@ -1,0 +1,282 @@
+"""Launching studies and running workers.
+
+`launch` creates or resumes a study, trains the base model once (recorded in the study by
+content hash and uploaded to its artifact store), then runs N local `hpo worker`
+processes and shows progress. `work` is one worker: on this machine or any other, it
+needs only the storage URL and the study name. The budget is study-wide.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.cache import bundle_file
+from hpo.config import StudyFile
+from hpo.device import resolve_device
+from hpo.errors import DivergedError, UserError
+from hpo.objective import Objective, SurplusTrial, counts_toward_budget, is_result
+from hpo.samplers import make_pruner, make_sampler, worker_seed
+from hpo.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
+from hpo.tasks import TASKS
+
+STUDY_FILE_ATTR = "study_file"
+BUDGET_ATTR = "n_trials"
+BASE_MODEL_ATTR = "base_model"
+BASE_ARTIFACT_ATTR = "base_model_artifact"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def _identity(study_file: StudyFile) -> dict[str, Any]:
+    """What must match for a relaunch to resume the same study."""
+    dump = study_file.model_dump(mode="json")
+    return {k: dump[k] for k in ("task", "params", "search", "sampler", "pruner")} | {
+        "objectives": dump["study"]["objectives"]
+    }
+
+
+def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) -> optuna.Study:
+    name = study_file.study.name
+    study = optuna.create_study(
+        study_name=name,
+        storage=storage,
+        directions=study_file.directions,
+        load_if_exists=True,
+    )
+    stored = study.user_attrs.get(STUDY_FILE_ATTR)
+    if stored is None:
+        study.set_user_attr(STUDY_FILE_ATTR, study_file.model_dump(mode="json"))
+    elif _identity(StudyFile.model_validate(stored)) != _identity(study_file):
+        raise UserError(
+            f"study {name!r} already exists in this storage with a different task, params, "
+            "search space, sampler or pruner; rename study.name to start a new study, or "
+            "launch it with its original file to resume"
+        )
+    if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
+        study.set_user_attr(BUDGET_ATTR, n_trials or study_file.study.n_trials)
+    return study
+
+
+def prepare_base_model(
+    study: optuna.Study, study_file: StudyFile, url: str, data_dir: str | None
+) -> None:
+    """Train (or reuse) the study's base model once, before any worker starts."""
+    task = TASKS[study_file.task.kind]
+    device = resolve_device(study_file.params.device)
+    path, _ = task.ensure_bundle(study_file.task, data_dir=data_dir, device=device, progress=True)
+    key = path.stem.split("-", 1)[1]
+    recorded = study.user_attrs.get(BASE_MODEL_ATTR)
+    if recorded is not None and recorded != key:
+        raise UserError(
+            f"study {study.study_name!r} was run on base model {recorded} but this data and "
+            f"task give {key}: is --data-dir pointing at different MNIST files?"
+        )
+    if recorded is None:
+        from optuna.artifacts import upload_artifact
+
+        store = artifact_store(url, study_file.storage)
+        artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+        study.set_user_attr(BASE_ARTIFACT_ATTR, artifact_id)
+        study.set_user_attr(BASE_MODEL_ATTR, key)
+
+
+def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
+    """The trial context from the local cache, or downloaded from the artifact store."""
+    task = TASKS[study_file.task.kind]
+    key = study.user_attrs.get(BASE_MODEL_ATTR)
+    if key is None:
+        raise UserError(
+            f"study {study.study_name!r} has no base model yet: start it with hpo launch"
+        )
+    path = bundle_file(study_file.task.kind, key)
+    if not path.exists():
+        from optuna.artifacts import download_artifact
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.part")
+        try:
+            download_artifact(
+                artifact_store=artifact_store(url, study_file.storage),
+                artifact_id=study.user_attrs[BASE_ARTIFACT_ATTR],
+                file_path=str(tmp),
+            )
+        except Exception as err:
+            raise UserError(
+                f"cannot fetch base model {key} from the study's artifact store ({err}); "
+                "set storage.artifacts to a shared folder or s3:// bucket every worker reaches"
+            ) from None
+        os.replace(tmp, path)
+    return task.load_context(study_file.task, path, resolve_device(study_file.params.device))
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    trials = study.get_trials(deepcopy=False)
+    states = [t.state for t in trials]
+    ts = optuna.trial.TrialState
+    return {
+        "complete": states.count(ts.COMPLETE),
+        "pruned": states.count(ts.PRUNED),
+        "failed": sum(1 for t in trials if t.state == ts.FAIL and "diverged" in t.user_attrs),
+        "running": states.count(ts.RUNNING),
+        "waiting": states.count(ts.WAITING),
+        "finished": sum(1 for t in trials if is_result(t)),
+        "counted": sum(1 for t in trials if counts_toward_budget(t)),
+    }
+
+
+def best_value(study: optuna.Study) -> float | None:
+    if len(study.directions) > 1:
+        return None
+    try:
+        return study.best_value
+    except ValueError:
+        return None
+
+
+def load_study(name: str, url: str, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
+    storage = open_storage(url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    except KeyError:
+        names = optuna.study.get_all_study_names(storage)
+        raise UserError(
+            f"no study named {name!r} in {mask(url)}; studies there: {', '.join(names) or 'none'}"
+        ) from None
+
+
+def work(name: str, url: str, *, worker: str, threads: int | None, timeout: float | None = None) -> int:
+    """One worker: run trials until the study-wide budget is reached."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    probe = load_study(name, url)
+    study_file = StudyFile.model_validate(probe.user_attrs[STUDY_FILE_ATTR])
+    storage = open_storage(url, study_file.storage)
+    sampler = make_sampler(
+        study_file.sampler, seed=worker_seed(study_file.sampler.seed, worker), parallel=True
+    )
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(study_file.pruner)
+    )
+    ctx = worker_context(study, study_file, url)
+    store = artifact_store(url, study_file.storage)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        budget = int(study.user_attrs.get(BUDGET_ATTR, study_file.study.n_trials))
+        optuna.storages.fail_stale_trials(study)
+        counts = trial_counts(study)
+        if counts["finished"] >= budget:
+            break
+        if counts["counted"] >= budget and counts["waiting"] == 0:
+            # The rest are running elsewhere; wait in case a dead worker's trial is retried.
+            time.sleep(min(2.0, study_file.storage.heartbeat_interval))
+            continue
+        objective = Objective(study_file, ctx, budget, store)
+        study.optimize(objective, n_trials=1, catch=(DivergedError, SurplusTrial))
+    return 0
+
+
+def launch(
+    path: str,
+    *,
+    workers: int,
+    n_trials: int | None,
+    storage_url: str | None,
+    data_dir: str | None,
+    overrides: list[str] | None = None,
+    quiet: bool = False,
+) -> int:
+    from hpo.study_file import load_study_file
+
+    study_file = load_study_file(path, overrides)
+    url = resolve_url(study_file.storage, study_file.study.name, storage_url)
+    storage = open_storage(url, study_file.storage)
+    study = create_or_load(study_file, storage, n_trials)
+    budget = int(study.user_attrs[BUDGET_ATTR])
+    _say(f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)", quiet)
+    prepare_base_model(study, study_file, url, data_dir)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    env = {**os.environ, STORAGE_ENV: url}  # the URL travels by env, not argv (ps shows argv)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "hpo", "worker", "--study", study.study_name,
+             "--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}", "--threads", str(threads)]
+            + (["--timeout", str(study_file.study.timeout)] if study_file.study.timeout else []),
+            env=env,
+        )
+        for i in range(workers)
+    ]
+    try:
+        _monitor(study, procs, budget, quiet)
+    except KeyboardInterrupt:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        counts = trial_counts(study)
+        _say(
+            f"\ninterrupted: {counts['finished']}/{budget} trials finished; run the same "
+            "command again to resume", quiet=False,
+        )
+        return 130
+    codes = [p.returncode for p in procs]
+    counts = trial_counts(study)
+    _say(_summary(study, counts, budget), quiet)
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def _monitor(study: optuna.Study, procs: list[subprocess.Popen], budget: int, quiet: bool) -> None:
+    from tqdm import tqdm
+
+    with tqdm(total=budget, desc="trials", disable=quiet, unit="trial", dynamic_ncols=True) as bar:
+        while True:
+            alive = any(p.poll() is None for p in procs)
+            counts = trial_counts(study)
+            bar.n = min(counts["finished"], budget)
+            best = best_value(study)
+            bar.set_postfix(
+                complete=counts["complete"], pruned=counts["pruned"], failed=counts["failed"],
+                running=counts["running"], best="-" if best is None else f"{best:.4f}",
+                refresh=False,
+            )
+            bar.refresh()
+            if not alive:
+                return
+            time.sleep(1.0)
+
+
+def _summary(study: optuna.Study, counts: dict[str, int], budget: int) -> str:
+    best = best_value(study)
+    text = (
+        f"study {study.study_name}: {counts['finished']}/{budget} trials "
+        f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed)"
+    )
+    if best is not None:
+        text += f"; best value {best:.4f} (trial {study.best_trial.number})"
+    return text
+
+
+def _say(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def bundle_path_of(study: optuna.Study) -> Path | None:
+    study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
+    key = study.user_attrs.get(BASE_MODEL_ATTR)
+    return bundle_file(study_file.task.kind, key) if key else None

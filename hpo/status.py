@@ -1,0 +1,74 @@
+"""`hpo status`: what is in a storage, at a glance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.errors import UserError
+from hpo.storage import DEFAULT_DIR, STORAGE_ENV, mask, open_storage
+
+
+def storage_urls(cli_url: str | None) -> list[str]:
+    if cli_url:
+        return [cli_url]
+    if os.environ.get(STORAGE_ENV):
+        return [os.environ[STORAGE_ENV]]
+    files = sorted(Path(DEFAULT_DIR).glob("*.db"))
+    if not files:
+        raise UserError(
+            f"no storage given and no studies under {DEFAULT_DIR}/; pass --storage URL "
+            f"or set {STORAGE_ENV}"
+        )
+    return [f"sqlite:///{f}" for f in files]
+
+
+def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
+    from hpo.runner import BUDGET_ATTR, best_value, trial_counts
+
+    rows = []
+    for url in storage_urls(cli_url):
+        storage = open_storage(url, heartbeat=False)
+        for name in optuna.study.get_all_study_names(storage):
+            study = optuna.load_study(study_name=name, storage=storage)
+            counts = trial_counts(study)
+            rows.append({
+                "storage": mask(url),
+                "study": name,
+                "budget": study.user_attrs.get(BUDGET_ATTR),
+                **{k: counts[k] for k in ("complete", "pruned", "failed", "running", "waiting")},
+                "best_value": best_value(study),
+                "workers_alive": _alive(storage, study),
+            })
+    return rows
+
+
+def _alive(storage: Any, study: optuna.Study) -> int:
+    """Running trials whose heartbeat is fresh: one per live worker."""
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    if not running:
+        return 0
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    if not is_heartbeat_enabled(storage):
+        storage = open_storage(storage.url)  # same URL, with heartbeat settings to judge
+    stale = set(storage._get_stale_trial_ids(study._study_id))
+    return sum(1 for t in running if t._trial_id not in stale)
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no studies"
+    head = f"{'study':<24} {'budget':>6} {'done':>5} {'pruned':>6} {'failed':>6} {'running':>7} {'alive':>5}  best"
+    lines = [head]
+    for r in rows:
+        best = "-" if r["best_value"] is None else f"{r['best_value']:.4f}"
+        lines.append(
+            f"{r['study']:<24} {r['budget'] or '-':>6} {r['complete']:>5} {r['pruned']:>6} "
+            f"{r['failed']:>6} {r['running']:>7} {r['workers_alive']:>5}  {best}"
+        )
+    lines.append(f"storage: {', '.join(sorted({r['storage'] for r in rows}))}")
+    return "\n".join(lines)
