@@ -63,7 +63,9 @@ def cmd_trial(args: argparse.Namespace) -> int:
 def _add_launch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="create or resume a study and run local workers")
     p.add_argument("study_file", help="a study file, e.g. studies/colored_mnist.toml")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes (default 1; 0 = create the study and its base "
+                   "model only, for workers started elsewhere with hpo worker)")
     p.add_argument("--n-trials", type=int, help="study-wide trial budget (default: the file's)")
     p.add_argument("--storage", help="SQLAlchemy URL (default: the file's, else storage/<study>.db)")
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
@@ -75,8 +77,8 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
 def cmd_launch(args: argparse.Namespace) -> int:
     from hpo.runner import launch
 
-    if args.workers < 1:
-        raise UserError(f"--workers: must be at least 1, got {args.workers}")
+    if args.workers < 0:
+        raise UserError(f"--workers: must be 0 or more, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials: must be at least 1, got {args.n_trials}")
     return launch(
@@ -123,6 +125,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_dashboard(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("dashboard", help="optuna-dashboard over a storage, with trial charts")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else the one "
+                   "storage/*.db)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; the dashboard has no login)")
+    p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
+    p.add_argument("--read-only", action="store_true",
+                   help="refuse every request that would change studies or artifacts")
+    p.set_defaults(func=cmd_dashboard)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpo.dashboard import serve
+
+    if not 0 <= args.port <= 65535:
+        raise UserError(f"--port: must be 0-65535, got {args.port}")
+    return serve(args.storage, host=args.host, port=args.port, read_only=args.read_only)
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report of a study")
+    p.add_argument("study", help="study name")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else "
+                   "storage/<study>.db)")
+    p.add_argument("--out", help="HTML file to write (default: <study>-report.html)")
+    p.set_defaults(func=cmd_report)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpo.report import write_report
+
+    path = write_report(args.study, args.storage, args.out)
+    print(path)
+    return 0
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="best config, SAE and debiased model weights, model card")
+    p.add_argument("study", help="study name")
+    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else "
+                   "storage/<study>.db)")
+    p.add_argument("--trial", type=int, help="trial number (default: the best; required for "
+                   "a multi-objective study, from its Pareto front)")
+    p.add_argument("--out", help="folder to write (default: models/<study>/)")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpo.export import export
+
+    path = export(args.study, args.storage, trial=args.trial, out=args.out)
+    print(path)
+    return 0
+
+
 def _say(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -130,6 +188,7 @@ def _say(msg: str, quiet: bool = False) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_trial, _add_launch, _add_worker, _add_status,
+    _add_dashboard, _add_report, _add_export,
 ]
 
 

@@ -90,6 +90,8 @@ class Objective:
         if self.artifact_store is not None:
             self._upload_weights(trial, trained.sae, result)
         values = tuple(float(result[name]) for name in self.objectives)
+        if self.artifact_store is not None:
+            publish_for_dashboard(trial, self.artifact_store, values)
         return values[0] if single else values
 
     def _check_budget(self, trial: optuna.Trial) -> None:
@@ -145,3 +147,22 @@ def record(trial: optuna.Trial, result: dict[str, Any], history: dict[str, list[
             name: result["models"][name]["val"]["groups"] for name in ("original", "debiased")
         })
     trial.set_user_attr("loss_history", downsample(history))
+
+
+# ---- what optuna-dashboard shows ------------------------------------------------------
+
+
+def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, ...]) -> None:
+    """The trial's charts as SVG artifacts (the dashboard previews image/* inline), and
+    the note on the best trial, kept current as each trial ends (see hpo.dashboard)."""
+    from optuna.artifacts import upload_artifact
+
+    from hpo.dashboard import sync_best_notes
+    from hpo.plots import trial_charts
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, svg in trial_charts(trial.user_attrs, trial.number).items():
+            path = Path(tmp) / name
+            path.write_text(svg)
+            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    sync_best_notes(trial.study, pending=(trial._trial_id, values))

@@ -206,6 +206,10 @@ def launch(
     budget = int(study.user_attrs[BUDGET_ATTR])
     _say(f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)", quiet)
     prepare_base_model(study, study_file, url, data_dir)
+    if workers == 0:
+        _say(f"study ready; add workers with: hpo worker --study {study.study_name} "
+             f"--storage '{mask(url)}'", quiet)
+        return 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, STORAGE_ENV: url}  # the URL travels by env, not argv (ps shows argv)
     procs = [

@@ -22,13 +22,13 @@ def group_metrics(
     n = len(names)
     hits = torch.bincount(group_ids, weights=correct.double(), minlength=n)
     sizes = torch.bincount(group_ids, minlength=n).double()
-    acc = (hits / sizes.clamp(min=1)).tolist()
-    present = [a for a, s in zip(acc, sizes.tolist(), strict=False) if s > 0]
+    acc = [a if s > 0 else None for a, s in zip((hits / sizes.clamp(min=1)).tolist(), sizes.tolist(), strict=True)]
+    present = [a for a in acc if a is not None]
     return {
         "worst_group": min(present),
         "mean_group": float(np.mean(present)),
         "overall": float(correct.double().mean()),
-        "groups": dict(zip(names, acc, strict=False)),
+        "groups": dict(zip(names, acc, strict=True)),
     }
 
 

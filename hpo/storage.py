@@ -9,6 +9,7 @@ that no password sits in a study file, and it is never printed unmasked.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,22 +98,36 @@ def open_storage(
                 max_retry=section.max_retry
             ),
         }
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = RDBStorage(url, engine_kwargs=engine_kwargs(url, section.engine_kwargs), **kwargs)
-    except ImportError as err:
-        raise UserError(
-            f"storage {mask(url)}: the database driver is missing ({err}); for PostgreSQL "
-            "install psycopg: pip install 'faithful-sae-hpo[postgres]'"
-        ) from None
-    except Exception as err:  # sqlalchemy.exc.OperationalError, ArgumentError, ...
-        raise UserError(f"storage {mask(url)}: cannot connect: {_short(err)}") from None
+    storage = _connect(url, engine_kwargs(url, section.engine_kwargs), kwargs)
     if url.startswith("sqlite"):
         _sqlite_wal(storage.engine)
     return storage
+
+
+def _connect(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBStorage:
+    """RDBStorage, retrying the race where two processes create a fresh schema at once."""
+    import warnings
+
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine, **kwargs)
+        except ImportError as err:
+            raise UserError(
+                f"storage {mask(url)}: the database driver is missing ({err}); for PostgreSQL "
+                "install psycopg: pip install 'faithful-sae-hpo[postgres]'"
+            ) from None
+        except (IntegrityError, OperationalError) as err:
+            racing = isinstance(err, IntegrityError) or "locked" in str(err)
+            if not racing or attempt == 4:
+                raise UserError(f"storage {mask(url)}: cannot connect: {_short(err)}") from None
+            time.sleep(0.2 * (attempt + 1))
+        except Exception as err:  # sqlalchemy.exc.ArgumentError, a bad URL, ...
+            raise UserError(f"storage {mask(url)}: cannot connect: {_short(err)}") from None
+    raise AssertionError("unreachable")
 
 
 def _short(err: Exception) -> str:

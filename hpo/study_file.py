@@ -12,10 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from hpo.config import StudyFile
+from hpo.config import ColoredMnistTask, StudyFile, ToyTask
 from hpo.errors import UserError
 
-_TAGS = {"floatrange", "intrange", "choice", "fixed", "colored_mnist", "toy_superposition"}
+_TASK_KINDS: dict[str, type[BaseModel]] = {
+    "colored_mnist": ColoredMnistTask,
+    "toy_superposition": ToyTask,
+}
+_TAGS = {"floatrange", "intrange", "choice", "fixed", *_TASK_KINDS}
 
 
 def load_study_file(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
@@ -62,11 +66,12 @@ def apply_override(raw: dict[str, Any], item: str, source: str | Path) -> None:
 def describe_error(err: ValidationError) -> str:
     """The first validation error as 'field: problem (got value)'."""
     first = err.errors()[0]
-    loc = [str(p) for p in first["loc"] if str(p) not in _TAGS]
+    raw_loc = [str(p) for p in first["loc"]]
+    loc = [p for p in raw_loc if p not in _TAGS]
     field = ".".join(loc) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
+        valid = _valid_keys(loc[:-1], next((p for p in raw_loc if p in _TASK_KINDS), None))
         hint = f"; valid keys: {', '.join(valid)}" if valid else ""
         return f"{field}: unknown key{hint}"
     if kind == "missing":
@@ -79,16 +84,14 @@ def describe_error(err: ValidationError) -> str:
     return f"{field}: {msg} (got {first['input']!r})" if "input" in first else f"{field}: {msg}"
 
 
-def _valid_keys(loc: list[str]) -> list[str]:
+def _valid_keys(loc: list[str], task_kind: str | None) -> list[str]:
     """Field names of the model at `loc` inside a StudyFile, for 'unknown key' hints."""
-    from hpo.config import ColoredMnistTask, ToyTask
-
     model: type[BaseModel] | None = StudyFile
     for part in loc:
         if model is None:
             return []
         if part == "task":
-            return sorted(set(ColoredMnistTask.model_fields) | set(ToyTask.model_fields))
+            return list(_TASK_KINDS.get(task_kind or "", ColoredMnistTask).model_fields)
         field = model.model_fields.get(part)
         if field is None:
             return []

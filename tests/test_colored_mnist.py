@@ -291,6 +291,8 @@ def test_folder_splits_match_build_splits_semantics(colorized_root: Path) -> Non
     assert not train & probe and not train & val and not probe & val
     oracle = set(splits[ORACLE_SPLIT].source_index.tolist())
     assert not oracle & probe and not oracle & val
+    # the oracle reuses the train images whose colour fits: 2 of each digit's 4 (bias 1.0)
+    assert len(oracle & train) == 20
     np.testing.assert_array_equal(
         splits["train"].colors, tied_color(task, splits["train"].digits)
     )  # bias 1.0
@@ -332,7 +334,6 @@ def test_a_folder_too_small_for_the_splits_names_digit_and_colour(colorized_root
         folder_splits(folder_task(colorized_root, test_per_digit=10))
 
 
-@pytest.mark.slow
 def test_a_trial_runs_on_a_colorized_folder(
     colorized_root: Path,
     make_study: Callable[..., Path],

@@ -113,9 +113,10 @@ def test_schatten_rank_one_is_the_product_of_factor_norms(p: float) -> None:
 
     with torch.no_grad():
         loss = losses.schatten_rank(e, d, p)
-        by_hand = sum(
-            (e[c].norm() * d[c].norm()) ** p for c in range(sae.n_components)
-        ) / sae.n_components
+        by_hand = (
+            sum((e[c].norm() * d[c].norm()) ** p for c in range(sae.n_components))
+            / sae.n_components
+        )
 
     assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
 
@@ -135,21 +136,7 @@ def test_schatten_rank_matches_the_singular_values_of_each_component(rank: int, 
     assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
-@pytest.mark.parametrize(
-    "rank",
-    [
-        1,
-        pytest.param(
-            2,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=RuntimeError,
-                reason="bug in hpo/sae/losses.py: qr(mode='r') has no gradient; "
-                "use torch.linalg.qr(...) (mode='reduced')",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("rank", [1, 2])
 def test_schatten_rank_is_differentiable(rank: int) -> None:
     sae = random_sae(rank)
     losses.schatten_rank(*sae.factors(), p=1.0).backward()
@@ -280,7 +267,9 @@ def test_a_nan_input_makes_training_diverge() -> None:
     data = layer_data()
     inputs = data.inputs.clone()
     inputs[:, 0] = float("nan")
-    bad = SAEData(inputs=inputs, targets=data.targets, weight_t=data.weight_t, concepts=data.concepts)
+    bad = SAEData(
+        inputs=inputs, targets=data.targets, weight_t=data.weight_t, concepts=data.concepts
+    )
 
     with pytest.raises(DivergedError) as info:
         train_sae(bad, short_params())

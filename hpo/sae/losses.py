@@ -34,8 +34,8 @@ def schatten_rank(e: torch.Tensor, d: torch.Tensor, p: float, eps: float = 1e-12
     if e.shape[-1] == 1:
         sv = (e.square().sum(dim=(1, 2)) + eps).sqrt() * (d.square().sum(dim=(1, 2)) + eps).sqrt()
         return sv.pow(p).mean()
-    r_e = torch.linalg.qr(e, mode="r").R  # [C, r, r]
-    r_d = torch.linalg.qr(d.transpose(1, 2), mode="r").R
+    r_e = torch.linalg.qr(e).R  # [C, r, r]
+    r_d = torch.linalg.qr(d.transpose(1, 2)).R
     sv = torch.linalg.svdvals(r_e @ r_d.transpose(1, 2))
     return (sv + eps).pow(p).sum(dim=1).mean()
 

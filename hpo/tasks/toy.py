@@ -8,6 +8,7 @@ near 1, as in the APD paper.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from hpo.base_models import MODEL_CODE_VERSION, ToySuperpositionAE
-from hpo.cache import cache_dir, content_hash, load_tensors, save_tensors
+from hpo.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.config import ToyTask, TrialParams
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
@@ -54,31 +55,46 @@ def train_toy(task: ToyTask, device: torch.device) -> ToySuperpositionAE:
     return model.eval()
 
 
-def prepare(
-    task: ToyTask, *, device: torch.device, bundle_path: Path | None = None, **_: Any
-) -> ToyContext:
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    gen = torch.Generator().manual_seed(task.seed + 1)
-    inputs = sparse_features(task.n_samples, task.n_features, task.feature_prob, gen).to(device)
-    # The toy data is synthetic: its checksum is that of the generated inputs.
-    import hashlib
-
-    sha = hashlib.sha256(inputs.cpu().numpy().tobytes()).hexdigest()
-    timings["data"] = time.perf_counter() - t0
+def ensure_bundle(
+    task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any
+) -> tuple[Path, dict[str, float]]:
+    """The cached toy bundle (trained model + the SAE's inputs), trained first if missing."""
     key = content_hash({"task": task.model_dump(mode="json"), "code": MODEL_CODE_VERSION})
-    path = bundle_path or cache_dir() / "base_models" / f"toy-{key}.pt"
-    t0 = time.perf_counter()
-    model = ToySuperpositionAE(task.n_features, task.hidden_dim).to(device)
-    if path.exists():
-        model.load_state_dict(load_tensors(path, map_location=device)["base"])
-        model.eval()
-    else:
+    path = bundle_file("toy_superposition", key)
+    timings = {"data": 0.0, "base_model": 0.0, "activations": 0.0}
+    if not path.exists():
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(task.seed + 1)
+        inputs = sparse_features(task.n_samples, task.n_features, task.feature_prob, gen)
+        # The toy data is synthetic: its checksum is that of the generated inputs.
+        sha = hashlib.sha256(inputs.numpy().tobytes()).hexdigest()
+        timings["data"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         model = train_toy(task, device)
-        save_tensors(path, {"base": {k: v.cpu() for k, v in model.state_dict().items()}})
-    timings["base_model"] = time.perf_counter() - t0
-    timings["activations"] = 0.0
-    return ToyContext(task, model, inputs, sha, key, path, timings)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        meta = {"key": key, "data_sha256": sha, "task": task.model_dump(mode="json")}
+        save_tensors(path, {"base": state, "inputs": inputs, "meta": meta})
+        timings["base_model"] = time.perf_counter() - t0
+    return path, timings
+
+
+def load_context(task: ToyTask, path: Path, device: torch.device) -> ToyContext:
+    bundle = load_tensors(path, map_location=device)
+    model = ToySuperpositionAE(task.n_features, task.hidden_dim).to(device)
+    model.load_state_dict(bundle["base"])
+    meta = bundle["meta"]
+    return ToyContext(task, model.eval(), bundle["inputs"], meta["data_sha256"], meta["key"], path)
+
+
+def prepare(
+    task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any
+) -> ToyContext:
+    t0 = time.perf_counter()
+    path, timings = ensure_bundle(task, device=device, progress=progress)
+    ctx = load_context(task, path, device)
+    timings["base_model"] = time.perf_counter() - t0 - timings["data"]  # train or load
+    ctx.timings = timings
+    return ctx
 
 
 def sae_data(ctx: ToyContext) -> SAEData:

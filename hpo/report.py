@@ -1,0 +1,349 @@
+"""`hpo report`: one self-contained HTML file about a study, readable offline.
+
+plotly.js is inlined once (with the first figure), so the file opens with no network.
+Study-level figures come from Optuna's own visualisation module; the best trial's
+figures read its recorded validation numbers and its re-scored test numbers
+(`hpo.export.rescore`: computed here, after the study, never fed to the sampler).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.errors import UserError
+from hpo.export import MODELS, Rescored, rescore, study_url
+from hpo.storage import mask
+
+TEMPLATE = "plotly_white"
+STATE_COLORS = {"COMPLETE": "#54a24b", "PRUNED": "#eeca3b", "FAIL": "#e45756",
+                "RUNNING": "#4c78a8", "WAITING": "#9aa5b1"}
+MODEL_COLORS = {"original": "#9aa5b1", "debiased": "#4c78a8", "oracle": "#54a24b",
+                "last_layer": "#f58518"}
+TITLES = {
+    "history": "Optimization history",
+    "parallel": "Parallel coordinates of the sampled parameters",
+    "importance": "Parameter importances",
+    "states": "Trial states",
+    "alpha": "Worst-group accuracy vs alpha (best trial, validation)",
+    "groups": "Per-group accuracy: original vs debiased (best trial, val and test)",
+    "pareto": "Pareto front",
+}
+MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective study
+
+
+def _objectives(study: optuna.Study) -> list[str]:
+    names = study.user_attrs.get("study_file", {}).get("study", {}).get("objectives")
+    return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
+
+
+def _titled(fig: Any, title: str) -> Any:
+    fig.update_layout(title=title, template=TEMPLATE, height=460,
+                      margin={"l": 60, "r": 30, "t": 60, "b": 50})
+    return fig
+
+
+def _safe(make: Callable[[], Any], why: str) -> Any | str:
+    """A figure, or one sentence saying why there is none (too few trials, ...)."""
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return make()
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        return f"{why} ({err})"
+
+
+def history_figures(study: optuna.Study, complete: list[FrozenTrial]) -> list[Any | str]:
+    from optuna.visualization import plot_optimization_history
+
+    if not complete:
+        return ["No complete trial yet."]
+    names = _objectives(study)
+    if len(names) == 1:
+        fig = _safe(lambda: plot_optimization_history(study, target_name=names[0]),
+                    "no history")
+        return [fig if isinstance(fig, str) else _titled(fig, TITLES["history"])]
+    out = []
+    for i, name in enumerate(names):
+        fig = _safe(lambda i=i, name=name: plot_optimization_history(
+            study, target=lambda t: t.values[i], target_name=name), "no history")
+        out.append(fig if isinstance(fig, str) else _titled(fig, f"{TITLES['history']}: {name}"))
+    return out
+
+
+def parallel_figure(study: optuna.Study, complete: list[FrozenTrial]) -> Any | str:
+    from optuna.visualization import plot_parallel_coordinate
+
+    if not any(t.params for t in complete):
+        return "No sampled parameters (the study file has no [search]) or no complete trial."
+    names = _objectives(study)
+    target = None if len(names) == 1 else (lambda t: t.values[0])
+    fig = _safe(lambda: plot_parallel_coordinate(study, target=target, target_name=names[0]),
+                "no parallel coordinates")
+    return fig if isinstance(fig, str) else _titled(fig, TITLES["parallel"])
+
+
+def importance_figure(study: optuna.Study, complete: list[FrozenTrial]) -> Any | str:
+    from optuna.visualization import plot_param_importances
+
+    if len(complete) < 2 or not any(t.params for t in complete):
+        return (f"Parameter importances need at least two complete trials with sampled "
+                f"parameters; this study has {len(complete)} complete.")
+    names = _objectives(study)
+    fig = _safe(lambda: plot_param_importances(study, target_name=names[0]) if len(names) == 1
+                else plot_param_importances(study), "importances could not be computed")
+    return fig if isinstance(fig, str) else _titled(fig, TITLES["importance"])
+
+
+def states_figure(trials: list[FrozenTrial]) -> Any:
+    import plotly.graph_objects as go
+
+    counts = {s.name: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state.name] += 1
+    names = [n for n in STATE_COLORS if counts.get(n)] or ["COMPLETE"]
+    fig = go.Figure(go.Bar(x=names, y=[counts.get(n, 0) for n in names],
+                           marker_color=[STATE_COLORS[n] for n in names],
+                           text=[counts.get(n, 0) for n in names], textposition="auto"))
+    fig.update_yaxes(title="trials")
+    return _titled(fig, TITLES["states"])
+
+
+def alpha_figure(trial: FrozenTrial) -> Any | str:
+    import plotly.graph_objects as go
+
+    curve = trial.user_attrs.get("alpha_curve")
+    if not curve:
+        return "This task has no ablation strength α to sweep."
+    fig = go.Figure()
+    fig.add_scatter(x=curve["alphas"], y=curve["val_worst_group"], mode="lines+markers",
+                    name="worst group (val)", line_color="#4c78a8")
+    fig.add_scatter(x=curve["alphas"], y=curve["val_mean_group"], mode="lines+markers",
+                    name="mean group (val)", line_color="#f58518")
+    alpha = trial.user_attrs.get("alpha")
+    if alpha is not None:
+        fig.add_vline(x=alpha, line_dash="dash", line_color="#d62728",
+                      annotation_text=f"chosen α = {alpha:.2f}")
+    fig.update_xaxes(title="α (ablation strength)")
+    fig.update_yaxes(title="accuracy", range=[0, 1.02])
+    return _titled(fig, f"{TITLES['alpha']}: trial {trial.number}")
+
+
+def groups_figure(r: Rescored) -> Any | str:
+    from plotly.subplots import make_subplots
+
+    models = r.result.get("models")
+    if not models:
+        return "This task has no groups."
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation", "test"), shared_yaxes=True)
+    for col, split in enumerate(("val", "test"), start=1):
+        for name in MODELS:
+            metrics = models.get(name, {}).get(split)
+            if metrics is None:
+                continue
+            groups = list(metrics["groups"])
+            fig.add_bar(
+                x=groups, y=[metrics["groups"][g] for g in groups], name=name.replace("_", " "),
+                marker_color=MODEL_COLORS[name], legendgroup=name, showlegend=col == 1,
+                visible=True if name in ("original", "debiased") else "legendonly",
+                text=[f"{100 * (metrics['groups'][g] or 0):.0f}" for g in groups],
+                textposition="outside", row=1, col=col,
+            )
+    fig.update_yaxes(range=[0, 1.1], title="accuracy", row=1, col=1)
+    fig.update_layout(barmode="group")
+    return _titled(fig, f"{TITLES['groups']}: trial {r.trial.number}")
+
+
+def pareto_figure(study: optuna.Study) -> Any | str:
+    from optuna.visualization import plot_pareto_front
+
+    names = _objectives(study)
+    if len(names) not in (2, 3):
+        return f"A Pareto front plot needs 2 or 3 objectives; this study has {len(names)}."
+    fig = _safe(lambda: plot_pareto_front(study, target_names=names), "no Pareto front")
+    return fig if isinstance(fig, str) else _titled(fig, TITLES["pareto"])
+
+
+# ---- the page -------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    thead = f"<thead><tr>{th}</tr></thead>" if any(head) else ""
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{thead}<tbody>{body}</tbody></table>"
+
+
+def _summary(study: optuna.Study, url: str, trials: list[FrozenTrial]) -> str:
+    counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
+    names = _objectives(study)
+    directions = [d.name.lower() for d in study.directions]
+    rows = [
+        ["study", html.escape(study.study_name)],
+        ["storage", html.escape(mask(url))],
+        ["objectives", html.escape(", ".join(f"{n} ({d})" for n, d in zip(
+            names, directions, strict=False)))],
+        ["trials", html.escape(", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)
+                               or "none")],
+        ["budget", html.escape(str(study.user_attrs.get("n_trials", "–")))],
+    ]
+    return _table(["", ""], rows)
+
+
+def _best_table(r: Rescored) -> str:
+    res = r.result
+    attrs = r.trial.user_attrs
+    rows = [["trial", str(r.trial.number)],
+            ["values (val)", html.escape(", ".join(
+                f"{n} = {v:.4g}" for n, v in zip(_objectives(r.study), r.trial.values,
+                                                 strict=False)))]]
+    rows += [[html.escape(k), html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))]
+             for k, v in sorted(r.trial.params.items())]
+    if "alpha" in res:
+        rows.append(["ablated components", html.escape(str(res["ablated_components"]))])
+        rows.append(["α (chosen on val)", f"{res['alpha']:.3g}"])
+    for key in ("faithfulness_error", "reconstruction_error", "mmcs", "ml2r"):
+        if key in res:
+            rows.append([key.replace("_", " "), f"{res[key]:.3g}"])
+    rows.append(["seed · data sha256", html.escape(
+        f"{attrs.get('seed')} · {str(attrs.get('data_sha256'))[:16]}…")])
+    out = _table(["best trial", ""], rows)
+    models = res.get("models")
+    if models:
+        head = ["accuracy", *(f"{m.replace('_', ' ')} {s}" for m in MODELS if m in models
+                              for s in ("val", "test"))]
+        lines = []
+        groups = list(models["original"]["val"]["groups"])
+        for label, key in [("worst group", "worst_group"), ("mean group", "mean_group"),
+                           ("overall", "overall"), *((g, g) for g in groups)]:
+            row = [f"<b>{html.escape(label)}</b>" if key == "worst_group" else html.escape(label)]
+            for m in MODELS:
+                if m not in models:
+                    continue
+                for s in ("val", "test"):
+                    d = models[m].get(s)
+                    row.append("–" if d is None else _pct(d.get(key, d["groups"].get(key))))
+            lines.append(row)
+        out += _table(head, lines)
+    if r.mismatches:
+        out += ("<p class='warn'>Re-scoring the stored weights does not reproduce the recorded "
+                "validation numbers: " + html.escape("; ".join(r.mismatches)) + "</p>")
+    return out
+
+
+def _front_table(rescored: list[Rescored | str], study: optuna.Study) -> str:
+    names = _objectives(study)
+    rows = []
+    for r in rescored:
+        if isinstance(r, str):
+            rows.append([html.escape(r), *([""] * (len(names) + 2))])
+            continue
+        test = r.result.get("models", {}).get("debiased", {}).get("test", {})
+        rows.append([str(r.trial.number), *(f"{v:.4g}" for v in r.trial.values),
+                     _pct(test.get("worst_group")), _pct(test.get("mean_group"))])
+    return _table(["trial", *(f"{n} (val)" for n in names), "worst group (test)",
+                   "mean group (test)"], rows)
+
+
+CSS = """
+body { font-family: Helvetica, Arial, sans-serif; margin: 24px auto; max-width: 1100px;
+       color: #222; }
+h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 10px 0 18px; font-size: 14px; }
+td, th { border: 1px solid #ddd; padding: 4px 10px; text-align: right; }
+td:first-child, th:first-child { text-align: left; }
+.note { color: #666; font-style: italic; } .warn { color: #b00; font-weight: bold; }
+"""
+
+
+def _rescore_or_reason(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored | str:
+    try:
+        return rescore(study, url, trial)
+    except UserError as err:
+        return f"trial {trial.number}: not re-scored ({err})"
+
+
+def build_report(study: optuna.Study, url: str) -> str:
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    multi = len(study.directions) > 1
+    sections: list[tuple[str, list[Any | str]]] = []
+    best: Rescored | str | None = None
+    front_html = ""
+    if complete:
+        if multi:
+            front = sorted(study.best_trials, key=lambda t: t.number)
+            first_max = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+            lead = max(front, key=lambda t: t.values[0] if first_max else -t.values[0])
+            rescored = [_rescore_or_reason(study, url, t) for t in front[:MAX_RESCORED]]
+            best = next((r for r in rescored if not isinstance(r, str) and r.trial is lead),
+                        None) or _rescore_or_reason(study, url, lead)
+            front_html = _front_table(rescored, study)
+        else:
+            best = _rescore_or_reason(study, url, study.best_trial)
+    # What the study found first (the best trial), then how the search went.
+    if isinstance(best, Rescored):
+        sections.append((TITLES["groups"], [groups_figure(best)]))
+        sections.append((TITLES["alpha"], [alpha_figure(best.trial)]))
+    else:
+        reason = best or "No complete trial yet."
+        sections.append((TITLES["groups"], [reason]))
+        sections.append((TITLES["alpha"], [reason]))
+    sections.append((TITLES["history"], history_figures(study, complete)))
+    sections.append((TITLES["parallel"], [parallel_figure(study, complete)]))
+    sections.append((TITLES["importance"], [importance_figure(study, complete)]))
+    sections.append((TITLES["states"], [states_figure(trials)]))
+    if multi:
+        sections.append((TITLES["pareto"], [pareto_figure(study)]))
+
+    parts = [
+        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(study.study_name)}: hpo report</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>Study {html.escape(study.study_name)}</h1>",
+        f"<p class='note'>hpo report, {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. "
+        "Validation numbers chose every parameter and α; test numbers are computed here, "
+        "from the stored weights, and were never shown to the sampler.</p>",
+        _summary(study, url, trials),
+    ]
+    if isinstance(best, Rescored):
+        parts.append(_best_table(best))
+    if front_html:
+        parts += ["<h2>Pareto front trials (re-scored)</h2>", front_html]
+    plotly_js = True
+    for title, figures in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for fig in figures:
+            if isinstance(fig, str):
+                parts.append(f"<p class='note'>{html.escape(fig)}</p>")
+                continue
+            parts.append(fig.to_html(full_html=False, include_plotlyjs=plotly_js,
+                                     config={"displaylogo": False}))
+            plotly_js = False
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(name: str, cli_url: str | None, out: str | None) -> Path:
+    from hpo.cache import atomic_write_bytes
+    from hpo.export import current_umask
+    from hpo.runner import load_study
+
+    url = study_url(name, cli_url)
+    study = load_study(name, url)
+    target = Path(out) if out else Path(f"{name}-report.html")
+    atomic_write_bytes(target, build_report(study, url).encode())
+    target.chmod(0o666 & ~current_umask())
+    return target

@@ -1,0 +1,222 @@
+"""The study service with real worker processes on SQLite, on the fast toy task.
+
+Each test writes a tiny study file, runs `hpo` as a user would (separate OS processes),
+and asserts on what `optuna` itself reads back from the storage.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import tomli_w
+
+from hpo.cli import main
+from hpo.storage import open_storage
+
+pytestmark = pytest.mark.slow
+TS = optuna.trial.TrialState
+
+
+def toy_study(tmp: Path, name: str = "svc", **over: Any) -> Path:
+    """A toy-superposition study whose trials take a fraction of a second."""
+    doc: dict[str, Any] = {
+        "study": {"name": name, "objectives": ["mmcs"], "n_trials": 6},
+        "storage": {"url": f"sqlite:///{tmp / 'storage' / 'svc.db'}",
+                    "heartbeat_interval": 1, "grace_period": 3},
+        "sampler": {"name": "tpe", "options": {"n_startup_trials": 2}},
+        "pruner": {"name": "none"},
+        "task": {"kind": "toy_superposition", "train_steps": 300, "n_samples": 2000},
+        "params": {"n_components": 5, "top_k": 1, "steps": 150, "eval_every": 50,
+                   "batch_size": 256, "cond_weight": 0.0, "sparsity_weight": 0.0,
+                   "decorr_weight": 0.0},
+        "search": {"lr": {"low": 1e-3, "high": 1e-2, "log": True},
+                   "faithful_weight": {"low": 0.1, "high": 10.0, "log": True}},
+    }
+    for key, value in over.items():
+        section, _, field = key.partition("__")
+        if field:
+            doc[section][field] = value
+        else:
+            doc[section] = value
+    path = tmp / f"{name}.toml"
+    path.write_bytes(tomli_w.dumps(doc).encode())
+    return path
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    return {**os.environ, "HPO_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def hpo(*args: str, env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hpo", *args], env=env, capture_output=True, text=True,
+        timeout=300, **kw,
+    )
+
+
+def load(path: Path, name: str = "svc") -> optuna.Study:
+    url = f"sqlite:///{path.parent / 'storage' / 'svc.db'}"
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+
+
+def test_two_workers_finish_exactly_the_budget(tmp_path: Path, env: dict[str, str]) -> None:
+    study_file = toy_study(tmp_path)
+    out = hpo("launch", str(study_file), "--workers", "2", "--n-trials", "8", env=env)
+    assert out.returncode == 0, out.stderr
+    trials = load(study_file).get_trials()
+    finished = [t for t in trials if t.state in (TS.COMPLETE, TS.PRUNED)]
+    assert len(finished) == 8
+    assert not [t for t in trials if t.state in (TS.RUNNING, TS.WAITING)]
+    assert len({t.number for t in trials}) == len(trials)
+    sampled = [tuple(sorted(t.params.items())) for t in finished]
+    assert len(set(sampled)) == len(sampled), "two trials sampled the same parameters"
+    assert "8/8 trials" in out.stderr
+
+
+def test_resume_after_interrupt(tmp_path: Path, env: dict[str, str]) -> None:
+    study_file = toy_study(tmp_path, params__steps=600)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "launch", str(study_file), "--workers", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not (tmp_path / "storage" / "svc.db").exists():
+            continue
+        try:
+            done = [t for t in load(study_file).get_trials() if t.state == TS.COMPLETE]
+        except KeyError:  # the study does not exist yet
+            continue
+        if len(done) >= 2:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err
+    assert not [t for t in load(study_file).get_trials() if t.state == TS.RUNNING]
+
+    again = hpo("launch", str(study_file), "--workers", "1", env=env)
+    assert again.returncode == 0, again.stderr
+    trials = load(study_file).get_trials()
+    assert len([t for t in trials if t.state == TS.COMPLETE]) == 6
+
+
+def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    study_file = toy_study(tmp_path, params__steps=4000, study__n_trials=3)
+    storage = f"sqlite:///{tmp_path / 'storage' / 'svc.db'}"
+    assert hpo("launch", str(study_file), "--workers", "0", env=env).returncode == 0
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", "--study", "svc", "--storage", storage],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(t.state == TS.RUNNING for t in load(study_file).get_trials()):
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    running = [t.number for t in load(study_file).get_trials() if t.state == TS.RUNNING]
+    assert running, "the killed worker's trial should still look RUNNING"
+
+    rescuer = hpo("worker", "--study", "svc", "--storage", storage, env=env)
+    assert rescuer.returncode == 0, rescuer.stderr
+    trials = load(study_file).get_trials()
+    failed = [t for t in trials if t.state == TS.FAIL]
+    assert [t.number for t in failed] == running
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == running[0]]
+    assert retries and retries[0].state == TS.COMPLETE
+    assert retries[0].params == failed[0].params
+    assert len([t for t in trials if t.state == TS.COMPLETE]) == 3
+    assert not [t for t in trials if t.state in (TS.RUNNING, TS.WAITING)]
+
+
+def test_pruner_stops_a_hopeless_trial(tmp_path: Path, env: dict[str, str]) -> None:
+    # lr 1e-7 barely moves the SAE from its random init: hopeless next to lr 1e-2.
+    study_file = toy_study(
+        tmp_path,
+        pruner__name="median",
+        pruner__options={"n_startup_trials": 2, "n_warmup_steps": 0},
+        search={"lr": {"choices": [1e-2, 1e-7]}},
+        params__steps=400,
+        study__n_trials=3,
+    )
+    assert hpo("launch", str(study_file), "--workers", "0", env=env).returncode == 0
+    study = load(study_file)
+    for lr in (1e-2, 1e-2, 1e-7):
+        study.enqueue_trial({"lr": lr})
+    out = hpo("launch", str(study_file), "--workers", "1", env=env)
+    assert out.returncode == 0, out.stderr
+    trials = load(study_file).get_trials()
+    assert [t.state for t in trials] == [TS.COMPLETE, TS.COMPLETE, TS.PRUNED]
+    assert trials[2].user_attrs["pruned_at_step"] < 400
+
+
+def test_trials_record_what_a_user_judges_them_by(tmp_path: Path, env: dict[str, str]) -> None:
+    study_file = toy_study(tmp_path, study__n_trials=2)
+    assert hpo("launch", str(study_file), "--workers", "1", env=env).returncode == 0
+    study = load(study_file)
+    trial = study.best_trial
+    for key in ("seed", "data_sha256", "base_model", "mmcs", "faithfulness_error",
+                "reconstruction_error", "timings", "loss_history", "versions"):
+        assert key in trial.user_attrs, key
+    assert study.user_attrs["study_file"]["study"]["name"] == "svc"
+    assert "base_model_artifact" in study.user_attrs
+    status = hpo("status", "--storage", f"sqlite:///{tmp_path / 'storage' / 'svc.db'}",
+                 "--json", env=env)
+    assert '"complete": 2' in status.stdout
+
+
+BAD_FILES = [
+    ({"study__colour": "x"}, "study.colour: unknown key; valid keys: name"),
+    ({"search": {"lr": {"low": 0.1, "high": 0.01}}}, "search.lr: low (0.1) must be below high"),
+    ({"search": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
+    ({"sampler__name": "annealing"}, "sampler.name: Input should be 'tpe'"),
+    ({"pruner__name": "always"}, "pruner.name: Input should be 'median'"),
+    ({"study__directions": ["maximize", "minimize"]}, "study.directions has 2 entries"),
+    ({"study__objectives": ["worst_group"]}, "unknown objective 'worst_group'"),
+    ({"search": {"temperature": {"low": 0.1, "high": 1.0}}}, "search.temperature: not a trial parameter"),
+    ({"search": {"n_components": {"low": 1.5, "high": 9.5}}}, "search.n_components: value 1.5 is invalid"),
+    ({"params__top_k": 50}, "top_k (50) must not exceed n_components (5)"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_FILES)
+def test_bad_study_file_gives_one_line_error(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str],
+    change: dict[str, Any], message: str,
+) -> None:
+    study_file = toy_study(tmp_path, **change)
+    code = main(["launch", str(study_file)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: {study_file}: ")
+    assert message in err
+    assert not (tmp_path / "storage" / "svc.db").exists(), "nothing half-written"
+
+
+def test_unreachable_storage_is_one_line_without_the_password(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    study_file = toy_study(tmp_path)
+    out = hpo("launch", str(study_file), "--storage",
+              "postgresql+psycopg://hpo:s3cret@127.0.0.1:1/hpo", env=env)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
+    assert out.stderr.startswith("error: storage postgresql+psycopg://hpo:***@127.0.0.1:1/hpo")
