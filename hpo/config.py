@@ -54,9 +54,9 @@ class ColoredMnistTask(Strict):
     test_per_digit: int = Field(800, ge=2)
     base_model: Literal["cnn", "mlp"] = "cnn"
     layer: Literal["fc1", "fc2"] = "fc1"
-    base_epochs: int = Field(10, ge=1)
+    base_epochs: int = Field(15, ge=1)
     base_lr: float = Field(1e-3, gt=0)
-    base_batch_size: int = Field(64, ge=1)
+    base_batch_size: int = Field(32, ge=1)
     seed: int = 0
 
     @field_validator("colors")

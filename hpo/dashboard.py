@@ -37,6 +37,7 @@ BEST_NOTES_ATTR = "hpo:best_notes"  # study system attr: {trial_id: note body we
 BEST_HEADING = "### ★ Best trial"
 FRONT_HEADING = "### ★ On the Pareto front"
 SUPERSEDED_HEADING = "### Was best until trial"
+LEFT_FRONT_HEADING = "### Left the Pareto front"
 
 
 # ---- the best trial's note -----------------------------------------------------------
@@ -117,11 +118,13 @@ def best_note(
     return "\n".join(lines)
 
 
-def superseded_note(body: str, by: int) -> str:
-    """The note of a trial that no longer leads: kept, with a heading that says so."""
+def superseded_note(body: str, by: int | None) -> str:
+    """The note of a trial that no longer leads (`by`: the trial that took over, None when
+    it left a Pareto front): kept, with a heading that says so."""
     first, _, rest = body.partition("\n")
     was = first.split("(", 1)[1].rstrip(")") if "(" in first else ""
-    return f"{SUPERSEDED_HEADING} {by} ({was})\n{rest}"
+    heading = LEFT_FRONT_HEADING if by is None else f"{SUPERSEDED_HEADING} {by}"
+    return f"{heading} ({was})\n{rest}"
 
 
 def leaders(
@@ -184,8 +187,8 @@ def sync_best_notes(
     ours: dict[str, str] = dict(system_attrs.get(BEST_NOTES_ATTR, {}))
     for key, body in ours.items():
         tid = int(key)
-        if tid not in desired and tid in by_id and not body.startswith(SUPERSEDED_HEADING):
-            desired[tid] = superseded_note(body, min(t.number for t in front))
+        if tid not in desired and tid in by_id and body.startswith((BEST_HEADING, FRONT_HEADING)):
+            desired[tid] = superseded_note(body, None if pareto else front[0].number)
     changed = []
     for tid, body in desired.items():
         note = get_note_from_system_attrs(system_attrs, tid)

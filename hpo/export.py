@@ -134,7 +134,7 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
 # ---- which trial ----------------------------------------------------------------------
 
 
-def _front_text(study: optuna.Study, front: list[FrozenTrial], objectives: list[str]) -> str:
+def _front_text(front: list[FrozenTrial], objectives: list[str]) -> str:
     return "; ".join(
         f"trial {t.number} (" + ", ".join(
             f"{n}={v:.4g}" for n, v in zip(objectives, t.values, strict=False)) + ")"
@@ -151,7 +151,7 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
         raise UserError(f"study {study.study_name!r} has no complete trial yet")
     if len(study.directions) > 1:
         front = study.best_trials
-        listing = _front_text(study, front, objectives)
+        listing = _front_text(front, objectives)
         if number is None:
             raise UserError(
                 f"study {study.study_name!r} has {len(study.directions)} objectives: pick a "

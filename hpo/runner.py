@@ -45,6 +45,15 @@ def _identity(study_file: StudyFile) -> dict[str, Any]:
     }
 
 
+def storable(study_file: StudyFile) -> dict[str, Any]:
+    """The study file as stored in the study: its storage URL with the password masked
+    (workers get the URL from --storage or the environment, never from the study)."""
+    dump = study_file.model_dump(mode="json")
+    if dump["storage"]["url"]:
+        dump["storage"]["url"] = mask(dump["storage"]["url"])
+    return dump
+
+
 def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) -> optuna.Study:
     name = study_file.study.name
     study = optuna.create_study(
@@ -55,7 +64,7 @@ def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) ->
     )
     stored = study.user_attrs.get(STUDY_FILE_ATTR)
     if stored is None:
-        study.set_user_attr(STUDY_FILE_ATTR, study_file.model_dump(mode="json"))
+        study.set_user_attr(STUDY_FILE_ATTR, storable(study_file))
     elif _identity(StudyFile.model_validate(stored)) != _identity(study_file):
         raise UserError(
             f"study {name!r} already exists in this storage with a different task, params, "
@@ -218,6 +227,9 @@ def launch(
              "--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}", "--threads", str(threads)]
             + (["--timeout", str(study_file.study.timeout)] if study_file.study.timeout else []),
             env=env,
+            # Own session: a terminal Ctrl-C reaches only this process, which forwards
+            # exactly one SIGINT; a second one could land while Optuna records the trial.
+            start_new_session=True,
         )
         for i in range(workers)
     ]

@@ -70,4 +70,6 @@ def pick_alpha(sweep: list[Metrics]) -> int:
 
 
 def alpha_grid(alpha_max: float, steps: int) -> torch.Tensor:
-    return torch.linspace(0.0, alpha_max, steps)
+    """Evenly spaced α from 0, rounded so that α = 0.7 is the same float32 whether it
+    comes from this grid or from a recorded 0.7 (export re-scores at the recorded α)."""
+    return torch.tensor([round(a, 6) for a in np.linspace(0.0, alpha_max, steps).tolist()])

@@ -140,6 +140,22 @@ def test_best_note_follows_the_best_and_leaves_a_persons_note_alone() -> None:
     assert sync_best_notes(study) == []  # idempotent
 
 
+def test_pareto_notes_mark_the_front_and_trials_that_leave_it() -> None:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("study_file", {"study": {"objectives": ["worst_group", "faith"]}})
+    for values in [(0.4, 0.1), (0.6, 0.3)]:
+        study.tell(study.ask(), values)
+        sync_best_notes(study)
+    first, second = study.trials
+    assert note(study, first).startswith("### ★ On the Pareto front (worst_group = 0.4, ")
+    assert note(study, second).startswith("### ★ On the Pareto front (worst_group = 0.6, ")
+    study.tell(study.ask(), (0.5, 0.05))  # dominates the first trial, not the second
+    sync_best_notes(study)
+    assert note(study, first).startswith("### Left the Pareto front (worst_group = 0.4, ")
+    assert note(study, second).startswith("### ★ On the Pareto front")
+    assert note(study, study.trials[-1]).startswith("### ★ On the Pareto front")
+
+
 def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny: str) -> None:
     study = optuna.load_study(study_name="tiny", storage=tiny)
     trial = study.best_trial

@@ -297,7 +297,7 @@ def evaluate(
         ctx.model, ctx.layer, val.z, val.digits, val.group_ids, ctx.group_names, ablated_t, alphas
     )
     best = scoring.pick_alpha(sweep)
-    alpha = float(alphas[best])
+    alpha = round(float(alphas[best]), 6)  # float32 linspace: 0.7 not 0.70000005
     weight = getattr(ctx.model, ctx.layer).weight
     new_weight = ablation.debiased_weight(weight, ablated_t, alpha)
     debiased = {"val": sweep[best]}
@@ -318,7 +318,7 @@ def evaluate(
         "alpha": alpha,
         "ablated_components": index,
         "alpha_curve": {
-            "alphas": [float(a) for a in alphas],
+            "alphas": [round(float(a), 6) for a in alphas],
             "val_worst_group": [m["worst_group"] for m in sweep],
             "val_mean_group": [m["mean_group"] for m in sweep],
         },
