@@ -77,7 +77,9 @@ class Objective:
             trial.report(value, step)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_step", step)
-                raise optuna.TrialPruned(f"pruned at step {step} ({self.objectives[0]}={value:.4f})")
+                raise optuna.TrialPruned(
+                    f"pruned at step {step} ({self.objectives[0]}={value:.4f})"
+                )
 
         try:
             result, trained = run_trial(
@@ -109,7 +111,8 @@ class Objective:
         payload: dict[str, Any] = {"sae": _cpu_state(sae), "sae_config": sae.config()}
         if "alpha" in result:
             payload["debiased"] = {
-                k: v.cpu() for k, v in self.task.debiased_state_dict(
+                k: v.cpu()
+                for k, v in self.task.debiased_state_dict(
                     self.ctx, sae, _params_of(result), result["alpha"]
                 ).items()
             }
@@ -135,17 +138,28 @@ def _params_of(result: dict[str, Any]) -> Any:
 def record(trial: optuna.Trial, result: dict[str, Any], history: dict[str, list[float]]) -> None:
     """User attrs a person reads to judge a trial (validation numbers only)."""
     keep = (
-        "worst_group", "mean_group", "overall", "faithfulness_error", "reconstruction_error",
-        "alpha", "ablated_components", "alpha_curve", "mmcs", "ml2r", "timings", "versions",
+        "worst_group",
+        "mean_group",
+        "overall",
+        "faithfulness_error",
+        "reconstruction_error",
+        "alpha",
+        "ablated_components",
+        "alpha_curve",
+        "mmcs",
+        "ml2r",
+        "timings",
+        "versions",
         "device",
     )
     for key in keep:
         if key in result:
             trial.set_user_attr(key, result[key])
     if "models" in result:
-        trial.set_user_attr("val_groups", {
-            name: result["models"][name]["val"]["groups"] for name in ("original", "debiased")
-        })
+        trial.set_user_attr(
+            "val_groups",
+            {name: result["models"][name]["val"]["groups"] for name in ("original", "debiased")},
+        )
     trial.set_user_attr("loss_history", downsample(history))
 
 

@@ -94,7 +94,9 @@ def prepare_base_model(
         from optuna.artifacts import upload_artifact
 
         store = artifact_store(url, study_file.storage)
-        artifact_id = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=study)
+        artifact_id = upload_artifact(
+            artifact_store=store, file_path=str(path), study_or_trial=study
+        )
         study.set_user_attr(BASE_ARTIFACT_ATTR, artifact_id)
         study.set_user_attr(BASE_MODEL_ATTR, key)
 
@@ -163,7 +165,9 @@ def load_study(name: str, url: str, *, sampler: Any = None, pruner: Any = None) 
         ) from None
 
 
-def work(name: str, url: str, *, worker: str, threads: int | None, timeout: float | None = None) -> int:
+def work(
+    name: str, url: str, *, worker: str, threads: int | None, timeout: float | None = None
+) -> int:
     """One worker: run trials until the study-wide budget is reached."""
     import torch
 
@@ -213,18 +217,34 @@ def launch(
     storage = open_storage(url, study_file.storage)
     study = create_or_load(study_file, storage, n_trials)
     budget = int(study.user_attrs[BUDGET_ATTR])
-    _say(f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)", quiet)
+    _say(
+        f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)",
+        quiet,
+    )
     prepare_base_model(study, study_file, url, data_dir)
     if workers == 0:
-        _say(f"study ready; add workers with: hpo worker --study {study.study_name} "
-             f"--storage '{mask(url)}'", quiet)
+        _say(
+            f"study ready; add workers with: hpo worker --study {study.study_name} "
+            f"--storage '{mask(url)}'",
+            quiet,
+        )
         return 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, STORAGE_ENV: url}  # the URL travels by env, not argv (ps shows argv)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "hpo", "worker", "--study", study.study_name,
-             "--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}", "--threads", str(threads)]
+            [
+                sys.executable,
+                "-m",
+                "hpo",
+                "worker",
+                "--study",
+                study.study_name,
+                "--worker-id",
+                f"{os.uname().nodename}-{os.getpid()}-{i}",
+                "--threads",
+                str(threads),
+            ]
             + (["--timeout", str(study_file.study.timeout)] if study_file.study.timeout else []),
             env=env,
             # Own session: a terminal Ctrl-C reaches only this process, which forwards
@@ -247,7 +267,8 @@ def launch(
         counts = trial_counts(study)
         _say(
             f"\ninterrupted: {counts['finished']}/{budget} trials finished; run the same "
-            "command again to resume", quiet=False,
+            "command again to resume",
+            quiet=False,
         )
         return 130
     codes = [p.returncode for p in procs]
@@ -266,8 +287,11 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], budget: int, qu
             bar.n = min(counts["finished"], budget)
             best = best_value(study)
             bar.set_postfix(
-                complete=counts["complete"], pruned=counts["pruned"], failed=counts["failed"],
-                running=counts["running"], best="-" if best is None else f"{best:.4f}",
+                complete=counts["complete"],
+                pruned=counts["pruned"],
+                failed=counts["failed"],
+                running=counts["running"],
+                best="-" if best is None else f"{best:.4f}",
                 refresh=False,
             )
             bar.refresh()

@@ -19,7 +19,9 @@ def worker_seed(base: int, worker: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def make_sampler(section: SamplerSection, *, seed: int, parallel: bool) -> optuna.samplers.BaseSampler:
+def make_sampler(
+    section: SamplerSection, *, seed: int, parallel: bool
+) -> optuna.samplers.BaseSampler:
     opts: dict[str, Any] = dict(section.options)
     try:
         with warnings.catch_warnings():

@@ -22,7 +22,10 @@ def group_metrics(
     n = len(names)
     hits = torch.bincount(group_ids, weights=correct.double(), minlength=n)
     sizes = torch.bincount(group_ids, minlength=n).double()
-    acc = [a if s > 0 else None for a, s in zip((hits / sizes.clamp(min=1)).tolist(), sizes.tolist(), strict=True)]
+    acc = [
+        a if s > 0 else None
+        for a, s in zip((hits / sizes.clamp(min=1)).tolist(), sizes.tolist(), strict=True)
+    ]
     present = [a for a in acc if a is not None]
     return {
         "worst_group": min(present),

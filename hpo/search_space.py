@@ -16,7 +16,9 @@ def suggest(trial: optuna.Trial, study: StudyFile) -> TrialParams:
         if isinstance(spec, FloatRange):
             values[name] = trial.suggest_float(name, spec.low, spec.high, log=spec.log)
         elif isinstance(spec, IntRange):
-            values[name] = trial.suggest_int(name, spec.low, spec.high, step=spec.step, log=spec.log)
+            values[name] = trial.suggest_int(
+                name, spec.low, spec.high, step=spec.step, log=spec.log
+            )
         elif isinstance(spec, Choice):
             values[name] = trial.suggest_categorical(name, list(spec.choices))
         else:

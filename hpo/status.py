@@ -35,14 +35,18 @@ def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
         for name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
             counts = trial_counts(study)
-            rows.append({
-                "storage": mask(url),
-                "study": name,
-                "budget": study.user_attrs.get(BUDGET_ATTR),
-                **{k: counts[k] for k in ("complete", "pruned", "failed", "running", "waiting")},
-                "best_value": best_value(study),
-                "workers_alive": _alive(storage, study),
-            })
+            rows.append(
+                {
+                    "storage": mask(url),
+                    "study": name,
+                    "budget": study.user_attrs.get(BUDGET_ATTR),
+                    **{
+                        k: counts[k] for k in ("complete", "pruned", "failed", "running", "waiting")
+                    },
+                    "best_value": best_value(study),
+                    "workers_alive": _alive(storage, study),
+                }
+            )
     return rows
 
 
@@ -62,7 +66,10 @@ def _alive(storage: Any, study: optuna.Study) -> int:
 def format_status(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no studies"
-    head = f"{'study':<24} {'budget':>6} {'done':>5} {'pruned':>6} {'failed':>6} {'running':>7} {'alive':>5}  best"
+    head = (
+        f"{'study':<24} {'budget':>6} {'done':>5} {'pruned':>6} {'failed':>6} "
+        f"{'running':>7} {'alive':>5}  best"
+    )
     lines = [head]
     for r in rows:
         best = "-" if r["best_value"] is None else f"{r['best_value']:.4f}"

@@ -19,6 +19,7 @@ import pytest
 import tomli_w
 
 from hpo.cli import main
+from hpo.runner import work
 from hpo.storage import open_storage
 
 pytestmark = pytest.mark.slow
@@ -29,16 +30,28 @@ def toy_study(tmp: Path, name: str = "svc", **over: Any) -> Path:
     """A toy-superposition study whose trials take a fraction of a second."""
     doc: dict[str, Any] = {
         "study": {"name": name, "objectives": ["mmcs"], "n_trials": 6},
-        "storage": {"url": f"sqlite:///{tmp / 'storage' / 'svc.db'}",
-                    "heartbeat_interval": 1, "grace_period": 3},
+        "storage": {
+            "url": f"sqlite:///{tmp / 'storage' / 'svc.db'}",
+            "heartbeat_interval": 1,
+            "grace_period": 3,
+        },
         "sampler": {"name": "tpe", "options": {"n_startup_trials": 2}},
         "pruner": {"name": "none"},
         "task": {"kind": "toy_superposition", "train_steps": 300, "n_samples": 2000},
-        "params": {"n_components": 5, "top_k": 1, "steps": 150, "eval_every": 50,
-                   "batch_size": 256, "cond_weight": 0.0, "sparsity_weight": 0.0,
-                   "decorr_weight": 0.0},
-        "search": {"lr": {"low": 1e-3, "high": 1e-2, "log": True},
-                   "faithful_weight": {"low": 0.1, "high": 10.0, "log": True}},
+        "params": {
+            "n_components": 5,
+            "top_k": 1,
+            "steps": 150,
+            "eval_every": 50,
+            "batch_size": 256,
+            "cond_weight": 0.0,
+            "sparsity_weight": 0.0,
+            "decorr_weight": 0.0,
+        },
+        "search": {
+            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
+        },
     }
     for key, value in over.items():
         section, _, field = key.partition("__")
@@ -60,14 +73,23 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 def hpo(*args: str, env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hpo", *args], env=env, capture_output=True, text=True,
-        timeout=300, **kw,
+        [sys.executable, "-m", "hpo", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        **kw,
     )
 
 
+def url_of(tmp: Path) -> str:
+    return f"sqlite:///{tmp / 'storage' / 'svc.db'}"
+
+
 def load(path: Path, name: str = "svc") -> optuna.Study:
-    url = f"sqlite:///{path.parent / 'storage' / 'svc.db'}"
-    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False))
+    return optuna.load_study(
+        study_name=name, storage=open_storage(url_of(path.parent), heartbeat=False)
+    )
 
 
 def test_two_workers_finish_exactly_the_budget(tmp_path: Path, env: dict[str, str]) -> None:
@@ -88,7 +110,10 @@ def test_resume_after_interrupt(tmp_path: Path, env: dict[str, str]) -> None:
     study_file = toy_study(tmp_path, params__steps=600)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo", "launch", str(study_file), "--workers", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     deadline = time.monotonic() + 120
@@ -122,7 +147,9 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(
     assert hpo("launch", str(study_file), "--workers", "0", env=env).returncode == 0
     victim = subprocess.Popen(
         [sys.executable, "-m", "hpo", "worker", "--study", "svc", "--storage", storage],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -157,30 +184,40 @@ def test_pruner_stops_a_hopeless_trial(tmp_path: Path, env: dict[str, str]) -> N
         params__steps=400,
         study__n_trials=3,
     )
-    assert hpo("launch", str(study_file), "--workers", "0", env=env).returncode == 0
+    assert main(["launch", str(study_file), "--workers", "0"]) == 0
     study = load(study_file)
     for lr in (1e-2, 1e-2, 1e-7):
         study.enqueue_trial({"lr": lr})
-    out = hpo("launch", str(study_file), "--workers", "1", env=env)
-    assert out.returncode == 0, out.stderr
+    assert work("svc", url_of(tmp_path), worker="w", threads=1) == 0  # in-process worker
     trials = load(study_file).get_trials()
     assert [t.state for t in trials] == [TS.COMPLETE, TS.COMPLETE, TS.PRUNED]
     assert trials[2].user_attrs["pruned_at_step"] < 400
 
 
-def test_trials_record_what_a_user_judges_them_by(tmp_path: Path, env: dict[str, str]) -> None:
+def test_trials_record_what_a_user_judges_them_by(
+    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
     study_file = toy_study(tmp_path, study__n_trials=2)
-    assert hpo("launch", str(study_file), "--workers", "1", env=env).returncode == 0
+    assert main(["launch", str(study_file), "--workers", "0"]) == 0
+    assert work("svc", url_of(tmp_path), worker="w", threads=1) == 0
     study = load(study_file)
     trial = study.best_trial
-    for key in ("seed", "data_sha256", "base_model", "mmcs", "faithfulness_error",
-                "reconstruction_error", "timings", "loss_history", "versions"):
+    for key in (
+        "seed",
+        "data_sha256",
+        "base_model",
+        "mmcs",
+        "faithfulness_error",
+        "reconstruction_error",
+        "timings",
+        "loss_history",
+        "versions",
+    ):
         assert key in trial.user_attrs, key
     assert study.user_attrs["study_file"]["study"]["name"] == "svc"
     assert "base_model_artifact" in study.user_attrs
-    status = hpo("status", "--storage", f"sqlite:///{tmp_path / 'storage' / 'svc.db'}",
-                 "--json", env=env)
-    assert '"complete": 2' in status.stdout
+    assert main(["status", "--storage", url_of(tmp_path), "--json"]) == 0
+    assert '"complete": 2' in capsys.readouterr().out
 
 
 BAD_FILES = [
@@ -191,16 +228,25 @@ BAD_FILES = [
     ({"pruner__name": "always"}, "pruner.name: Input should be 'median'"),
     ({"study__directions": ["maximize", "minimize"]}, "study.directions has 2 entries"),
     ({"study__objectives": ["worst_group"]}, "unknown objective 'worst_group'"),
-    ({"search": {"temperature": {"low": 0.1, "high": 1.0}}}, "search.temperature: not a trial parameter"),
-    ({"search": {"n_components": {"low": 1.5, "high": 9.5}}}, "search.n_components: value 1.5 is invalid"),
+    (
+        {"search": {"temperature": {"low": 0.1, "high": 1.0}}},
+        "search.temperature: not a trial parameter",
+    ),
+    (
+        {"search": {"n_components": {"low": 1.5, "high": 9.5}}},
+        "search.n_components: value 1.5 is invalid",
+    ),
     ({"params__top_k": 50}, "top_k (50) must not exceed n_components (5)"),
 ]
 
 
 @pytest.mark.parametrize(("change", "message"), BAD_FILES)
 def test_bad_study_file_gives_one_line_error(
-    tmp_path: Path, env: dict[str, str], capsys: pytest.CaptureFixture[str],
-    change: dict[str, Any], message: str,
+    tmp_path: Path,
+    env: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+    change: dict[str, Any],
+    message: str,
 ) -> None:
     study_file = toy_study(tmp_path, **change)
     code = main(["launch", str(study_file)])
@@ -215,8 +261,13 @@ def test_unreachable_storage_is_one_line_without_the_password(
     tmp_path: Path, env: dict[str, str]
 ) -> None:
     study_file = toy_study(tmp_path)
-    out = hpo("launch", str(study_file), "--storage",
-              "postgresql+psycopg://hpo:s3cret@127.0.0.1:1/hpo", env=env)
+    out = hpo(
+        "launch",
+        str(study_file),
+        "--storage",
+        "postgresql+psycopg://hpo:s3cret@127.0.0.1:1/hpo",
+        env=env,
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
     assert out.stderr.startswith("error: storage postgresql+psycopg://hpo:***@127.0.0.1:1/hpo")

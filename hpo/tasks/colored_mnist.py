@@ -144,9 +144,7 @@ def _build_bundle(
     return bundle
 
 
-def load_context(
-    task: ColoredMnistTask, path: Path, device: torch.device
-) -> ColoredMnistContext:
+def load_context(task: ColoredMnistTask, path: Path, device: torch.device) -> ColoredMnistContext:
     """Everything a trial needs, from a bundle file alone (no MNIST, no trunk run)."""
     t0 = time.perf_counter()
     bundle = load_tensors(path, map_location=device)
