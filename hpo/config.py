@@ -177,10 +177,6 @@ class StorageSection(Strict):
     artifacts: str | None = None
 
 
-SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsgaii")
-PRUNERS = ("median", "percentile", "successive_halving", "hyperband", "none")
-
-
 class SamplerSection(Strict):
     name: Literal["tpe", "random", "cmaes", "gp", "nsgaii"] = "tpe"
     seed: int = 0

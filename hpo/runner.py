@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -314,9 +313,3 @@ def _summary(study: optuna.Study, counts: dict[str, int], budget: int) -> str:
 def _say(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
-
-
-def bundle_path_of(study: optuna.Study) -> Path | None:
-    study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
-    key = study.user_attrs.get(BASE_MODEL_ATTR)
-    return bundle_file(study_file.task.kind, key) if key else None

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from hpo import ablation, scoring
@@ -348,9 +347,3 @@ def debiased_state_dict(
     weight = getattr(ctx.model, ctx.layer).weight
     new_weight = ablation.debiased_weight(weight, ablation.ablated_sum(sae, index), alpha)
     return ablation.debiased_model(ctx.model, ctx.layer, new_weight).state_dict()
-
-
-def group_counts(ctx: ColoredMnistContext, split: str) -> dict[str, int]:
-    ids = ctx.splits[split].group_ids.cpu().numpy()
-    counts = np.bincount(ids, minlength=len(ctx.group_names))
-    return dict(zip(ctx.group_names, counts.tolist(), strict=False))
