@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 import torch
 
-from hpo.config import StudyFile
+from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
 from hpo.search_space import suggest
 from hpo.tasks import TASKS
@@ -90,7 +90,7 @@ class Objective:
             raise
         record(trial, result, trained.history)
         if self.artifact_store is not None:
-            self._upload_weights(trial, trained.sae, result)
+            self._upload_weights(trial, trained.sae, params, result)
         values = tuple(float(result[name]) for name in self.objectives)
         if self.artifact_store is not None:
             publish_for_dashboard(trial, self.artifact_store, values)
@@ -103,7 +103,9 @@ class Objective:
             trial.set_user_attr("surplus", f"budget of {self.budget} trials already taken")
             raise SurplusTrial(f"trial {trial.number}: budget of {self.budget} already taken")
 
-    def _upload_weights(self, trial: optuna.Trial, sae: Any, result: dict[str, Any]) -> None:
+    def _upload_weights(
+        self, trial: optuna.Trial, sae: Any, params: TrialParams, result: dict[str, Any]
+    ) -> None:
         from optuna.artifacts import upload_artifact
 
         from hpo.cache import save_tensors
@@ -113,7 +115,7 @@ class Objective:
             payload["debiased"] = {
                 k: v.cpu()
                 for k, v in self.task.debiased_state_dict(
-                    self.ctx, sae, _params_of(result), result["alpha"]
+                    self.ctx, sae, params, result["alpha"]
                 ).items()
             }
         with tempfile.TemporaryDirectory() as tmp:
@@ -127,12 +129,6 @@ class Objective:
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
-
-
-def _params_of(result: dict[str, Any]) -> Any:
-    from hpo.config import TrialParams
-
-    return TrialParams(**result["params"])
 
 
 def record(trial: optuna.Trial, result: dict[str, Any], history: dict[str, list[float]]) -> None:
