@@ -121,7 +121,10 @@ def _connect(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBSto
                 "install psycopg: pip install 'faithful-sae-hpo[postgres]'"
             ) from None
         except (IntegrityError, OperationalError) as err:
-            racing = isinstance(err, IntegrityError) or "locked" in str(err)
+            # Two processes creating a fresh schema at once: one sees a duplicate row,
+            # a table that "already exists", or a locked SQLite file. Retry; it is there.
+            text = str(err)
+            racing = isinstance(err, IntegrityError) or "locked" in text or "already exists" in text
             if not racing or attempt == 4:
                 raise UserError(f"storage {mask(url)}: cannot connect: {_short(err)}") from None
             time.sleep(0.2 * (attempt + 1))
