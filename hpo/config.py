@@ -117,6 +117,7 @@ class TrialParams(Strict):
     n_components: int = Field(1024, ge=1)
     top_k: int = Field(32, ge=1)
     rank: int = Field(1, ge=1)
+    init: Literal["xavier", "tied"] = "xavier"  # see FaithfulSAE.tie_to
     lr: float = Field(5e-4, gt=0)
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(512, ge=1)

@@ -40,6 +40,12 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def optimizer(sae: FaithfulSAE, params: TrialParams) -> torch.optim.Adam:
+    """Adam; the fused kernel (one per parameter) where the device has one: same update."""
+    device = sae.encoder.device.type
+    return torch.optim.Adam(sae.parameters(), lr=params.lr, fused=device in ("cpu", "cuda"))
+
+
 def loss_weights(params: TrialParams, step: int) -> dict[str, float]:
     faithful = params.faithful_weight
     if params.faithful_ramp:
@@ -63,8 +69,15 @@ def loss_terms(
     params: TrialParams,
     weights: dict[str, float],
 ) -> dict[str, torch.Tensor]:
-    """One step's losses by name. Terms whose weight is zero are not computed."""
-    recon, sparse, pre = sae(x)
+    """One step's losses by name. Terms whose weight is zero are not computed.
+
+    The top-k latents stay in compact form (values, indices), from which decoding and the
+    decorrelation loss work (see `FaithfulSAE.decode`, `losses.decorrelation_topk`). The
+    values are those of `sae(x)` and `losses.decorrelation` up to float rounding.
+    """
+    pre = sae.pre_activations(x)
+    kept = sae.select(pre)
+    recon = pre @ sae.decoder if kept is None else sae.decode(kept)
     zero = x.new_zeros(())
     out = {
         "recon": losses.reconstruction(recon, target),
@@ -81,7 +94,10 @@ def loss_terms(
     if weights["sparsity"]:
         out["sparsity"] = losses.sparsity(pre)
     if weights["decorr"]:
-        out["decorr"] = losses.decorrelation(sparse)
+        if kept is None:
+            out["decorr"] = losses.decorrelation(pre)
+        else:
+            out["decorr"] = losses.decorrelation_topk(kept.values, kept.indices, sae.n_latents)
     return out
 
 
@@ -101,14 +117,17 @@ def train_sae(
     d_in, d_out = data.weight_t.shape
     top_k = min(params.top_k, params.n_components)
     sae = FaithfulSAE(d_in, d_out, params.n_components, top_k, params.rank).to(device)
-    opt = torch.optim.Adam(sae.parameters(), lr=params.lr)
+    if params.init == "tied":
+        sae.tie_to(data.weight_t)
+    opt = optimizer(sae, params)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
     n = data.inputs.shape[0]
     batch = min(params.batch_size, n)
     per_epoch = n // batch
     log_every = max(1, params.steps // log_points)
-    history: dict[str, list[float]] = {"step": [], **{k: [] for k in (*LOSS_NAMES, "total")}}
-    running = {k: torch.zeros((), device=device) for k in (*LOSS_NAMES, "total")}
+    names = (*LOSS_NAMES, "total")
+    history: dict[str, list[float]] = {"step": [], **{k: [] for k in names}}
+    running = torch.zeros(len(names), device=device)  # Σ of each loss since the last log
     perm = torch.randperm(n, generator=gen).to(device)
     start = time.perf_counter()
     bar = tqdm(
@@ -127,9 +146,9 @@ def train_sae(
         weights = loss_weights(params, step)
         terms = loss_terms(
             sae,
-            data.inputs[idx],
-            data.targets[idx],
-            data.concepts[idx],
+            data.inputs.index_select(0, idx),
+            data.targets.index_select(0, idx),
+            data.concepts.index_select(0, idx),
             data.weight_t,
             params,
             weights,
@@ -140,19 +159,17 @@ def train_sae(
         opt.step()
         sched.step()
         with torch.no_grad():
-            for k, v in terms.items():
-                running[k] += v.detach()
-            running["total"] += total.detach()
+            running += torch.stack([*(terms[k] for k in LOSS_NAMES), total])
         if (step + 1) % log_every == 0 or step + 1 == params.steps:
             count = (step % log_every) + 1
-            values = {k: float(v) / count for k, v in running.items()}
+            values = dict(zip(names, (running / count).tolist(), strict=True))
             if not all(math.isfinite(v) for v in values.values()):
                 bar.close()
                 raise DivergedError(step + 1, values)
             history["step"].append(step + 1)
             for k, v in values.items():
                 history[k].append(v)
-                running[k].zero_()
+            running.zero_()
             bar.set_postfix(recon=f"{values['recon']:.3g}", faithful=f"{values['faithful']:.3g}")
         bar.update(1)
         if (

@@ -86,9 +86,7 @@ def load_context(task: ToyTask, path: Path, device: torch.device) -> ToyContext:
     return ToyContext(task, model.eval(), bundle["inputs"], meta["data_sha256"], meta["key"], path)
 
 
-def prepare(
-    task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any
-) -> ToyContext:
+def prepare(task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any) -> ToyContext:
     t0 = time.perf_counter()
     path, timings = ensure_bundle(task, device=device, progress=progress)
     ctx = load_context(task, path, device)
