@@ -67,7 +67,9 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
                    help="local worker processes (default 1; 0 = create the study and its base "
                    "model only, for workers started elsewhere with hpo worker)")
     p.add_argument("--n-trials", type=int, help="study-wide trial budget (default: the file's)")
-    p.add_argument("--storage", help="SQLAlchemy URL (default: the file's, else storage/<study>.db)")
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL (default: the file's, else storage/<study>.db)"
+    )
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    metavar="SECTION.KEY=VALUE", help="override a field of the study file")
@@ -112,7 +114,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="studies, trial counts, best values, workers alive")
-    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/*.db)")
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/*.db)"
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_status)
 
@@ -181,6 +185,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_storage_proxy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("storage-proxy", help="serve a study database to many workers over gRPC "
+                       "(workers then use --storage grpc://HOST:PORT)")
+    p.add_argument("--storage", help="SQLAlchemy URL of the database to serve (default: "
+                   "$HPO_STORAGE_URL)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
+                   "the proxy has no login: bind a private network only)")
+    p.add_argument("--port", type=int, default=13000, help="port (default 13000)")
+    p.set_defaults(func=cmd_storage_proxy)
+
+
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    import os
+
+    from hpo.storage import STORAGE_ENV
+    from hpo.storage_proxy import serve
+
+    url = args.storage or os.environ.get(STORAGE_ENV)
+    if not url:
+        raise UserError(f"hpo storage-proxy: give --storage URL or set {STORAGE_ENV}")
+    return serve(url, host=args.host, port=args.port)
+
+
 def _say(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -188,7 +215,7 @@ def _say(msg: str, quiet: bool = False) -> None:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_trial, _add_launch, _add_worker, _add_status,
-    _add_dashboard, _add_report, _add_export,
+    _add_dashboard, _add_report, _add_export, _add_storage_proxy,
 ]
 
 
