@@ -27,6 +27,7 @@ pg_start() {
   # The least-privileged worker role, exactly as the README's "Many machines" shows it.
   $psql -d hpo \
         -c "REVOKE ALL ON DATABASE hpo FROM PUBLIC" \
+        -c "REVOKE CREATE ON SCHEMA public FROM PUBLIC" \
         -c "GRANT CONNECT ON DATABASE hpo TO hpo_worker" \
         -c "GRANT USAGE ON SCHEMA public TO hpo_worker" \
         -c "ALTER DEFAULT PRIVILEGES FOR ROLE hpo IN SCHEMA public GRANT SELECT, INSERT, UPDATE ON TABLES TO hpo_worker" \

@@ -14,7 +14,8 @@ of the seed's configuration on), same number of steps. The seed-style reference:
   second time for conditioning, the C × C covariance for decorrelation, every loss read
   back with `.item()` each step, plain Adam.
 
-Ours is `hpo.sae.training.train_sae`: the data on the device as tensors, a batch is an
+This reference is our reconstruction of the seed's style (its `color_debiasing` training
+loop), not the seed's code. Ours is `hpo.sae.training.train_sae`: the data on the device as tensors, a batch is an
 index slice, top-k kept compact (see `hpo.sae.model.FaithfulSAE.decode`,
 `hpo.sae.losses.decorrelation_topk`), fused Adam. Rounds alternate the order; each figure
 is a median over rounds.
@@ -68,8 +69,9 @@ def seed_style_training(data: SAEData, params: TrialParams, steps: int) -> float
     """`steps` steps of a loop written the way the seed's `train_cnn_sae_with_color_and_decorr`
     is: DataLoader batches, colour targets from strings, the dense top-k forward, the
     pre-activations computed again for conditioning, the C x C latent covariance for the
-    decorrelation loss, each loss read back with .item() for the log, a progress bar. The
-    losses and their weights are this project's (`loss_weights`). Returns seconds."""
+    decorrelation loss, each loss read back with .item() for the log (the progress bar is
+    off, as in ours). The losses and their weights are this project's (`loss_weights`).
+    Returns seconds."""
     torch.manual_seed(params.seed)
     d_in, d_out = data.weight_t.shape
     sae = FaithfulSAE(d_in, d_out, params.n_components, params.top_k, params.rank)

@@ -125,7 +125,10 @@ def search_quality(args: argparse.Namespace) -> None:
     url = f"sqlite:///{folder / 'search.db'}"
     arms = {
         "TPE + median pruning": ["--set", "sampler.name=tpe"],
-        "random, no pruning": ["--set", "sampler.name=random", "--set", "pruner.name=none"],
+        "random, no pruning": [
+            *("--set", "sampler.name=random", "--set", "pruner.name=none"),
+            *("--set", "pruner.options={}"),
+        ],
     }
     names = {arm: f"{i}-{uuid.uuid4().hex[:6]}" for i, arm in enumerate(arms)}
     for arm, extra in arms.items():  # create both studies (and the base model) first

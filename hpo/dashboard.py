@@ -259,6 +259,13 @@ class _AnyStore:
                 continue
 
 
+def _store_or_none(url: str, target: str | None) -> Any:
+    try:
+        return artifact_store(url, StorageSection(artifacts=target))
+    except UserError:  # grpc:// has no default store: studies that name none have none
+        return None
+
+
 def storage_artifact_store(url: str, storage: Any) -> Any:
     """The artifact store(s) the studies in this storage were launched with."""
     targets: dict[str | None, Any] = {}
@@ -266,10 +273,14 @@ def storage_artifact_store(url: str, storage: Any) -> Any:
         section = summary.user_attrs.get("study_file", {}).get("storage", {})
         target = section.get("artifacts")
         if target not in targets:
-            targets[target] = artifact_store(url, StorageSection(artifacts=target))
+            targets[target] = _store_or_none(url, target)
     if None not in targets:
-        targets[None] = artifact_store(url)
-    stores = [targets[None], *(s for k, s in targets.items() if k is not None)]
+        targets[None] = _store_or_none(url, None)
+    targets = {k: v for k, v in targets.items() if v is not None}
+    stores = [*(s for k, s in targets.items() if k is None), *(
+        s for k, s in targets.items() if k is not None)]
+    if not stores:
+        return None
     return stores[0] if len(stores) == 1 else _AnyStore(stores)
 
 

@@ -99,8 +99,12 @@ def engine_kwargs(url: str, extra: dict[str, Any] | None = None) -> dict[str, An
     else:
         kwargs = dict(POOL)
         kwargs["connect_args"] = {}
-        if url.startswith("postgresql"):
-            named = make_url(url).query
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in (
+            "psycopg",
+            "psycopg2",
+        ):  # libpq settings: other drivers (pg8000, asyncpg) take none of these
+            named = parsed.query
             defaults = {**PG_CONNECT, "application_name": f"hpo-{os.getpid()}"}
             kwargs["connect_args"] = {k: v for k, v in defaults.items() if k not in named}
     kwargs["connect_args"].update(extra.pop("connect_args", {}))
@@ -483,7 +487,26 @@ def artifact_store(url: str, section: StorageSection | None = None) -> Any:
         else:
             target = str(DEFAULT_DIR / "artifacts")
     if target.startswith("s3://"):
-        bucket, _, _prefix = target.removeprefix("s3://").partition("/")
-        return Boto3ArtifactStore(bucket)
+        bucket, _, prefix = target.removeprefix("s3://").partition("/")
+        store = Boto3ArtifactStore(bucket)
+        return PrefixedArtifactStore(store, prefix.strip("/")) if prefix.strip("/") else store
     Path(target).mkdir(parents=True, exist_ok=True)
     return FileSystemArtifactStore(target)
+
+
+class PrefixedArtifactStore:
+    """An Optuna artifact store that keeps its artifacts under `prefix/` of another one
+    (Optuna's Boto3 store writes to the bucket's root)."""
+
+    def __init__(self, store: Any, prefix: str) -> None:
+        self.store = store
+        self.prefix = prefix
+
+    def open_reader(self, artifact_id: str) -> Any:
+        return self.store.open_reader(f"{self.prefix}/{artifact_id}")
+
+    def write(self, artifact_id: str, content_body: Any) -> None:
+        self.store.write(f"{self.prefix}/{artifact_id}", content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        self.store.remove(f"{self.prefix}/{artifact_id}")

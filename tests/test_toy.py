@@ -132,6 +132,18 @@ def paths(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> st
     return request.param
 
 
+def dense_top_k(pre: torch.Tensor, n_components: int, top_k: int, rank: int) -> torch.Tensor:
+    """Top-k components per sample by a full sort (by norm over each component's rank
+    latents), zeros elsewhere: written apart from FaithfulSAE.select on purpose."""
+    norms = pre.view(pre.shape[0], n_components, rank).norm(dim=2)
+    order = norms.argsort(dim=1, descending=True)[:, :top_k]
+    keep = torch.zeros_like(norms, dtype=torch.bool).scatter(1, order, True)
+    if rank == 1:  # by value, not by absolute value
+        order = pre.argsort(dim=1, descending=True)[:, :top_k]
+        keep = torch.zeros_like(pre, dtype=torch.bool).scatter(1, order, True)
+    return pre * keep.repeat_interleave(rank, dim=1) if rank > 1 else pre * keep
+
+
 def dense_reference_terms(
     sae: FaithfulSAE,
     x: torch.Tensor,
@@ -142,7 +154,7 @@ def dense_reference_terms(
 ) -> dict[str, torch.Tensor]:
     """Every loss from the dense [B, C·r] latents, as the step computed them before."""
     pre = x @ sae.encoder
-    sparse = sae.sparsify(pre)
+    sparse = dense_top_k(pre, sae.n_components, sae.top_k, sae.rank)
     return {
         "recon": losses.reconstruction(sparse @ sae.decoder, target),
         "faithful": losses.faithfulness(sae.encoder @ sae.decoder, weight_t),
