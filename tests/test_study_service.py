@@ -107,7 +107,8 @@ def test_two_workers_finish_exactly_the_budget(tmp_path: Path, env: dict[str, st
 
 
 def test_resume_after_interrupt(tmp_path: Path, env: dict[str, str]) -> None:
-    study_file = toy_study(tmp_path, params__steps=600)
+    # A budget no machine finishes before the interrupt; the relaunch then lowers it.
+    study_file = toy_study(tmp_path, params__steps=600, study__n_trials=500)
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo", "launch", str(study_file), "--workers", "1"],
         env=env,
@@ -127,16 +128,21 @@ def test_resume_after_interrupt(tmp_path: Path, env: dict[str, str]) -> None:
             continue
         if len(done) >= 2:
             break
+    assert proc.poll() is None, "the study ended before the interrupt"
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "run the same command again to resume" in err
-    assert not [t for t in load(study_file).get_trials() if t.state == TS.RUNNING]
+    trials = load(study_file).get_trials()
+    assert not [t for t in trials if t.state == TS.RUNNING]
+    complete = len([t for t in trials if t.state == TS.COMPLETE])
+    assert 2 <= complete < 500
 
-    again = hpo("launch", str(study_file), "--workers", "1", env=env)
+    budget = complete + 2
+    again = hpo("launch", str(study_file), "--workers", "1", "--n-trials", str(budget), env=env)
     assert again.returncode == 0, again.stderr
     trials = load(study_file).get_trials()
-    assert len([t for t in trials if t.state == TS.COMPLETE]) == 6
+    assert len([t for t in trials if t.state == TS.COMPLETE]) == budget
 
 
 def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(
