@@ -15,8 +15,8 @@ of the seed's configuration on), same number of steps. The seed-style reference:
   back with `.item()` each step, plain Adam.
 
 This reference is our reconstruction of the seed's style (its `color_debiasing` training
-loop), not the seed's code. Ours is `hpo.sae.training.train_sae`: the data on the device as tensors, a batch is an
-index slice, top-k kept compact (see `hpo.sae.model.FaithfulSAE.decode`,
+loop), not the seed's code. Ours is `hpo.sae.training.train_sae`: the data on the device
+as tensors, a batch is an index slice, top-k kept compact (see `hpo.sae.model.FaithfulSAE.decode`,
 `hpo.sae.losses.decorrelation_topk`), fused Adam. Rounds alternate the order; each figure
 is a median over rounds.
 """
@@ -41,9 +41,9 @@ from sae_step import reference_sparsify  # noqa: E402  (the dense top-k)
 from hpo.config import TrialParams  # noqa: E402
 from hpo.sae.model import FaithfulSAE  # noqa: E402
 from hpo.sae.training import SAEData, loss_weights, train_sae  # noqa: E402
-from hpo.study_file import load_study_file  # noqa: E402
+from hpo.service.study_file import load_study_file  # noqa: E402
+from hpo.service.trial import prepare_task  # noqa: E402
 from hpo.tasks import colored_mnist  # noqa: E402
-from hpo.trial import prepare_task  # noqa: E402
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "colored_mnist.toml"
 COLOUR_NAMES = ("red", "green")
@@ -115,8 +115,13 @@ def seed_style_training(data: SAEData, params: TrialParams, steps: int) -> float
             loss.backward()
             opt.step()
             sched.step()
-            for k, v in {"recon": recon, "faithful": faithful, "cond": cond,
-                         "sparsity": sparsity, "decorr": decorr}.items():
+            for k, v in {
+                "recon": recon,
+                "faithful": faithful,
+                "cond": cond,
+                "sparsity": sparsity,
+                "decorr": decorr,
+            }.items():
                 log[k].append(v.item())
             bar.update(1)
             step += 1
@@ -149,9 +154,7 @@ def main() -> None:
         for name, fn in order if r % 2 == 0 else order[::-1]:
             runs[name].append(fn(data, params, args.steps))
     med = {k: statistics.median(v) for k, v in runs.items()}
-    ratio = statistics.median(
-        a / b for a, b in zip(runs["seed-style"], runs["ours"], strict=True)
-    )
+    ratio = statistics.median(a / b for a, b in zip(runs["seed-style"], runs["ours"], strict=True))
     print(
         f"probe split {tuple(data.inputs.shape)} -> {data.targets.shape[1]}, C "
         f"{params.n_components}, k {params.top_k}, batch {params.batch_size}, weights: "

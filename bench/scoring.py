@@ -17,13 +17,13 @@ import time
 
 import torch
 
-from hpo import ablation, scoring
-from hpo.base_training import images_to_float
-from hpo.colored_mnist import build_splits, make_groups
 from hpo.config import TrialParams
-from hpo.mnist_files import load_mnist
+from hpo.data.colored_mnist import build_splits, make_groups
+from hpo.data.mnist_files import load_mnist
+from hpo.debias import ablation, scoring
+from hpo.models.training import images_to_float
 from hpo.sae.model import FaithfulSAE
-from hpo.study_file import load_study_file
+from hpo.service.study_file import load_study_file
 from hpo.tasks import colored_mnist
 
 
@@ -35,10 +35,12 @@ def reference_sweep(model, images, digits, group_ids, names, layer, ablated_t, a
         with torch.no_grad():
             w = getattr(edited, layer).weight
             w.copy_(ablation.debiased_weight(w, ablated_t, alpha))
-            preds = torch.cat([
-                edited(images_to_float(images[i : i + 256])).argmax(1)
-                for i in range(0, len(images), 256)
-            ])
+            preds = torch.cat(
+                [
+                    edited(images_to_float(images[i : i + 256])).argmax(1)
+                    for i in range(0, len(images), 256)
+                ]
+            )
         out.append(scoring.group_metrics(preds == digits, group_ids, names))
     return out
 
@@ -52,8 +54,9 @@ def main() -> None:
     device = torch.device("cpu")
     ctx = colored_mnist.prepare(study.task, data_dir=None, device=device, progress=False)
     mnist = load_mnist(None, progress=False)
-    splits = build_splits(study.task, mnist.train_images, mnist.train_labels,
-                          mnist.test_images, mnist.test_labels)
+    splits = build_splits(
+        study.task, mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels
+    )
     val = splits["val"]
     images = torch.from_numpy(val.images)
     digits = torch.from_numpy(val.digits)
@@ -68,17 +71,21 @@ def main() -> None:
     ours_t, ref_t = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        ours = scoring.alpha_sweep(ctx.model, ctx.layer, z.z, z.digits, z.group_ids,
-                                   ctx.group_names, ablated_t, alphas)
+        ours = scoring.alpha_sweep(
+            ctx.model, ctx.layer, z.z, z.digits, z.group_ids, ctx.group_names, ablated_t, alphas
+        )
         ours_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        ref = reference_sweep(ctx.model, images, digits, gids, groups.names, ctx.layer,
-                              ablated_t, alphas)
+        ref = reference_sweep(
+            ctx.model, images, digits, gids, groups.names, ctx.layer, ablated_t, alphas
+        )
         ref_t.append(time.perf_counter() - t0)
     agree = all(a["groups"] == b["groups"] for a, b in zip(ours, ref, strict=True))
     mo, mr = statistics.median(ours_t), statistics.median(ref_t)
-    print(f"| scoring {len(alphas)} alphas on val ({len(digits)} images) | median of "
-          f"{args.repeats} | torch threads {torch.get_num_threads()} |")
+    print(
+        f"| scoring {len(alphas)} alphas on val ({len(digits)} images) | median of "
+        f"{args.repeats} | torch threads {torch.get_num_threads()} |"
+    )
     print("| --- | --- | --- |")
     print(f"| cached layer inputs (ours) | {1000 * mo:.1f} ms | |")
     print(f"| CNN re-run per alpha (seed) | {1000 * mr:.1f} ms | |")

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import optuna
 
-from hpo.export import rescore
-from hpo.runner import load_study
+from hpo.outputs.export import rescore
+from hpo.service.runner import load_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "colored_mnist.toml"
 HPO = [sys.executable, "-m", "hpo"]
@@ -109,8 +109,10 @@ def time_to_target(args: argparse.Namespace) -> None:
         for seed in args.sampler_seeds.split(",")
     ]
     print(f"target: val worst-group >= {args.target:.3f}; limit {args.limit_min:.0f} min\n")
-    print("| sampler seed | cold start to first trial (data, base model) | time to target | "
-          "trial (val worst-group) | trials finished by then |")
+    print(
+        "| sampler seed | cold start to first trial (data, base model) | time to target | "
+        "trial (val worst-group) | trials finished by then |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for r in runs:
         reached = f"{r['minutes']:.1f} min" if r["minutes"] is not None else "not reached"
@@ -152,28 +154,33 @@ def search_quality(args: argparse.Namespace) -> None:
             stop(p)
     checkpoints = [float(c) for c in args.checkpoints.split(",")]
     print(f"storage {url}; {args.minutes} min, 1 worker x 1 torch thread per arm, side by side\n")
-    print("| arm | minutes | trials complete / pruned / failed | best val worst-group | "
-          "its test worst-group | best trial |")
+    print(
+        "| arm | minutes | trials complete / pruned / failed | best val worst-group | "
+        "its test worst-group | best trial |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for arm in arms:
         study = load_study(names[arm], url)
         for minutes in checkpoints:
             cut = t0 + minutes * 60
             trials = [
-                t for t in study.get_trials(deepcopy=False)
+                t
+                for t in study.get_trials(deepcopy=False)
                 if t.datetime_complete and t.datetime_complete.timestamp() <= cut
             ]
-            n = {
-                s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")
-            }
+            n = {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL")}
             best = best_by(study, t0, minutes * 60)
             if best is None:
-                print(f"| {arm} | {minutes:.0f} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} "
-                      "| - | - | - |")
+                print(
+                    f"| {arm} | {minutes:.0f} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} "
+                    "| - | - | - |"
+                )
                 continue
             test = rescore(study, url, best).result["models"]["debiased"]["test"]["worst_group"]
-            print(f"| {arm} | {minutes:.0f} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} | "
-                  f"{100 * best.values[0]:.1f} % | {100 * test:.1f} % | {best.number} |")
+            print(
+                f"| {arm} | {minutes:.0f} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} | "
+                f"{100 * best.values[0]:.1f} % | {100 * test:.1f} % | {best.number} |"
+            )
 
 
 def main() -> None:

@@ -4,7 +4,7 @@
                                      [--throughput-trials 8] [--pairs 2] [--steps 300]
                                      [--threads 1]
 
-1. Overhead: one in-process worker (`hpo.runner.work`) runs N toy trials on each backend,
+1. Overhead: one in-process worker (`hpo.service.runner.work`) runs N toy trials on each backend,
    rounds alternating SQLite and PostgreSQL so that load from other processes hits both
    alike (after one discarded warm-up run each: first-call imports). Every database call
    of the worker's storage objects is timed (outermost calls only: a nested call is not
@@ -46,10 +46,14 @@ import tomli_w
 from optuna.storages import BaseStorage
 
 # Database calls: the public storage API, plus what Optuna's trial cache calls directly.
-CALLS = tuple(
-    n for n, f in vars(BaseStorage).items() if callable(f) and not n.startswith("_")
-) + ("_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
-     "_get_stale_trial_ids", "record_heartbeat")
+CALLS = tuple(n for n, f in vars(BaseStorage).items() if callable(f) and not n.startswith("_")) + (
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
+    "_get_best_trial_id",
+    "_get_stale_trial_ids",
+    "record_heartbeat",
+)
 
 
 class StorageTimer:
@@ -109,12 +113,22 @@ def study_file(folder: Path, name: str, steps: int, n_trials: int, task: str = "
             "sampler": {"name": "tpe", "options": {"n_startup_trials": 4}},
             "pruner": {"name": "none"},
             "task": {"kind": "toy_superposition"},
-            "params": {"n_components": 5, "top_k": 1, "steps": steps, "eval_every": 100,
-                       "batch_size": 1024, "cond_weight": 0.0, "sparsity_weight": 0.0,
-                       "decorr_weight": 0.0, "rank_weight": 0.0},
-            "search": {"lr": {"low": 3e-4, "high": 1e-2, "log": True},
-                       "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
-                       "recon_weight": {"low": 0.1, "high": 10.0, "log": True}},
+            "params": {
+                "n_components": 5,
+                "top_k": 1,
+                "steps": steps,
+                "eval_every": 100,
+                "batch_size": 1024,
+                "cond_weight": 0.0,
+                "sparsity_weight": 0.0,
+                "decorr_weight": 0.0,
+                "rank_weight": 0.0,
+            },
+            "search": {
+                "lr": {"low": 3e-4, "high": 1e-2, "log": True},
+                "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
+                "recon_weight": {"low": 0.1, "high": 10.0, "log": True},
+            },
         }
     path = folder / f"{name}.toml"
     path.write_bytes(tomli_w.dumps(doc).encode())
@@ -125,11 +139,17 @@ def overhead(
     url: str, folder: Path, steps: int, n_trials: int, threads: int, task: str
 ) -> dict[str, Any]:
     """One in-process worker on a fresh study; its storage calls timed."""
-    import hpo.runner as runner
+    import hpo.service.runner as runner
 
     name = f"bench-{uuid.uuid4().hex[:8]}"
-    runner.launch(str(study_file(folder, name, steps, n_trials, task)), workers=0, n_trials=None,
-                  storage_url=url, data_dir=None, quiet=True)
+    runner.launch(
+        str(study_file(folder, name, steps, n_trials, task)),
+        workers=0,
+        n_trials=None,
+        storage_url=url,
+        data_dir=None,
+        quiet=True,
+    )
     timer = StorageTimer()
     real_open = runner.open_storage
     runner.open_storage = lambda *a, **k: timer.instrument(real_open(*a, **k))
@@ -139,8 +159,14 @@ def overhead(
         wall = time.perf_counter() - start
     finally:
         runner.open_storage = real_open
-    return {"wall": wall, "storage": timer.trial_thread, "heartbeat": timer.heartbeat_thread,
-            "calls": timer.calls, "trials": n_trials, "by_call": timer.by_call}
+    return {
+        "wall": wall,
+        "storage": timer.trial_thread,
+        "heartbeat": timer.heartbeat_thread,
+        "calls": timer.calls,
+        "trials": n_trials,
+        "by_call": timer.by_call,
+    }
 
 
 def throughput(
@@ -156,13 +182,28 @@ def throughput(
         subprocess.run([*launch, "--workers", str(workers)], check=True, capture_output=True)
     else:
         subprocess.run([*launch, "--workers", "0"], check=True, capture_output=True)
-        procs = [subprocess.Popen([*hpo, "worker", "--study", name, "--storage", url,
-                                   "--threads", "1", "--worker-id", f"bench-{i}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i in range(workers)]
+        procs = [
+            subprocess.Popen(
+                [
+                    *hpo,
+                    "worker",
+                    "--study",
+                    name,
+                    "--storage",
+                    url,
+                    "--threads",
+                    "1",
+                    "--worker-id",
+                    f"bench-{i}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i in range(workers)
+        ]
         if any(p.wait() for p in procs):
             raise SystemExit(f"a worker failed on {name}")
-    from hpo.storage import open_storage
+    from hpo.service.storage import open_storage
 
     trials = optuna.load_study(
         study_name=name, storage=open_storage(url, heartbeat=False)
@@ -174,8 +215,11 @@ def throughput(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--postgres", default=os.environ.get("HPO_TEST_POSTGRES_URL"),
-                    help="PostgreSQL URL (default: $HPO_TEST_POSTGRES_URL)")
+    ap.add_argument(
+        "--postgres",
+        default=os.environ.get("HPO_TEST_POSTGRES_URL"),
+        help="PostgreSQL URL (default: $HPO_TEST_POSTGRES_URL)",
+    )
     ap.add_argument("--trials", type=int, default=12, help="trials per overhead round")
     ap.add_argument("--rounds", type=int, default=2, help="overhead rounds per backend")
     ap.add_argument("--throughput-trials", type=int, default=8)
@@ -183,9 +227,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300, help="SAE steps per toy trial")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, overhead part")
     ap.add_argument("--task", choices=("toy", "colored_mnist"), default="toy")
-    ap.add_argument("--modes", default="launch,worker",
-                    help="throughput modes: launch (hpo launch --workers N), worker (N x hpo "
-                    "worker --threads 1)")
+    ap.add_argument(
+        "--modes",
+        default="launch,worker",
+        help="throughput modes: launch (hpo launch --workers N), worker (N x hpo "
+        "worker --threads 1)",
+    )
     args = ap.parse_args()
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -232,17 +279,25 @@ def main() -> None:
 
 
 def print_overhead(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]]]) -> None:
-    print(f"{args.task} trials of {args.steps} SAE steps, {args.threads} torch thread(s); "
-          f"{args.rounds} rounds x {args.trials} trials per backend, medians over rounds.\n")
-    print("| backend | trial wall (s) | storage / trial (ms) | calls / trial | "
-          "storage fraction | heartbeat thread / trial (ms) |")
+    print(
+        f"{args.task} trials of {args.steps} SAE steps, {args.threads} torch thread(s); "
+        f"{args.rounds} rounds x {args.trials} trials per backend, medians over rounds.\n"
+    )
+    print(
+        "| backend | trial wall (s) | storage / trial (ms) | calls / trial | "
+        "storage fraction | heartbeat thread / trial (ms) |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for backend, rs in runs.items():
-        med = {k: statistics.median(r[k] / r["trials"] for r in rs)
-               for k in ("wall", "storage", "heartbeat", "calls")}
+        med = {
+            k: statistics.median(r[k] / r["trials"] for r in rs)
+            for k in ("wall", "storage", "heartbeat", "calls")
+        }
         frac = statistics.median(r["storage"] / r["wall"] for r in rs)
-        print(f"| {backend} | {med['wall']:.2f} | {1000 * med['storage']:.1f} | "
-              f"{med['calls']:.0f} | {100 * frac:.1f} % | {1000 * med['heartbeat']:.1f} |")
+        print(
+            f"| {backend} | {med['wall']:.2f} | {1000 * med['storage']:.1f} | "
+            f"{med['calls']:.0f} | {100 * frac:.1f} % | {1000 * med['heartbeat']:.1f} |"
+        )
     print("\nWhere the trial thread's storage time goes (ms per trial, all rounds):\n")
     for backend, rs in runs.items():
         total: dict[str, float] = {}
@@ -257,8 +312,9 @@ def print_overhead(args: argparse.Namespace, runs: dict[str, list[dict[str, Any]
 def print_throughput(
     args: argparse.Namespace, rates: dict[tuple[str, str], list[tuple[float, float]]]
 ) -> None:
-    print(f"\nThroughput on a budget of {args.throughput_trials} trials, {args.pairs} "
-          "pair(s) each:\n")
+    print(
+        f"\nThroughput on a budget of {args.throughput_trials} trials, {args.pairs} pair(s) each:\n"
+    )
     print("| backend | workers | N = 1 (trials/h) | N = 2 (trials/h) | ratio |")
     print("| --- | --- | --- | --- | --- |")
     for (backend, mode), pairs in rates.items():

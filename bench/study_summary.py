@@ -10,8 +10,8 @@ import argparse
 
 import optuna
 
-from hpo.export import rescore, study_url
-from hpo.runner import load_study, trial_counts
+from hpo.outputs.export import rescore, study_url
+from hpo.service.runner import load_study, trial_counts
 
 
 def main() -> None:
@@ -30,17 +30,26 @@ def main() -> None:
     r = rescore(study, url, best)
     models = r.result["models"]
     print(f"| study | {args.study} |")
-    print(f"| trials complete / pruned / failed | {counts['complete']} / {counts['pruned']} / "
-          f"{counts['failed']} |")
+    print(
+        f"| trials complete / pruned / failed | {counts['complete']} / {counts['pruned']} / "
+        f"{counts['failed']} |"
+    )
     print(f"| wall time (first start to last end) | {wall / 60:.1f} min |")
-    print(f"| best trial | {best.number} (alpha {r.result['alpha']}, params "
-          f"{ {k: round(v, 4) if isinstance(v, float) else v for k, v in best.params.items()} }) |")
+    print(
+        f"| best trial | {best.number} (alpha {r.result['alpha']}, params "
+        f"{ {k: round(v, 4) if isinstance(v, float) else v for k, v in best.params.items()} }) |"
+    )
     for name in ("original", "debiased", "oracle", "last_layer"):
         m = models[name]
-        print(f"| {name} worst-group val / test | {100 * m['val']['worst_group']:.1f} % / "
-              f"{100 * m['test']['worst_group']:.1f} % |")
-    pruned_at = [t.user_attrs.get("pruned_at_step") for t in trials
-                 if t.state == optuna.trial.TrialState.PRUNED]
+        print(
+            f"| {name} worst-group val / test | {100 * m['val']['worst_group']:.1f} % / "
+            f"{100 * m['test']['worst_group']:.1f} % |"
+        )
+    pruned_at = [
+        t.user_attrs.get("pruned_at_step")
+        for t in trials
+        if t.state == optuna.trial.TrialState.PRUNED
+    ]
     print(f"| pruned at steps | {sorted(pruned_at)} |")
     if r.mismatches:
         print(f"| re-score mismatches | {r.mismatches} |")

@@ -37,9 +37,9 @@ def _add_trial(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_trial(args: argparse.Namespace) -> int:
-    from hpo.study_file import load_study_file
-    from hpo.trial import prepare_task, run_trial
-    from hpo.trial_table import format_result
+    from hpo.outputs.trial_table import format_result
+    from hpo.service.study_file import load_study_file
+    from hpo.service.trial import prepare_task, run_trial
 
     path = args.config or args.study_file
     if not path:
@@ -63,29 +63,43 @@ def cmd_trial(args: argparse.Namespace) -> int:
 def _add_launch(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("launch", help="create or resume a study and run local workers")
     p.add_argument("study_file", help="a study file, e.g. studies/colored_mnist.toml")
-    p.add_argument("--workers", type=int, default=1,
-                   help="local worker processes (default 1; 0 = create the study and its base "
-                   "model only, for workers started elsewhere with hpo worker)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="local worker processes (default 1; 0 = create the study and its base "
+        "model only, for workers started elsewhere with hpo worker)",
+    )
     p.add_argument("--n-trials", type=int, help="study-wide trial budget (default: the file's)")
     p.add_argument(
         "--storage", help="SQLAlchemy URL (default: the file's, else storage/<study>.db)"
     )
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
-    p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="SECTION.KEY=VALUE", help="override a field of the study file")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a field of the study file",
+    )
     p.set_defaults(func=cmd_launch)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from hpo.runner import launch
+    from hpo.service.runner import launch
 
     if args.workers < 0:
         raise UserError(f"--workers: must be 0 or more, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials: must be at least 1, got {args.n_trials}")
     return launch(
-        args.study_file, workers=args.workers, n_trials=args.n_trials,
-        storage_url=args.storage, data_dir=args.data_dir, overrides=args.overrides,
+        args.study_file,
+        workers=args.workers,
+        n_trials=args.n_trials,
+        storage_url=args.storage,
+        data_dir=args.data_dir,
+        overrides=args.overrides,
     )
 
 
@@ -102,8 +116,8 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
-    from hpo.runner import work
-    from hpo.storage import STORAGE_ENV
+    from hpo.service.runner import work
+    from hpo.service.storage import STORAGE_ENV
 
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
@@ -122,7 +136,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from hpo.status import collect_status, format_status
+    from hpo.service.status import collect_status, format_status
 
     rows = collect_status(args.storage)
     print(json.dumps(rows) if args.json else format_status(rows))
@@ -131,18 +145,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _add_dashboard(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dashboard", help="optuna-dashboard over a storage, with trial charts")
-    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else the one "
-                   "storage/*.db)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; the dashboard has no login)")
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else the one storage/*.db)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; the dashboard has no login)",
+    )
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 = any free)")
-    p.add_argument("--read-only", action="store_true",
-                   help="refuse every request that would change studies or artifacts")
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        help="refuse every request that would change studies or artifacts",
+    )
     p.set_defaults(func=cmd_dashboard)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from hpo.dashboard import serve
+    from hpo.outputs.dashboard import serve
 
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port: must be 0-65535, got {args.port}")
@@ -152,14 +173,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="one self-contained HTML report of a study")
     p.add_argument("study", help="study name")
-    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else "
-                   "storage/<study>.db)")
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/<study>.db)"
+    )
     p.add_argument("--out", help="HTML file to write (default: <study>-report.html)")
     p.set_defaults(func=cmd_report)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpo.report import write_report
+    from hpo.outputs.report import write_report
 
     path = write_report(args.study, args.storage, args.out)
     print(path)
@@ -169,16 +191,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="best config, SAE and debiased model weights, model card")
     p.add_argument("study", help="study name")
-    p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else "
-                   "storage/<study>.db)")
-    p.add_argument("--trial", type=int, help="trial number (default: the best; required for "
-                   "a multi-objective study, from its Pareto front)")
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/<study>.db)"
+    )
+    p.add_argument(
+        "--trial",
+        type=int,
+        help="trial number (default: the best; required for "
+        "a multi-objective study, from its Pareto front)",
+    )
     p.add_argument("--out", help="folder to write (default: models/<study>/)")
     p.set_defaults(func=cmd_export)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hpo.export import export
+    from hpo.outputs.export import export
 
     path = export(args.study, args.storage, trial=args.trial, out=args.out)
     print(path)
@@ -186,12 +213,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_storage_proxy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("storage-proxy", help="serve a study database to many workers over gRPC "
-                       "(workers then use --storage grpc://HOST:PORT)")
-    p.add_argument("--storage", help="SQLAlchemy URL of the database to serve (default: "
-                   "$HPO_STORAGE_URL)")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; "
-                   "the proxy has no login: bind a private network only)")
+    p = sub.add_parser(
+        "storage-proxy",
+        help="serve a study database to many workers over gRPC "
+        "(workers then use --storage grpc://HOST:PORT)",
+    )
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL of the database to serve (default: $HPO_STORAGE_URL)"
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default 127.0.0.1; "
+        "the proxy has no login: bind a private network only)",
+    )
     p.add_argument("--port", type=int, default=13000, help="port (default 13000)")
     p.set_defaults(func=cmd_storage_proxy)
 
@@ -199,8 +234,8 @@ def _add_storage_proxy(sub: argparse._SubParsersAction) -> None:
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
     import os
 
-    from hpo.storage import STORAGE_ENV
-    from hpo.storage_proxy import serve
+    from hpo.service.storage import STORAGE_ENV
+    from hpo.service.storage_proxy import serve
 
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
@@ -214,8 +249,14 @@ def _say(msg: str, quiet: bool = False) -> None:
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_trial, _add_launch, _add_worker, _add_status,
-    _add_dashboard, _add_report, _add_export, _add_storage_proxy,
+    _add_trial,
+    _add_launch,
+    _add_worker,
+    _add_status,
+    _add_dashboard,
+    _add_report,
+    _add_export,
+    _add_storage_proxy,
 ]
 
 

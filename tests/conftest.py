@@ -19,7 +19,7 @@ import pytest
 import tomli_w
 import torch
 
-import hpo.mnist_files as mf
+import hpo.data.mnist_files as mf
 
 UNREACHABLE = "http://127.0.0.1:9/"
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hpo import ablation, scoring
-from hpo.base_models import BASE_MODELS, ColoredMnistClassifier
+from hpo.debias import ablation, scoring
+from hpo.models.classifiers import BASE_MODELS, ColoredMnistClassifier
 from hpo.sae.model import FaithfulSAE
 
 NAMES = ("red/0-4", "red/5-9", "green/0-4", "green/5-9")

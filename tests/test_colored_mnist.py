@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.colored_mnist import (
+from hpo.config import PALETTE, ColoredMnistTask
+from hpo.data.colored_mnist import (
     ORACLE_SPLIT,
     SPLITS,
     Split,
@@ -23,7 +24,6 @@ from hpo.colored_mnist import (
     colorize,
     make_groups,
 )
-from hpo.config import PALETTE, ColoredMnistTask
 from hpo.errors import UserError
 
 
@@ -266,8 +266,8 @@ def folder_task(root: Path, **changes: object) -> ColoredMnistTask:
 
 
 def test_folder_splits_match_build_splits_semantics(colorized_root: Path) -> None:
-    from hpo.colorized_folder import folder_splits
-    from hpo.mnist_files import load_colorized_folder
+    from hpo.data.colorized_folder import folder_splits
+    from hpo.data.mnist_files import load_colorized_folder
 
     task = folder_task(colorized_root)
 
@@ -303,7 +303,7 @@ def test_folder_splits_match_build_splits_semantics(colorized_root: Path) -> Non
 def test_folder_splits_are_biased_at_the_asked_rate_and_deterministic(
     colorized_root: Path,
 ) -> None:
-    from hpo.colorized_folder import folder_splits
+    from hpo.data.colorized_folder import folder_splits
 
     task = folder_task(colorized_root, bias=0.0)
 
@@ -319,14 +319,14 @@ def test_folder_splits_are_biased_at_the_asked_rate_and_deterministic(
 
 
 def test_a_task_colour_missing_from_the_folder_is_named(colorized_root: Path) -> None:
-    from hpo.colorized_folder import folder_splits
+    from hpo.data.colorized_folder import folder_splits
 
     with pytest.raises(UserError, match="'yellow'"):
         folder_splits(folder_task(colorized_root, colors=("red", "yellow")))
 
 
 def test_a_folder_too_small_for_the_splits_names_digit_and_colour(colorized_root: Path) -> None:
-    from hpo.colorized_folder import folder_splits
+    from hpo.data.colorized_folder import folder_splits
 
     with pytest.raises(UserError, match=r"digit 0 in red"):
         folder_splits(folder_task(colorized_root, train_per_digit=8, probe_per_digit=10))
@@ -340,7 +340,7 @@ def test_a_trial_runs_on_a_colorized_folder(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from hpo.cli import main
-    from hpo.mnist_files import load_colorized_folder
+    from hpo.data.mnist_files import load_colorized_folder
 
     study = make_study(
         task={

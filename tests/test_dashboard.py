@@ -27,8 +27,8 @@ import pytest
 from optuna_dashboard._note import get_note_from_system_attrs
 from test_export import run_tiny_study
 
-from hpo.dashboard import sync_best_notes
-from hpo.plots import ALPHA_CHART, GROUP_CHART, LOSS_CHART
+from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART
+from hpo.outputs.dashboard import sync_best_notes
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -43,7 +43,9 @@ def dashboard(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
     """`hpo dashboard ARGS --port 0` in its own process; yields its base URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "hpo", "dashboard", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -54,9 +56,10 @@ def dashboard(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
             if ready:
                 line = proc.stdout.readline()
                 break
-        assert line.startswith("optuna-dashboard on http://"), (line, proc.stderr.read()
-                                                                 if proc.poll() is not None
-                                                                 else "")
+        assert line.startswith("optuna-dashboard on http://"), (
+            line,
+            proc.stderr.read() if proc.poll() is not None else "",
+        )
         url = line.split()[2].removesuffix("/dashboard/")
         yield url, proc
     finally:
@@ -65,8 +68,9 @@ def dashboard(*args: str) -> Iterator[tuple[str, subprocess.Popen]]:
 
 
 def request(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes, dict]:
-    req = urllib.request.Request(url, data=body, method=method,
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=body, method=method, headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, resp.read(), dict(resp.headers)
@@ -98,21 +102,30 @@ def test_trials_carry_their_charts_and_the_best_one_a_note(tiny: str) -> None:
     for trial in complete:
         if trial.number != best.number:  # never noted, or noted when it led
             assert note(study, trial) == "" or note(study, trial).startswith(
-                "### Was best until trial ")
+                "### Was best until trial "
+            )
 
 
 def _attrs(worst: float) -> dict:
-    return {"alpha": 0.5, "ablated_components": [0, 1], "seed": 0,
-            "val_groups": {"original": {"a": 0.9, "b": 0.1},
-                           "debiased": {"a": 0.85, "b": worst}}}
+    return {
+        "alpha": 0.5,
+        "ablated_components": [0, 1],
+        "seed": 0,
+        "val_groups": {"original": {"a": 0.9, "b": 0.1}, "debiased": {"a": 0.85, "b": worst}},
+    }
 
 
 def test_best_note_follows_the_best_and_leaves_a_persons_note_alone() -> None:
     from optuna_dashboard import save_note
 
     study = optuna.create_study(direction="maximize")
-    study.set_user_attr("study_file", {"study": {"objectives": ["worst_group"]},
-                                       "task": {"layer": "fc1", "colors": ["red", "green"]}})
+    study.set_user_attr(
+        "study_file",
+        {
+            "study": {"objectives": ["worst_group"]},
+            "task": {"layer": "fc1", "colors": ["red", "green"]},
+        },
+    )
 
     def finish(worst: float) -> optuna.trial.FrozenTrial:
         trial = study.ask()
@@ -161,8 +174,9 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
     trial = study.best_trial
     from optuna.artifacts import get_all_artifact_meta
 
-    chart = next(m for m in get_all_artifact_meta(trial, storage=study._storage)
-                 if m.filename == GROUP_CHART)
+    chart = next(
+        m for m in get_all_artifact_meta(trial, storage=study._storage) if m.filename == GROUP_CHART
+    )
     with dashboard("--storage", tiny, "--read-only") as (base, _):
         code, body, _ = request("GET", f"{base}/api/studies")
         assert code == 200
@@ -175,7 +189,8 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
         assert code == 200 and b"Optuna Dashboard" in body
         assert request("GET", f"{base}/static/bundle.js")[0] == 200
         code, body, headers = request(
-            "GET", f"{base}/artifacts/{sid}/{trial._trial_id}/{chart.artifact_id}")
+            "GET", f"{base}/artifacts/{sid}/{trial._trial_id}/{chart.artifact_id}"
+        )
         assert code == 200 and headers["Content-Type"] == "image/svg+xml"
         ET.fromstring(body)  # well-formed SVG
         assert request("HEAD", f"{base}/api/meta")[0] == 200
@@ -199,8 +214,9 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
     after = optuna.load_study(study_name="tiny", storage=tiny)
     assert optuna.study.get_all_study_names(tiny) == ["tiny"]
     assert len(after.trials) == 3 and "a" not in after.best_trial.user_attrs
-    assert GROUP_CHART in {m.filename for m in get_all_artifact_meta(
-        after.best_trial, storage=after._storage)}
+    assert GROUP_CHART in {
+        m.filename for m in get_all_artifact_meta(after.best_trial, storage=after._storage)
+    }
 
 
 def test_without_read_only_a_delete_goes_through_and_other_hosts_get_a_warning(
@@ -232,18 +248,33 @@ def test_chromium_renders_the_study_and_its_trials(tiny: str, tmp_path: Path) ->
     sid = study._study_id
     with dashboard("--storage", tiny, "--read-only") as (base, _):
         best = study.best_trial.number
-        pages = {"study": f"{base}/dashboard/studies/{sid}",
-                 "trials": f"{base}/dashboard/studies/{sid}/trials?numbers={best}"}
+        pages = {
+            "study": f"{base}/dashboard/studies/{sid}",
+            "trials": f"{base}/dashboard/studies/{sid}/trials?numbers={best}",
+        }
         doms = {}
         for name, url in pages.items():
             shot = tmp_path / f"dash-{name}.png"
             out = subprocess.run(
-                [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-                 f"--screenshot={shot}", "--window-size=1280,900",
-                 "--virtual-time-budget=10000", "--dump-dom", url],
-                capture_output=True, text=True, timeout=180,
+                [
+                    CHROMIUM,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    f"--user-data-dir={tmp_path / 'chrome'}",
+                    f"--screenshot={shot}",
+                    "--window-size=1280,900",
+                    "--virtual-time-budget=10000",
+                    "--dump-dom",
+                    url,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=180,
             )
             assert out.returncode == 0, out.stderr[-2000:]
             assert shot.stat().st_size > 10_000

@@ -19,8 +19,8 @@ import pytest
 import torch
 from conftest import tiny_study_dict, write_study
 
-from hpo import export as export_mod
 from hpo.cli import main
+from hpo.outputs import export as export_mod
 
 # The study file names a PostgreSQL server with a password; the run itself used
 # --storage on SQLite. The password must never reach an exported file.
@@ -28,23 +28,30 @@ SECRET = "s3cret-pw-in-study-file"
 FILES = {"config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md"}
 
 
-def run_tiny_study(root: Path, data_dir: Path, name: str, n_trials: int = 3,
-                   **sections: dict[str, Any]) -> str:
+def run_tiny_study(
+    root: Path, data_dir: Path, name: str, n_trials: int = 3, **sections: dict[str, Any]
+) -> str:
     """Launch the tiny study with a search space and run its trials, as `hpo launch`
     does, but in this process (the tiny MNIST is only valid inside it)."""
-    from hpo.runner import launch, work
+    from hpo.service.runner import launch, work
 
     doc = tiny_study_dict()
     doc["study"].update(name=name, n_trials=n_trials)
     doc["pruner"] = {"name": "none"}
-    doc["search"] = {"lr": {"low": 1e-3, "high": 1e-2, "log": True},
-                     "faithful_weight": {"low": 0.1, "high": 10.0, "log": True}}
+    doc["search"] = {
+        "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+        "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
+    }
     for section, fields in sections.items():
         doc.setdefault(section, {}).update(fields)
     path = write_study(root / f"{name}.toml", doc)
     url = f"sqlite:///{root / 'storage' / f'{name}.db'}"
-    assert launch(str(path), workers=0, n_trials=None, storage_url=url,
-                  data_dir=str(data_dir), quiet=True) == 0
+    assert (
+        launch(
+            str(path), workers=0, n_trials=None, storage_url=url, data_dir=str(data_dir), quiet=True
+        )
+        == 0
+    )
     assert work(name, url, worker="test", threads=1) == 0
     return url
 
@@ -52,8 +59,12 @@ def run_tiny_study(root: Path, data_dir: Path, name: str, n_trials: int = 3,
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory, tiny_mnist_dir: Path) -> str:
     root = tmp_path_factory.mktemp("export")
-    return run_tiny_study(root, tiny_mnist_dir, "tiny", storage={
-        "url": f"postgresql+psycopg://hpo:{SECRET}@db.invalid:5432/hpo"})
+    return run_tiny_study(
+        root,
+        tiny_mnist_dir,
+        "tiny",
+        storage={"url": f"postgresql+psycopg://hpo:{SECRET}@db.invalid:5432/hpo"},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +79,8 @@ def best_trial(url: str, name: str = "tiny") -> optuna.trial.FrozenTrial:
 
 
 def val_and_test_images(task: Any, data_dir: Path) -> dict[str, Any]:
-    from hpo.colored_mnist import build_splits
-    from hpo.mnist_files import load_mnist
+    from hpo.data.colored_mnist import build_splits
+    from hpo.data.mnist_files import load_mnist
 
     m = load_mnist(data_dir, progress=False)
     splits = build_splits(task, m.train_images, m.train_labels, m.test_images, m.test_labels)
@@ -78,23 +89,26 @@ def val_and_test_images(task: Any, data_dir: Path) -> dict[str, Any]:
 
 def accuracies_from_scratch(model: torch.nn.Module, split: Any, task: Any) -> dict[str, Any]:
     """Per-group accuracy of `model` run on the images themselves, with numpy."""
-    from hpo.colored_mnist import make_groups
+    from hpo.data.colored_mnist import make_groups
 
     with torch.no_grad():
         logits = model(torch.from_numpy(split.images).float() / 255.0)
-    correct = (logits.argmax(1).numpy() == split.digits)
+    correct = logits.argmax(1).numpy() == split.digits
     groups = make_groups(task)
     ids = groups.ids(split.digits, split.colors)
     acc = {name: float(correct[ids == i].mean()) for i, name in enumerate(groups.names)}
-    return {"groups": acc, "worst_group": min(acc.values()),
-            "mean_group": float(np.mean(list(acc.values())))}
+    return {
+        "groups": acc,
+        "worst_group": min(acc.values()),
+        "mean_group": float(np.mean(list(acc.values()))),
+    }
 
 
 def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
     tiny: str, exported: Path, tiny_mnist_dir: Path
 ) -> None:
-    from hpo.base_models import ColorMnistMLP
     from hpo.config import StudyFile
+    from hpo.models.classifiers import ColorMnistMLP
     from hpo.sae.model import FaithfulSAE
 
     assert {p.name for p in exported.iterdir()} == FILES
@@ -114,8 +128,9 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
 
     metrics = json.loads((exported / "metrics.json").read_text())
     test = accuracies_from_scratch(model, images["test"], task)
-    assert test["groups"] == pytest.approx(metrics["models"]["debiased"]["test"]["groups"],
-                                           abs=1e-12)
+    assert test["groups"] == pytest.approx(
+        metrics["models"]["debiased"]["test"]["groups"], abs=1e-12
+    )
     assert set(metrics["models"]) == {"original", "debiased", "oracle", "last_layer"}
     for by_split in metrics["models"].values():
         assert set(by_split) == {"val", "test"}
@@ -131,7 +146,7 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
 def test_exported_config_reruns_the_trial(
     tiny: str, exported: Path, tiny_mnist_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from hpo.study_file import load_study_file
+    from hpo.service.study_file import load_study_file
 
     trial = best_trial(tiny)
     config = load_study_file(exported / "config.toml")  # the strict schema: no unknown keys
@@ -146,8 +161,17 @@ def test_exported_config_reruns_the_trial(
     assert doc == tomllib.loads((exported / "config.toml").read_text())
     assert (exported / "config.toml").read_text().startswith("# Trial ")
 
-    code = main(["trial", "--config", str(exported / "config.toml"), "--data-dir",
-                 str(tiny_mnist_dir), "--json", "--no-test"])
+    code = main(
+        [
+            "trial",
+            "--config",
+            str(exported / "config.toml"),
+            "--data-dir",
+            str(tiny_mnist_dir),
+            "--json",
+            "--no-test",
+        ]
+    )
     assert code == 0
     rerun = json.loads(capsys.readouterr().out)
     assert rerun["worst_group"] == trial.user_attrs["worst_group"]
@@ -159,7 +183,7 @@ def test_model_card_says_what_was_removed_and_how_to_load_it(exported: Path) -> 
     metrics = json.loads((exported / "metrics.json").read_text())
     assert "`fc1` weight" in card and "**Removed:** component(s) 0, 1" in card
     assert f"α = {metrics['alpha']:.3g}" in card
-    assert "from hpo.base_models import ColorMnistMLP" in card
+    assert "from hpo.models.classifiers import ColorMnistMLP" in card
     assert 'model.load_state_dict(torch.load("model.pt", weights_only=True))' in card
     worst = metrics["models"]["debiased"]["test"]["worst_group"]
     assert f"{100 * worst:.1f}%" in card
@@ -222,9 +246,14 @@ def test_bad_study_name_lists_the_studies_that_exist(
 @pytest.fixture(scope="module")
 def pareto(tmp_path_factory: pytest.TempPathFactory, tiny_mnist_dir: Path) -> str:
     root = tmp_path_factory.mktemp("pareto")
-    return run_tiny_study(root, tiny_mnist_dir, "tiny_pareto", n_trials=3,
-                          study={"objectives": ["worst_group", "faithfulness_error"]},
-                          sampler={"name": "random"})
+    return run_tiny_study(
+        root,
+        tiny_mnist_dir,
+        "tiny_pareto",
+        n_trials=3,
+        study={"objectives": ["worst_group", "faithfulness_error"]},
+        sampler={"name": "random"},
+    )
 
 
 def test_multi_objective_export_lists_the_front_and_takes_a_trial_from_it(
@@ -245,8 +274,21 @@ def test_multi_objective_export_lists_the_front_and_takes_a_trial_from_it(
         assert "not on the Pareto front" in capsys.readouterr().err
 
     out = tmp_path / "front"
-    assert main(["export", "tiny_pareto", "--storage", pareto, "--trial", str(front[0]),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "tiny_pareto",
+                "--storage",
+                pareto,
+                "--trial",
+                str(front[0]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     prov = json.loads((out / "config.json").read_text())["provenance"]
     assert prov["trial"] == front[0]
     assert set(prov["values"]) == {"worst_group", "faithfulness_error"}

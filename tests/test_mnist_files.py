@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import hpo.mnist_files as mf
-from hpo.mnist_files import DataError
+import hpo.data.mnist_files as mf
+from hpo.data.mnist_files import DataError
 
 UNREACHABLE = "http://127.0.0.1:9/"
 

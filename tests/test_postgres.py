@@ -28,13 +28,11 @@ import pytest
 import tomli_w
 
 from hpo.config import StorageSection
-from hpo.storage import CONNECTIONS_PER_WORKER, HEARTBEAT_ATTR, open_storage
+from hpo.service.storage import CONNECTIONS_PER_WORKER, HEARTBEAT_ATTR, open_storage
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState
-NEEDS_PG = (
-    "needs PostgreSQL: run `bash .ci/run`, or start a server and set HPO_TEST_POSTGRES_URL"
-)
+NEEDS_PG = "needs PostgreSQL: run `bash .ci/run`, or start a server and set HPO_TEST_POSTGRES_URL"
 
 
 def toy_study(tmp: Path, name: str, **over: Any) -> Path:
@@ -42,16 +40,28 @@ def toy_study(tmp: Path, name: str, **over: Any) -> Path:
     changes one field, `section={...}` a whole section."""
     doc: dict[str, Any] = {
         "study": {"name": name, "objectives": ["mmcs"], "n_trials": 6},
-        "storage": {"heartbeat_interval": 1, "grace_period": 3,
-                    "artifacts": str(tmp / "artifacts")},
+        "storage": {
+            "heartbeat_interval": 1,
+            "grace_period": 3,
+            "artifacts": str(tmp / "artifacts"),
+        },
         "sampler": {"name": "tpe", "options": {"n_startup_trials": 2}},
         "pruner": {"name": "none"},
         "task": {"kind": "toy_superposition", "train_steps": 300, "n_samples": 2000},
-        "params": {"n_components": 5, "top_k": 1, "steps": 150, "eval_every": 50,
-                   "batch_size": 256, "cond_weight": 0.0, "sparsity_weight": 0.0,
-                   "decorr_weight": 0.0},
-        "search": {"lr": {"low": 1e-3, "high": 1e-2, "log": True},
-                   "faithful_weight": {"low": 0.1, "high": 10.0, "log": True}},
+        "params": {
+            "n_components": 5,
+            "top_k": 1,
+            "steps": 150,
+            "eval_every": 50,
+            "batch_size": 256,
+            "cond_weight": 0.0,
+            "sparsity_weight": 0.0,
+            "decorr_weight": 0.0,
+        },
+        "search": {
+            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
+        },
     }
     for key, value in over.items():
         section, _, field = key.partition("__")
@@ -93,7 +103,10 @@ def name() -> str:
 
 def hpo(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hpo", *args], env=env, capture_output=True, text=True,
+        [sys.executable, "-m", "hpo", *args],
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -115,9 +128,22 @@ def _reap() -> Iterator[None]:
 def worker(name: str, url: str, env: dict[str, str]) -> subprocess.Popen:
     """`hpo worker` on one torch thread: several on two cores must not oversubscribe them."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "worker", "--study", name, "--storage", url,
-         "--threads", "1"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "worker",
+            "--study",
+            name,
+            "--storage",
+            url,
+            "--threads",
+            "1",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _SPAWNED.append(proc)
     return proc
@@ -137,8 +163,13 @@ def wait_for(condition: Any, what: str, timeout: float = 180) -> None:
 
 # What a storage failure prints. (Not "Traceback": Optuna logs one for a SurplusTrial, the
 # normal end of two workers starting the budget's last trial at once.)
-STORAGE_ERRORS = ("database is locked", "too many clients", "StorageInternalError",
-                  "UnboundLocalError", "error: storage")
+STORAGE_ERRORS = (
+    "database is locked",
+    "too many clients",
+    "StorageInternalError",
+    "UnboundLocalError",
+    "error: storage",
+)
 
 
 def no_storage_errors(stderr: str) -> bool:
@@ -168,8 +199,9 @@ def test_three_workers_share_one_study(
     as the least-privileged role of the README where CI provides one."""
     workers_url = os.environ.get("HPO_TEST_POSTGRES_WORKER_URL", pg_url)
     study_file = toy_study(tmp_path, name)
-    out = hpo("launch", str(study_file), "--storage", pg_url, "--workers", "0",
-              "--n-trials", "6", env=env)
+    out = hpo(
+        "launch", str(study_file), "--storage", pg_url, "--workers", "0", "--n-trials", "6", env=env
+    )
     assert out.returncode == 0, out.stderr
     workers = [worker(name, workers_url, env) for _ in range(3)]
     for w in workers:
@@ -187,8 +219,10 @@ def test_killed_worker_trial_fails_by_heartbeat_and_is_retried(
     tmp_path: Path, env: dict[str, str], pg_url: str, name: str
 ) -> None:
     study_file = toy_study(tmp_path, name, params__steps=800, study__n_trials=2)
-    assert hpo("launch", str(study_file), "--storage", pg_url, "--workers", "0",
-               env=env).returncode == 0
+    assert (
+        hpo("launch", str(study_file), "--storage", pg_url, "--workers", "0", env=env).returncode
+        == 0
+    )
     victim = worker(name, pg_url, env)
     wait_for(lambda: any(t.state == TS.RUNNING for t in trials(name, pg_url)), "a trial")
     time.sleep(0.5)
@@ -216,10 +250,13 @@ def test_workers_ride_out_a_postgres_restart(
     # Trials of a few seconds that report every fraction of one, and a grace period longer
     # than a restart but shorter than the second outage: no worker can beat while the
     # database is away, and no live trial may be taken for a dead worker's because of it.
-    study_file = toy_study(tmp_path, name, params__steps=400, study__n_trials=6,
-                           storage__grace_period=5)
-    assert hpo("launch", str(study_file), "--storage", pg_url, "--workers", "0",
-               env=env).returncode == 0
+    study_file = toy_study(
+        tmp_path, name, params__steps=400, study__n_trials=6, storage__grace_period=5
+    )
+    assert (
+        hpo("launch", str(study_file), "--storage", pg_url, "--workers", "0", env=env).returncode
+        == 0
+    )
     workers = [worker(name, pg_url, env) for _ in range(2)]
 
     def progress() -> tuple[list[optuna.trial.FrozenTrial], int]:
@@ -230,8 +267,9 @@ def test_workers_ride_out_a_postgres_restart(
     done_before = {t.number: t.value for t in progress()[0]}
 
     def pg(action: str) -> None:
-        subprocess.run(["bash", "-c", f"{pg_ctl} {action}"], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            ["bash", "-c", f"{pg_ctl} {action}"], check=True, capture_output=True, timeout=120
+        )
 
     pg("restart")
     # And a longer outage at once, while trials certainly still run: down for 8 s, so
@@ -275,10 +313,12 @@ def test_eight_workers_stay_within_their_connections(
         nonlocal peak_total
         with engine.connect() as conn:
             while not stop.is_set():
-                rows = conn.execute(sqlalchemy.text(
-                    "SELECT application_name, count(*) FROM pg_stat_activity "
-                    "WHERE application_name LIKE 'hpo-%' GROUP BY application_name"
-                )).all()
+                rows = conn.execute(
+                    sqlalchemy.text(
+                        "SELECT application_name, count(*) FROM pg_stat_activity "
+                        "WHERE application_name LIKE 'hpo-%' GROUP BY application_name"
+                    )
+                ).all()
                 conn.rollback()  # a fresh snapshot of pg_stat_activity each time
                 for app, n in rows:
                     peak[app] = max(peak.get(app, 0), n)
@@ -289,9 +329,23 @@ def test_eight_workers_stay_within_their_connections(
     watcher.start()
     study_file = toy_study(tmp_path, name)
     launch = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "launch", str(study_file), "--storage", pg_url,
-         "--workers", "8", "--n-trials", "8"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "launch",
+            str(study_file),
+            "--storage",
+            pg_url,
+            "--workers",
+            "8",
+            "--n-trials",
+            "8",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _SPAWNED.append(launch)
     try:
@@ -318,8 +372,9 @@ def test_four_sqlite_workers_never_see_a_locked_database(
 ) -> None:
     url = f"sqlite:///{tmp_path / 'storage' / 'many.db'}"
     study_file = toy_study(tmp_path, name)
-    out = hpo("launch", str(study_file), "--storage", url, "--workers", "4",
-              "--n-trials", "8", env=env)
+    out = hpo(
+        "launch", str(study_file), "--storage", url, "--workers", "4", "--n-trials", "8", env=env
+    )
     assert out.returncode == 0, out.stderr  # the workers' stderr comes through launch's
     assert no_storage_errors(out.stderr), out.stderr
     assert check_budget(trials(name, url), 8) == []
@@ -345,9 +400,11 @@ def proxy(request: pytest.FixtureRequest, env: dict[str, str]) -> Iterator[tuple
         backend = f"sqlite:///{Path.cwd() / 'storage' / 'behind-proxy.db'}"
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "hpo", "storage-proxy", "--storage", backend,
-         "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "hpo", "storage-proxy", "--storage", backend, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
@@ -368,8 +425,17 @@ def test_two_workers_through_the_grpc_proxy(
 ) -> None:
     grpc_url, backend = proxy
     study_file = toy_study(tmp_path, name)
-    out = hpo("launch", str(study_file), "--storage", grpc_url, "--workers", "2",
-              "--n-trials", "4", env=env)
+    out = hpo(
+        "launch",
+        str(study_file),
+        "--storage",
+        grpc_url,
+        "--workers",
+        "2",
+        "--n-trials",
+        "4",
+        env=env,
+    )
     assert out.returncode == 0, out.stderr
     ts = trials(name, backend)  # the same study, read from the database itself
     assert check_budget(ts, 4) == []
@@ -420,7 +486,7 @@ def test_storage_proxy_refuses_a_busy_port(tmp_path: Path) -> None:
     """gRPC itself would bind a busy port (SO_REUSEPORT) and share its clients."""
     pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio: pip install '.[grpc]'")
     from hpo.errors import UserError
-    from hpo.storage_proxy import serve
+    from hpo.service.storage_proxy import serve
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -15,7 +15,7 @@ import pytest
 from test_export import run_tiny_study
 
 from hpo.cli import main
-from hpo.report import TITLES
+from hpo.outputs.report import TITLES
 
 EXTERNAL = [
     r"<script[^>]*\bsrc\s*=",  # any <script src=...>: everything must be inline
@@ -36,7 +36,7 @@ def report(url: str, name: str, out: Path) -> str:
 
 
 def test_report_has_every_figure_and_opens_offline(tiny: str, tmp_path: Path) -> None:
-    from hpo.export import rescore
+    from hpo.outputs.export import rescore
 
     text = report(tiny, "tiny", tmp_path / "tiny.html")
 
@@ -68,9 +68,13 @@ def test_one_trial_study_reports_without_importances(
 def test_multi_objective_report_shows_the_pareto_front(
     tmp_path_factory: pytest.TempPathFactory, tiny_mnist_dir: Path, tmp_path: Path
 ) -> None:
-    url = run_tiny_study(tmp_path_factory.mktemp("front"), tiny_mnist_dir, "front",
-                         study={"objectives": ["worst_group", "faithfulness_error"]},
-                         sampler={"name": "random"})
+    url = run_tiny_study(
+        tmp_path_factory.mktemp("front"),
+        tiny_mnist_dir,
+        "front",
+        study={"objectives": ["worst_group", "faithfulness_error"]},
+        sampler={"name": "random"},
+    )
     text = report(url, "front", tmp_path / "front.html")
     assert f'"text":"{TITLES["pareto"]}' in text
     assert "Pareto front trials (re-scored)" in text
@@ -78,7 +82,9 @@ def test_multi_objective_report_shows_the_pareto_front(
 
 
 def test_bad_study_name_is_one_line_listing_the_studies(
-    tiny: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tiny: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     assert main(["report", "nosuch", "--storage", tiny]) == 2

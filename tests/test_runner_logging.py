@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-import hpo.runner  # noqa: F401  (installs the filter)
+import hpo.service.runner  # noqa: F401  (installs the filter)
 from hpo.errors import DivergedError
-from hpo.objective import SurplusTrial
+from hpo.service.objective import SurplusTrial
 
 OPTIMIZE_LOGGER = "optuna.study._optimize"
 

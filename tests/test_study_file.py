@@ -13,7 +13,7 @@ import pytest
 
 from hpo.config import PALETTE, ColoredMnistTask, FloatRange, StudyFile, ToyTask, TrialParams
 from hpo.errors import UserError
-from hpo.study_file import load_study_file
+from hpo.service.study_file import load_study_file
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml"))
 

@@ -19,8 +19,8 @@ import pytest
 import tomli_w
 
 from hpo.cli import main
-from hpo.runner import work
-from hpo.storage import open_storage
+from hpo.service.runner import work
+from hpo.service.storage import open_storage
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState

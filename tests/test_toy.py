@@ -18,9 +18,9 @@ from hpo.errors import UserError
 from hpo.sae import losses, model
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import loss_terms, loss_weights
-from hpo.study_file import load_study_file
+from hpo.service.study_file import load_study_file
+from hpo.service.trial import prepare_task, run_trial
 from hpo.tasks.toy import mechanism_metrics, true_mechanisms
-from hpo.trial import prepare_task, run_trial
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "toy_superposition.toml"
 

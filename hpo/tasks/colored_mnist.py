@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from hpo import ablation, scoring
-from hpo.base_models import BASE_MODELS, MODEL_CODE_VERSION, ColoredMnistClassifier
-from hpo.base_training import layer_inputs, retrain_head, train_classifier
-from hpo.cache import bundle_file, content_hash, load_tensors, save_tensors
-from hpo.colored_mnist import ORACLE_SPLIT, Split, build_splits, make_groups
 from hpo.config import ColoredMnistTask, TrialParams
-from hpo.mnist_files import load_mnist
+from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
+from hpo.data.colored_mnist import ORACLE_SPLIT, Split, build_splits, make_groups
+from hpo.data.mnist_files import load_mnist
+from hpo.debias import ablation, scoring
+from hpo.models.classifiers import BASE_MODELS, MODEL_CODE_VERSION, ColoredMnistClassifier
+from hpo.models.training import layer_inputs, retrain_head, train_classifier
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 
@@ -67,7 +67,7 @@ def load_splits(
     task: ColoredMnistTask, data_dir: str | Path | None, progress: bool
 ) -> tuple[dict[str, Split], str]:
     if task.source == "colorized_folder":
-        from hpo.colorized_folder import folder_splits
+        from hpo.data.colorized_folder import folder_splits
 
         return folder_splits(task)
     mnist = load_mnist(data_dir, progress=progress)

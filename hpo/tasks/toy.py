@@ -17,9 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hpo.base_models import MODEL_CODE_VERSION, ToySuperpositionAE
-from hpo.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.config import ToyTask, TrialParams
+from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
+from hpo.models.classifiers import MODEL_CODE_VERSION, ToySuperpositionAE
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 

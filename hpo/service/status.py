@@ -9,7 +9,7 @@ from typing import Any
 import optuna
 
 from hpo.errors import UserError
-from hpo.storage import DEFAULT_DIR, STORAGE_ENV, mask, open_storage
+from hpo.service.storage import DEFAULT_DIR, STORAGE_ENV, mask, open_storage
 
 
 def storage_urls(cli_url: str | None) -> list[str]:
@@ -27,7 +27,7 @@ def storage_urls(cli_url: str | None) -> list[str]:
 
 
 def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
-    from hpo.runner import BUDGET_ATTR, best_value, trial_counts
+    from hpo.service.runner import BUDGET_ATTR, best_value, trial_counts
 
     rows = []
     for url in storage_urls(cli_url):

@@ -27,12 +27,12 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.cache import atomic_write_bytes, load_tensors
 from hpo.config import StudyFile, TrialParams
+from hpo.data.cache import atomic_write_bytes, load_tensors
 from hpo.errors import UserError
-from hpo.objective import TRIAL_WEIGHTS
 from hpo.sae.model import FaithfulSAE
-from hpo.storage import artifact_store, mask
+from hpo.service.objective import TRIAL_WEIGHTS
+from hpo.service.storage import artifact_store, mask
 from hpo.tasks import TASKS
 
 FILES = ("config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md")
@@ -42,9 +42,14 @@ MODELS = ("original", "debiased", "oracle", "last_layer")
 ACC_TOL = {"rel_tol": 1e-9, "abs_tol": 1e-9}
 ERR_TOL = {"rel_tol": 1e-3, "abs_tol": 1e-7}
 COMPARED = {
-    "worst_group": ACC_TOL, "mean_group": ACC_TOL, "overall": ACC_TOL, "alpha": ERR_TOL,
-    "mmcs": ERR_TOL, "ml2r": ERR_TOL,
-    "faithfulness_error": ERR_TOL, "reconstruction_error": ERR_TOL,
+    "worst_group": ACC_TOL,
+    "mean_group": ACC_TOL,
+    "overall": ACC_TOL,
+    "alpha": ERR_TOL,
+    "mmcs": ERR_TOL,
+    "ml2r": ERR_TOL,
+    "faithfulness_error": ERR_TOL,
+    "reconstruction_error": ERR_TOL,
 }
 
 
@@ -65,13 +70,14 @@ class Rescored:
 
 def trial_params(study_file: StudyFile, trial: FrozenTrial) -> TrialParams:
     """The trial's full parameters, derived exactly as the objective derived them."""
-    from hpo.search_space import suggest
+    from hpo.service.search_space import suggest
 
     return suggest(optuna.trial.FixedTrial(trial.params, trial.number), study_file)
 
 
-def load_trial_weights(study: optuna.Study, study_file: StudyFile, url: str,
-                       trial: FrozenTrial) -> dict[str, Any]:
+def load_trial_weights(
+    study: optuna.Study, study_file: StudyFile, url: str, trial: FrozenTrial
+) -> dict[str, Any]:
     from optuna.artifacts import download_artifact
 
     artifact_id = trial.user_attrs.get(TRIAL_WEIGHTS)
@@ -84,8 +90,11 @@ def load_trial_weights(study: optuna.Study, study_file: StudyFile, url: str,
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trial.pt"
         try:
-            download_artifact(artifact_store=artifact_store(url, study_file.storage),
-                              artifact_id=artifact_id, file_path=str(path))
+            download_artifact(
+                artifact_store=artifact_store(url, study_file.storage),
+                artifact_id=artifact_id,
+                file_path=str(path),
+            )
         except Exception as err:
             raise UserError(
                 f"cannot fetch the weights of trial {trial.number} (artifact {artifact_id}) "
@@ -103,8 +112,10 @@ def compare_recorded(attrs: dict[str, Any], result: dict[str, Any]) -> list[str]
     if "ablated_components" in attrs and attrs["ablated_components"] != result.get(
         "ablated_components"
     ):
-        out.append(f"ablated_components: recorded {attrs['ablated_components']}, "
-                   f"re-scored {result.get('ablated_components')}")
+        out.append(
+            f"ablated_components: recorded {attrs['ablated_components']}, "
+            f"re-scored {result.get('ablated_components')}"
+        )
     for model, groups in (attrs.get("val_groups") or {}).items():
         now = result.get("models", {}).get(model, {}).get("val", {}).get("groups", {})
         for g, v in groups.items():
@@ -116,7 +127,7 @@ def compare_recorded(attrs: dict[str, Any], result: dict[str, Any]) -> list[str]
 
 def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
-    from hpo.runner import STUDY_FILE_ATTR, worker_context
+    from hpo.service.runner import STUDY_FILE_ATTR, worker_context
 
     study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
     payload = load_trial_weights(study, study_file, url, trial)
@@ -136,16 +147,20 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
 
 def _front_text(front: list[FrozenTrial], objectives: list[str]) -> str:
     return "; ".join(
-        f"trial {t.number} (" + ", ".join(
-            f"{n}={v:.4g}" for n, v in zip(objectives, t.values, strict=False)) + ")"
+        f"trial {t.number} ("
+        + ", ".join(f"{n}={v:.4g}" for n, v in zip(objectives, t.values, strict=False))
+        + ")"
         for t in sorted(front, key=lambda t: t.number)
     )
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """The best trial, or trial `number`; on a multi-objective study, one of the front."""
-    objectives = study.user_attrs.get("study_file", {}).get("study", {}).get(
-        "objectives", [f"value{i}" for i in range(len(study.directions))])
+    objectives = (
+        study.user_attrs.get("study_file", {})
+        .get("study", {})
+        .get("objectives", [f"value{i}" for i in range(len(study.directions))])
+    )
     complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     if not complete:
         raise UserError(f"study {study.study_name!r} has no complete trial yet")
@@ -158,8 +173,10 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
                 f"trial of its Pareto front with --trial N: {listing}"
             )
         if number not in {t.number for t in front}:
-            raise UserError(f"--trial {number}: not on the Pareto front of study "
-                            f"{study.study_name!r}; the front: {listing}")
+            raise UserError(
+                f"--trial {number}: not on the Pareto front of study "
+                f"{study.study_name!r}; the front: {listing}"
+            )
         return complete[number]
     if number is None:
         return study.best_trial
@@ -204,7 +221,8 @@ def _provenance(r: Rescored, url: str) -> dict[str, Any]:
         "sae_config": r.payload["sae_config"],
         "versions": attrs.get("versions"),
         "exported_with": package_versions(),
-        "completed_at": r.trial.datetime_complete.isoformat() if r.trial.datetime_complete
+        "completed_at": r.trial.datetime_complete.isoformat()
+        if r.trial.datetime_complete
         else None,
         "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
@@ -224,7 +242,7 @@ def _config_toml(doc: dict[str, Any], prov: dict[str, Any], out: Path) -> str:
         f"{prov['data_sha256']}",
         f"# base model {prov['base_model']} · weights artifact {prov['trial_weights']}",
         f"# versions: {versions}",
-        "# Full provenance: config.json, key \"provenance\".",
+        '# Full provenance: config.json, key "provenance".',
         "",
     ]
     return "\n".join(head) + tomli_w.dumps(doc)
@@ -237,15 +255,25 @@ def _metrics(r: Rescored) -> dict[str, Any]:
         "trial": r.trial.number,
         "note": "val picked alpha (and the sampler saw only val); test is scored at export",
     }
-    for key in ("alpha", "ablated_components", "faithfulness_error", "reconstruction_error",
-                "mmcs", "ml2r"):
+    for key in (
+        "alpha",
+        "ablated_components",
+        "faithfulness_error",
+        "reconstruction_error",
+        "mmcs",
+        "ml2r",
+    ):
         if key in res:
             out[key] = res[key]
     if "models" in res:
         out["models"] = {
-            m: {s: {k: v for k, v in res["models"][m][s].items() if k in keep}
-                for s in ("val", "test") if s in res["models"][m]}
-            for m in MODELS if m in res["models"]
+            m: {
+                s: {k: v for k, v in res["models"][m][s].items() if k in keep}
+                for s in ("val", "test")
+                if s in res["models"][m]
+            }
+            for m in MODELS
+            if m in res["models"]
         }
     return out
 
@@ -253,8 +281,8 @@ def _metrics(r: Rescored) -> dict[str, Any]:
 def _verify_model(r: Rescored, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     """Load model.pt's state into the base architecture (strict) and score it from scratch
     on the cached layer inputs: it must give the debiased numbers, split by split."""
-    from hpo import scoring
-    from hpo.base_models import BASE_MODELS
+    from hpo.debias import scoring
+    from hpo.models.classifiers import BASE_MODELS
 
     task = r.study_file.task
     model = BASE_MODELS[task.base_model]()
@@ -264,11 +292,15 @@ def _verify_model(r: Rescored, state: dict[str, torch.Tensor]) -> dict[str, Any]
     scores = {}
     for split in ("val", "test"):
         s = r.ctx.splits[split]
-        scores[split] = scoring.score_weight(model, task.layer, s.z, s.digits, s.group_ids,
-                                             r.ctx.group_names)
+        scores[split] = scoring.score_weight(
+            model, task.layer, s.z, s.digits, s.group_ids, r.ctx.group_names
+        )
         want = r.result["models"]["debiased"][split]
-        bad = [k for k in ("worst_group", "mean_group", "overall")
-               if not math.isclose(scores[split][k], want[k], **ACC_TOL)]
+        bad = [
+            k
+            for k in ("worst_group", "mean_group", "overall")
+            if not math.isclose(scores[split][k], want[k], **ACC_TOL)
+        ]
         if bad:
             raise UserError(
                 f"trial {r.trial.number}: the stored debiased model scores {split} "
@@ -284,24 +316,31 @@ def _pct(x: float | None) -> str:
 
 def model_card(r: Rescored, prov: dict[str, Any], metrics: dict[str, Any]) -> str:
     """README.md of the export: what was decomposed and removed, the numbers, how to load."""
-    from hpo.base_models import BASE_MODELS
+    from hpo.models.classifiers import BASE_MODELS
 
     task = r.study_file.task
     p = r.params
     lines = [f"# {r.study.study_name}, trial {r.trial.number}", ""]
     if "models" not in metrics:
         lines += [
-            f"Faithful-SAE decomposition of the {task.kind} model (no debiasing edit).", "",
-            *(f"- {k}: {metrics[k]:.4f}" for k in ("mmcs", "ml2r", "faithfulness_error")
-              if k in metrics),
-            "", "Files: `sae.pt`, `config.toml`, `config.json`, `metrics.json`.",
+            f"Faithful-SAE decomposition of the {task.kind} model (no debiasing edit).",
+            "",
+            *(
+                f"- {k}: {metrics[k]:.4f}"
+                for k in ("mmcs", "ml2r", "faithfulness_error")
+                if k in metrics
+            ),
+            "",
+            "Files: `sae.pt`, `config.toml`, `config.json`, `metrics.json`.",
         ]
         return "\n".join(lines) + "\n"
     cls = BASE_MODELS[task.base_model].__name__
     comps = ", ".join(str(c) for c in metrics["ablated_components"])
-    how = (f"conditioned during training to fire for the colours {', '.join(task.colors)}"
-           if p.ablate == "conditioned" else
-           f"the {p.n_ablate} whose contribution differs most between colours (attribution)")
+    how = (
+        f"conditioned during training to fire for the colours {', '.join(task.colors)}"
+        if p.ablate == "conditioned"
+        else f"the {p.n_ablate} whose contribution differs most between colours (attribution)"
+    )
     lines += [
         f"A `{cls}` ({task.base_model}) trained on colored MNIST where colour predicts the "
         f"digit set {100 * task.bias:.0f}% of the time, debiased by editing one weight.",
@@ -319,15 +358,20 @@ def model_card(r: Rescored, prov: dict[str, Any], metrics: dict[str, Any]) -> st
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     m = metrics["models"]
-    rows = [("**worst group**", "worst_group"), ("mean group", "mean_group"),
-            ("overall", "overall")]
+    rows = [
+        ("**worst group**", "worst_group"),
+        ("mean group", "mean_group"),
+        ("overall", "overall"),
+    ]
     rows += [(g, g) for g in m["original"]["val"]["groups"]]
     for label, key in rows:
+
         def cell(model: str, split: str, key: str = key) -> str:
             d = m.get(model, {}).get(split)
             if d is None:
                 return "–"
             return _pct(d[key] if key in d else d["groups"].get(key))
+
         lines.append(
             f"| {label} | {cell('original', 'val')} | {cell('original', 'test')} | "
             f"{cell('debiased', 'val')} | {cell('debiased', 'test')} | "
@@ -341,16 +385,16 @@ def model_card(r: Rescored, prov: dict[str, Any], metrics: dict[str, Any]) -> st
         "",
         "```python",
         "import torch",
-        f"from hpo.base_models import {cls}",
-        f"model = {cls}(); model.load_state_dict(torch.load(\"model.pt\", weights_only=True)); "
+        f"from hpo.models.classifiers import {cls}",
+        f'model = {cls}(); model.load_state_dict(torch.load("model.pt", weights_only=True)); '
         "model.eval()",
         "```",
         "",
         "Input: uint8 images `[N, 3, 28, 28]` divided by 255 (float in [0, 1]); "
         "output: logits over the 10 digits.",
-        "The Faithful-SAE: `d = torch.load(\"sae.pt\", weights_only=True)`, then "
-        "`from hpo.sae.model import FaithfulSAE; sae = FaithfulSAE(**d[\"sae_config\"]); "
-        "sae.load_state_dict(d[\"sae\"])`.",
+        'The Faithful-SAE: `d = torch.load("sae.pt", weights_only=True)`, then '
+        '`from hpo.sae.model import FaithfulSAE; sae = FaithfulSAE(**d["sae_config"]); '
+        'sae.load_state_dict(d["sae"])`.',
         "",
         "## Reproduce",
         "",
@@ -377,7 +421,7 @@ def _secrets(url: str, study_file: StudyFile) -> list[str]:
 
 def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
     """File name → bytes of the export, every check done before anything is written."""
-    from hpo.study_file import parse_study
+    from hpo.service.study_file import parse_study
 
     if r.mismatches:
         raise UserError(
@@ -392,10 +436,13 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
     if again.params != r.params or again.task != r.study_file.task:
         raise RuntimeError("exported config.toml does not round-trip to the trial's params")
     metrics = _metrics(r)
-    sae_doc = {"sae": {k: v.detach().cpu() for k, v in r.sae.state_dict().items()},
-               "sae_config": r.payload["sae_config"], "layer": getattr(r.ctx, "layer", None),
-               "ablated_components": r.result.get("ablated_components"),
-               "alpha": r.result.get("alpha")}
+    sae_doc = {
+        "sae": {k: v.detach().cpu() for k, v in r.sae.state_dict().items()},
+        "sae_config": r.payload["sae_config"],
+        "layer": getattr(r.ctx, "layer", None),
+        "ablated_components": r.result.get("ablated_components"),
+        "alpha": r.result.get("alpha"),
+    }
     files: dict[str, bytes] = {
         "config.toml": toml_text.encode(),
         "config.json": (json.dumps({**doc, "provenance": prov}, indent=2) + "\n").encode(),
@@ -442,8 +489,9 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
     """Write every file into a temp folder beside `out`, then rename it into place: on
     any error nothing half-written is left, and an earlier export stays whole."""
     if out.exists() and (not out.is_dir() or not _is_export(out)):
-        raise UserError(f"--out {out}: exists and is not an earlier export; choose another "
-                        "folder or remove it")
+        raise UserError(
+            f"--out {out}: exists and is not an earlier export; choose another folder or remove it"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
     try:
@@ -466,7 +514,7 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
 def study_url(name: str, cli_url: str | None) -> str:
     """--storage, else $HPO_STORAGE_URL, else storage/<study>.db: where launch put it."""
     from hpo.config import StorageSection
-    from hpo.storage import DEFAULT_DIR, resolve_url
+    from hpo.service.storage import DEFAULT_DIR, resolve_url
 
     url = resolve_url(StorageSection(), name, cli_url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
@@ -483,7 +531,7 @@ def study_url(name: str, cli_url: str | None) -> str:
 
 
 def export(name: str, cli_url: str | None, *, trial: int | None, out: str | None) -> Path:
-    from hpo.runner import load_study
+    from hpo.service.runner import load_study
 
     url = study_url(name, cli_url)
     study = load_study(name, url)

@@ -6,7 +6,7 @@ middleware in front that lets only GET and HEAD through. Every API call the dash
 own pages make while browsing is a GET; every POST, PUT, PATCH and DELETE it has changes
 the storage or the artifact store (or calls an LLM provider, which we never configure).
 
-Per-trial charts are uploaded by the worker (`hpo.objective`). The note on the best
+Per-trial charts are uploaded by the worker (`hpo.service.objective`). The note on the best
 trial is written here, by `sync_best_notes`: the worker calls it as each trial ends, so
 the note follows the study live, and `hpo dashboard` calls it once at start (unless
 read-only) to repair the one case a worker cannot see: two trials finishing at once.
@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
-from hpo.storage import artifact_store, mask, open_storage
+from hpo.service.storage import artifact_store, mask, open_storage
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SAFE_METHODS = ("GET", "HEAD")
@@ -94,8 +94,10 @@ def best_note(
         ]
         o_worst, o_mean = _summary(groups["original"])
         d_worst, d_mean = _summary(groups["debiased"])
-        lines.append(f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | "
-                     f"**{_gain(o_worst, d_worst)}** |")
+        lines.append(
+            f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | "
+            f"**{_gain(o_worst, d_worst)}** |"
+        )
         lines.append(f"| mean group | {_pct(o_mean)} | {_pct(d_mean)} | {_gain(o_mean, d_mean)} |")
         for g, before in groups["original"].items():
             after = groups["debiased"].get(g)
@@ -105,10 +107,14 @@ def best_note(
         shown = [k for k in ("mmcs", "ml2r") if k in attrs]
         if shown:
             lines += [" · ".join(f"{k.upper()} {attrs[k]:.4f}" for k in shown), ""]
-    tail = [f"{label} {attrs[k]:.2e}" for k, label in (
-        ("faithfulness_error", "faithfulness error"),
-        ("reconstruction_error", "reconstruction error"),
-    ) if isinstance(attrs.get(k), (int, float))]
+    tail = [
+        f"{label} {attrs[k]:.2e}"
+        for k, label in (
+            ("faithfulness_error", "faithfulness error"),
+            ("reconstruction_error", "reconstruction error"),
+        )
+        if isinstance(attrs.get(k), (int, float))
+    ]
     if "seed" in attrs:
         tail.append(f"seed {attrs['seed']}")
     if tail:
@@ -131,8 +137,13 @@ def leaders(
     trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
 ) -> list[FrozenTrial]:
     """The best complete trial (one objective) or the Pareto front (several)."""
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values is not None
-            and all(math.isfinite(v) for v in t.values)]
+    done = [
+        t
+        for t in trials
+        if t.state == TrialState.COMPLETE
+        and t.values is not None
+        and all(math.isfinite(v) for v in t.values)
+    ]
     if not done:
         return []
     signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
@@ -143,8 +154,7 @@ def leaders(
     def dominates(a: list[float], b: list[float]) -> bool:
         return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
 
-    return [t for t in done
-            if not any(dominates(scores[o.number], scores[t.number]) for o in done)]
+    return [t for t in done if not any(dominates(scores[o.number], scores[t.number]) for o in done)]
 
 
 def sync_best_notes(
@@ -163,11 +173,17 @@ def sync_best_notes(
     if pending is not None:
         trial = storage.get_trial(pending[0])
         trial = FrozenTrial(
-            number=trial.number, state=TrialState.COMPLETE, value=None,
-            values=list(pending[1]), datetime_start=trial.datetime_start,
-            datetime_complete=trial.datetime_start, params=trial.params,
-            distributions=trial.distributions, user_attrs=trial.user_attrs,
-            system_attrs={}, intermediate_values=trial.intermediate_values,
+            number=trial.number,
+            state=TrialState.COMPLETE,
+            value=None,
+            values=list(pending[1]),
+            datetime_start=trial.datetime_start,
+            datetime_complete=trial.datetime_start,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs=trial.user_attrs,
+            system_attrs={},
+            intermediate_values=trial.intermediate_values,
             trial_id=trial._trial_id,
         )
         trials = [t for t in trials if t._trial_id != pending[0]] + [trial]
@@ -218,13 +234,19 @@ class ReadOnly:
         if method in SAFE_METHODS:
             return self.app(environ, start_response)
         path = environ.get("PATH_INFO", "/")
-        body = json.dumps({
-            "reason": f"read-only dashboard: {method} {path} refused (restart without "
-                      "--read-only to change studies)",
-        }).encode()
-        start_response("403 Forbidden", [
-            ("Content-Type", "application/json"), ("Content-Length", str(len(body))),
-        ])
+        body = json.dumps(
+            {
+                "reason": f"read-only dashboard: {method} {path} refused (restart without "
+                "--read-only to change studies)",
+            }
+        ).encode()
+        start_response(
+            "403 Forbidden",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+            ],
+        )
         return [body]
 
 
@@ -277,8 +299,10 @@ def storage_artifact_store(url: str, storage: Any) -> Any:
     if None not in targets:
         targets[None] = _store_or_none(url, None)
     targets = {k: v for k, v in targets.items() if v is not None}
-    stores = [*(s for k, s in targets.items() if k is None), *(
-        s for k, s in targets.items() if k is not None)]
+    stores = [
+        *(s for k, s in targets.items() if k is None),
+        *(s for k, s in targets.items() if k is not None),
+    ]
     if not stores:
         return None
     return stores[0] if len(stores) == 1 else _AnyStore(stores)
@@ -286,14 +310,15 @@ def storage_artifact_store(url: str, storage: Any) -> Any:
 
 def dashboard_url(cli_url: str | None) -> str:
     """--storage, else $HPO_STORAGE_URL, else the one SQLite file under storage/."""
-    from hpo.status import storage_urls
+    from hpo.service.status import storage_urls
 
     urls = storage_urls(cli_url)
     if len(urls) > 1:
         raise UserError(
-            "several storages under storage/ (" + ", ".join(u.removeprefix("sqlite:///")
-                                                          for u in urls)
-            + "); pick one with --storage, e.g. --storage " + urls[0]
+            "several storages under storage/ ("
+            + ", ".join(u.removeprefix("sqlite:///") for u in urls)
+            + "); pick one with --storage, e.g. --storage "
+            + urls[0]
         )
     return urls[0]
 
@@ -334,18 +359,26 @@ def serve(cli_url: str | None, *, host: str, port: int, read_only: bool) -> int:
             f"warning: binding to {host}: the dashboard has no authentication, and anyone "
             "who reaches this port can change or delete studies"
             + ("" if read_only else "; consider --read-only"),
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
     try:
-        server = make_server(host, port, app, server_class=_Server6 if ":" in host else _Server,
-                             handler_class=_QuietHandler)
+        server = make_server(
+            host,
+            port,
+            app,
+            server_class=_Server6 if ":" in host else _Server,
+            handler_class=_QuietHandler,
+        )
     except OSError as err:
-        raise UserError(f"cannot listen on {host}:{port} ({err.strerror}); pick another "
-                        "--port or --host") from None
+        raise UserError(
+            f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or --host"
+        ) from None
     shown = f"[{host}]" if ":" in host else host
     print(
         f"optuna-dashboard on http://{shown}:{server.server_port}/dashboard/ over {mask(url)}"
-        + (" (read-only)" if read_only else "") + "; Ctrl-C stops it",
+        + (" (read-only)" if read_only else "")
+        + "; Ctrl-C stops it",
         flush=True,
     )
     try:

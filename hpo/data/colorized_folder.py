@@ -1,6 +1,6 @@
 """Colored MNIST from a folder of already-coloured PNGs (the seed's colorized-MNIST clone).
 
-Same splits, same semantics as `hpo.colored_mnist.build_splits`, so results on the seed's
+Same splits, same semantics as `hpo.data.colored_mnist.build_splits`, so results on the seed's
 own data compare with ours: `train` has each digit in its tied colour with probability
 `bias`, `probe` and `val` are balanced and disjoint from it, `test` is balanced and comes
 from the folder's `testing` half. The images already carry their colours, so instead of
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hpo.colored_mnist import ORACLE_SPLIT, Split, balanced_colors, biased_colors
 from hpo.config import ColoredMnistTask
+from hpo.data.colored_mnist import ORACLE_SPLIT, Split, balanced_colors, biased_colors
+from hpo.data.mnist_files import load_colorized_folder
 from hpo.errors import UserError
-from hpo.mnist_files import load_colorized_folder
 
 
 def folder_splits(task: ColoredMnistTask) -> tuple[dict[str, Split], str]:

@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from hpo.base_models import ColoredMnistClassifier
+from hpo.models.classifiers import ColoredMnistClassifier
 from hpo.sae.model import FaithfulSAE
 
 

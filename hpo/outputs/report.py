@@ -3,7 +3,7 @@
 plotly.js is inlined once (with the first figure), so the file opens with no network.
 Study-level figures come from Optuna's own visualisation module; the best trial's
 figures read its recorded validation numbers and its re-scored test numbers
-(`hpo.export.rescore`: computed here, after the study, never fed to the sampler).
+(`hpo.outputs.export.rescore`: computed here, after the study, never fed to the sampler).
 """
 
 from __future__ import annotations
@@ -18,14 +18,23 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UserError
-from hpo.export import MODELS, Rescored, rescore, study_url
-from hpo.storage import mask
+from hpo.outputs.export import MODELS, Rescored, rescore, study_url
+from hpo.service.storage import mask
 
 TEMPLATE = "plotly_white"
-STATE_COLORS = {"COMPLETE": "#54a24b", "PRUNED": "#eeca3b", "FAIL": "#e45756",
-                "RUNNING": "#4c78a8", "WAITING": "#9aa5b1"}
-MODEL_COLORS = {"original": "#9aa5b1", "debiased": "#4c78a8", "oracle": "#54a24b",
-                "last_layer": "#f58518"}
+STATE_COLORS = {
+    "COMPLETE": "#54a24b",
+    "PRUNED": "#eeca3b",
+    "FAIL": "#e45756",
+    "RUNNING": "#4c78a8",
+    "WAITING": "#9aa5b1",
+}
+MODEL_COLORS = {
+    "original": "#9aa5b1",
+    "debiased": "#4c78a8",
+    "oracle": "#54a24b",
+    "last_layer": "#f58518",
+}
 TITLES = {
     "history": "Optimization history",
     "parallel": "Parallel coordinates of the sampled parameters",
@@ -44,8 +53,9 @@ def _objectives(study: optuna.Study) -> list[str]:
 
 
 def _titled(fig: Any, title: str) -> Any:
-    fig.update_layout(title=title, template=TEMPLATE, height=460,
-                      margin={"l": 60, "r": 30, "t": 60, "b": 50})
+    fig.update_layout(
+        title=title, template=TEMPLATE, height=460, margin={"l": 60, "r": 30, "t": 60, "b": 50}
+    )
     return fig
 
 
@@ -68,13 +78,16 @@ def history_figures(study: optuna.Study, complete: list[FrozenTrial]) -> list[An
         return ["No complete trial yet."]
     names = _objectives(study)
     if len(names) == 1:
-        fig = _safe(lambda: plot_optimization_history(study, target_name=names[0]),
-                    "no history")
+        fig = _safe(lambda: plot_optimization_history(study, target_name=names[0]), "no history")
         return [fig if isinstance(fig, str) else _titled(fig, TITLES["history"])]
     out = []
     for i, name in enumerate(names):
-        fig = _safe(lambda i=i, name=name: plot_optimization_history(
-            study, target=lambda t: t.values[i], target_name=name), "no history")
+        fig = _safe(
+            lambda i=i, name=name: plot_optimization_history(
+                study, target=lambda t: t.values[i], target_name=name
+            ),
+            "no history",
+        )
         out.append(fig if isinstance(fig, str) else _titled(fig, f"{TITLES['history']}: {name}"))
     return out
 
@@ -86,8 +99,10 @@ def parallel_figure(study: optuna.Study, complete: list[FrozenTrial]) -> Any | s
         return "No sampled parameters (the study file has no [search]) or no complete trial."
     names = _objectives(study)
     target = None if len(names) == 1 else (lambda t: t.values[0])
-    fig = _safe(lambda: plot_parallel_coordinate(study, target=target, target_name=names[0]),
-                "no parallel coordinates")
+    fig = _safe(
+        lambda: plot_parallel_coordinate(study, target=target, target_name=names[0]),
+        "no parallel coordinates",
+    )
     return fig if isinstance(fig, str) else _titled(fig, TITLES["parallel"])
 
 
@@ -95,11 +110,19 @@ def importance_figure(study: optuna.Study, complete: list[FrozenTrial]) -> Any |
     from optuna.visualization import plot_param_importances
 
     if len(complete) < 2 or not any(t.params for t in complete):
-        return (f"Parameter importances need at least two complete trials with sampled "
-                f"parameters; this study has {len(complete)} complete.")
+        return (
+            f"Parameter importances need at least two complete trials with sampled "
+            f"parameters; this study has {len(complete)} complete."
+        )
     names = _objectives(study)
-    fig = _safe(lambda: plot_param_importances(study, target_name=names[0]) if len(names) == 1
-                else plot_param_importances(study), "importances could not be computed")
+    fig = _safe(
+        lambda: (
+            plot_param_importances(study, target_name=names[0])
+            if len(names) == 1
+            else plot_param_importances(study)
+        ),
+        "importances could not be computed",
+    )
     return fig if isinstance(fig, str) else _titled(fig, TITLES["importance"])
 
 
@@ -110,9 +133,15 @@ def states_figure(trials: list[FrozenTrial]) -> Any:
     for t in trials:
         counts[t.state.name] += 1
     names = [n for n in STATE_COLORS if counts.get(n)] or ["COMPLETE"]
-    fig = go.Figure(go.Bar(x=names, y=[counts.get(n, 0) for n in names],
-                           marker_color=[STATE_COLORS[n] for n in names],
-                           text=[counts.get(n, 0) for n in names], textposition="auto"))
+    fig = go.Figure(
+        go.Bar(
+            x=names,
+            y=[counts.get(n, 0) for n in names],
+            marker_color=[STATE_COLORS[n] for n in names],
+            text=[counts.get(n, 0) for n in names],
+            textposition="auto",
+        )
+    )
     fig.update_yaxes(title="trials")
     return _titled(fig, TITLES["states"])
 
@@ -124,14 +153,28 @@ def alpha_figure(trial: FrozenTrial) -> Any | str:
     if not curve:
         return "This task has no ablation strength α to sweep."
     fig = go.Figure()
-    fig.add_scatter(x=curve["alphas"], y=curve["val_worst_group"], mode="lines+markers",
-                    name="worst group (val)", line_color="#4c78a8")
-    fig.add_scatter(x=curve["alphas"], y=curve["val_mean_group"], mode="lines+markers",
-                    name="mean group (val)", line_color="#f58518")
+    fig.add_scatter(
+        x=curve["alphas"],
+        y=curve["val_worst_group"],
+        mode="lines+markers",
+        name="worst group (val)",
+        line_color="#4c78a8",
+    )
+    fig.add_scatter(
+        x=curve["alphas"],
+        y=curve["val_mean_group"],
+        mode="lines+markers",
+        name="mean group (val)",
+        line_color="#f58518",
+    )
     alpha = trial.user_attrs.get("alpha")
     if alpha is not None:
-        fig.add_vline(x=alpha, line_dash="dash", line_color="#d62728",
-                      annotation_text=f"chosen α = {alpha:.2f}")
+        fig.add_vline(
+            x=alpha,
+            line_dash="dash",
+            line_color="#d62728",
+            annotation_text=f"chosen α = {alpha:.2f}",
+        )
     fig.update_xaxes(title="α (ablation strength)")
     fig.update_yaxes(title="accuracy", range=[0, 1.02])
     return _titled(fig, f"{TITLES['alpha']}: trial {trial.number}")
@@ -151,11 +194,17 @@ def groups_figure(r: Rescored) -> Any | str:
                 continue
             groups = list(metrics["groups"])
             fig.add_bar(
-                x=groups, y=[metrics["groups"][g] for g in groups], name=name.replace("_", " "),
-                marker_color=MODEL_COLORS[name], legendgroup=name, showlegend=col == 1,
+                x=groups,
+                y=[metrics["groups"][g] for g in groups],
+                name=name.replace("_", " "),
+                marker_color=MODEL_COLORS[name],
+                legendgroup=name,
+                showlegend=col == 1,
                 visible=True if name in ("original", "debiased") else "legendonly",
                 text=[f"{100 * (metrics['groups'][g] or 0):.0f}" for g in groups],
-                textposition="outside", row=1, col=col,
+                textposition="outside",
+                row=1,
+                col=col,
             )
     fig.update_yaxes(range=[0, 1.1], title="accuracy", row=1, col=1)
     fig.update_layout(barmode="group")
@@ -193,10 +242,14 @@ def _summary(study: optuna.Study, url: str, trials: list[FrozenTrial]) -> str:
     rows = [
         ["study", html.escape(study.study_name)],
         ["storage", html.escape(mask(url))],
-        ["objectives", html.escape(", ".join(f"{n} ({d})" for n, d in zip(
-            names, directions, strict=False)))],
-        ["trials", html.escape(", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c)
-                               or "none")],
+        [
+            "objectives",
+            html.escape(", ".join(f"{n} ({d})" for n, d in zip(names, directions, strict=False))),
+        ],
+        [
+            "trials",
+            html.escape(", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c) or "none"),
+        ],
         ["budget", html.escape(str(study.user_attrs.get("n_trials", "–")))],
     ]
     return _table(["", ""], rows)
@@ -205,29 +258,49 @@ def _summary(study: optuna.Study, url: str, trials: list[FrozenTrial]) -> str:
 def _best_table(r: Rescored) -> str:
     res = r.result
     attrs = r.trial.user_attrs
-    rows = [["trial", str(r.trial.number)],
-            ["values (val)", html.escape(", ".join(
-                f"{n} = {v:.4g}" for n, v in zip(_objectives(r.study), r.trial.values,
-                                                 strict=False)))]]
-    rows += [[html.escape(k), html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))]
-             for k, v in sorted(r.trial.params.items())]
+    rows = [
+        ["trial", str(r.trial.number)],
+        [
+            "values (val)",
+            html.escape(
+                ", ".join(
+                    f"{n} = {v:.4g}"
+                    for n, v in zip(_objectives(r.study), r.trial.values, strict=False)
+                )
+            ),
+        ],
+    ]
+    rows += [
+        [html.escape(k), html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))]
+        for k, v in sorted(r.trial.params.items())
+    ]
     if "alpha" in res:
         rows.append(["ablated components", html.escape(str(res["ablated_components"]))])
         rows.append(["α (chosen on val)", f"{res['alpha']:.3g}"])
     for key in ("faithfulness_error", "reconstruction_error", "mmcs", "ml2r"):
         if key in res:
             rows.append([key.replace("_", " "), f"{res[key]:.3g}"])
-    rows.append(["seed · data sha256", html.escape(
-        f"{attrs.get('seed')} · {str(attrs.get('data_sha256'))[:16]}…")])
+    rows.append(
+        [
+            "seed · data sha256",
+            html.escape(f"{attrs.get('seed')} · {str(attrs.get('data_sha256'))[:16]}…"),
+        ]
+    )
     out = _table(["best trial", ""], rows)
     models = res.get("models")
     if models:
-        head = ["accuracy", *(f"{m.replace('_', ' ')} {s}" for m in MODELS if m in models
-                              for s in ("val", "test"))]
+        head = [
+            "accuracy",
+            *(f"{m.replace('_', ' ')} {s}" for m in MODELS if m in models for s in ("val", "test")),
+        ]
         lines = []
         groups = list(models["original"]["val"]["groups"])
-        for label, key in [("worst group", "worst_group"), ("mean group", "mean_group"),
-                           ("overall", "overall"), *((g, g) for g in groups)]:
+        for label, key in [
+            ("worst group", "worst_group"),
+            ("mean group", "mean_group"),
+            ("overall", "overall"),
+            *((g, g) for g in groups),
+        ]:
             row = [f"<b>{html.escape(label)}</b>" if key == "worst_group" else html.escape(label)]
             for m in MODELS:
                 if m not in models:
@@ -238,8 +311,10 @@ def _best_table(r: Rescored) -> str:
             lines.append(row)
         out += _table(head, lines)
     if r.mismatches:
-        out += ("<p class='warn'>Re-scoring the stored weights does not reproduce the recorded "
-                "validation numbers: " + html.escape("; ".join(r.mismatches)) + "</p>")
+        out += (
+            "<p class='warn'>Re-scoring the stored weights does not reproduce the recorded "
+            "validation numbers: " + html.escape("; ".join(r.mismatches)) + "</p>"
+        )
     return out
 
 
@@ -251,10 +326,17 @@ def _front_table(rescored: list[Rescored | str], study: optuna.Study) -> str:
             rows.append([html.escape(r), *([""] * (len(names) + 2))])
             continue
         test = r.result.get("models", {}).get("debiased", {}).get("test", {})
-        rows.append([str(r.trial.number), *(f"{v:.4g}" for v in r.trial.values),
-                     _pct(test.get("worst_group")), _pct(test.get("mean_group"))])
-    return _table(["trial", *(f"{n} (val)" for n in names), "worst group (test)",
-                   "mean group (test)"], rows)
+        rows.append(
+            [
+                str(r.trial.number),
+                *(f"{v:.4g}" for v in r.trial.values),
+                _pct(test.get("worst_group")),
+                _pct(test.get("mean_group")),
+            ]
+        )
+    return _table(
+        ["trial", *(f"{n} (val)" for n in names), "worst group (test)", "mean group (test)"], rows
+    )
 
 
 CSS = """
@@ -288,8 +370,9 @@ def build_report(study: optuna.Study, url: str) -> str:
             first_max = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
             lead = max(front, key=lambda t: t.values[0] if first_max else -t.values[0])
             rescored = [_rescore_or_reason(study, url, t) for t in front[:MAX_RESCORED]]
-            best = next((r for r in rescored if not isinstance(r, str) and r.trial is lead),
-                        None) or _rescore_or_reason(study, url, lead)
+            best = next(
+                (r for r in rescored if not isinstance(r, str) and r.trial is lead), None
+            ) or _rescore_or_reason(study, url, lead)
             front_html = _front_table(rescored, study)
         else:
             best = _rescore_or_reason(study, url, study.best_trial)
@@ -309,7 +392,8 @@ def build_report(study: optuna.Study, url: str) -> str:
         sections.append((TITLES["pareto"], [pareto_figure(study)]))
 
     parts = [
-        "<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
+        "<!DOCTYPE html>",
+        "<html lang='en'><head><meta charset='utf-8'>",
         f"<title>{html.escape(study.study_name)}: hpo report</title>",
         f"<style>{CSS}</style></head><body>",
         f"<h1>Study {html.escape(study.study_name)}</h1>",
@@ -329,17 +413,20 @@ def build_report(study: optuna.Study, url: str) -> str:
             if isinstance(fig, str):
                 parts.append(f"<p class='note'>{html.escape(fig)}</p>")
                 continue
-            parts.append(fig.to_html(full_html=False, include_plotlyjs=plotly_js,
-                                     config={"displaylogo": False}))
+            parts.append(
+                fig.to_html(
+                    full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False}
+                )
+            )
             plotly_js = False
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
 def write_report(name: str, cli_url: str | None, out: str | None) -> Path:
-    from hpo.cache import atomic_write_bytes
-    from hpo.export import current_umask
-    from hpo.runner import load_study
+    from hpo.data.cache import atomic_write_bytes
+    from hpo.outputs.export import current_umask
+    from hpo.service.runner import load_study
 
     url = study_url(name, cli_url)
     study = load_study(name, url)

@@ -17,9 +17,9 @@ import torch
 
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
-from hpo.search_space import suggest
+from hpo.service.search_space import suggest
+from hpo.service.trial import run_trial
 from hpo.tasks import TASKS
-from hpo.trial import run_trial
 
 # Trials that count against the study-wide budget (a FAIL counts only if it diverged:
 # interrupted, surplus and heartbeat-failed trials are not results).
@@ -108,7 +108,7 @@ class Objective:
     ) -> None:
         from optuna.artifacts import upload_artifact
 
-        from hpo.cache import save_tensors
+        from hpo.data.cache import save_tensors
 
         payload: dict[str, Any] = {"sae": _cpu_state(sae), "sae_config": sae.config()}
         if "alpha" in result:
@@ -164,11 +164,11 @@ def record(trial: optuna.Trial, result: dict[str, Any], history: dict[str, list[
 
 def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, ...]) -> None:
     """The trial's charts as SVG artifacts (the dashboard previews image/* inline), and
-    the note on the best trial, kept current as each trial ends (see hpo.dashboard)."""
+    the note on the best trial, kept current as each trial ends (see hpo.outputs.dashboard)."""
     from optuna.artifacts import upload_artifact
 
-    from hpo.dashboard import sync_best_notes
-    from hpo.plots import trial_charts
+    from hpo.outputs.charts import trial_charts
+    from hpo.outputs.dashboard import sync_best_notes
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, svg in trial_charts(trial.user_attrs, trial.number).items():

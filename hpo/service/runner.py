@@ -19,13 +19,13 @@ from typing import Any
 
 import optuna
 
-from hpo.cache import bundle_file
 from hpo.config import StudyFile
+from hpo.data.cache import bundle_file
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
-from hpo.objective import Objective, SurplusTrial, counts_toward_budget, is_result
-from hpo.samplers import make_pruner, make_sampler, worker_seed
-from hpo.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
+from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
+from hpo.service.samplers import make_pruner, make_sampler, worker_seed
+from hpo.service.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
 from hpo.tasks import TASKS
 
 STUDY_FILE_ATTR = "study_file"
@@ -239,7 +239,7 @@ def launch(
     overrides: list[str] | None = None,
     quiet: bool = False,
 ) -> int:
-    from hpo.study_file import load_study_file
+    from hpo.service.study_file import load_study_file
 
     study_file = load_study_file(path, overrides)
     try:  # bad sampler or pruner options fail here, before anything is created

@@ -49,13 +49,18 @@ CONNECTIONS_PER_WORKER = 2 * (POOL["pool_size"] + POOL["max_overflow"])
 # dead host in 10 s (not the TCP default of minutes) and notice a vanished server on an
 # idle connection within about a minute; the application name lets `pg_stat_activity`
 # tell the processes apart.
-PG_CONNECT = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
-              "keepalives_interval": 10, "keepalives_count": 3}
+PG_CONNECT = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 # How long a storage call keeps retrying while the database is unreachable: longer than a
 # restart or a managed database's failover, shorter than a silent hang.
 RECONNECT_WINDOW = 120.0
 
-_log = logging.getLogger("hpo.storage")
+_log = logging.getLogger("hpo.service.storage")
 
 
 def resolve_url(section: StorageSection, study_name: str, cli_url: str | None = None) -> str:
@@ -206,11 +211,16 @@ def _short(err: Exception) -> str:
 # create_new_trial, could leave an extra trial; the window is the commit's round trip.)
 
 _RETRIED = tuple(
-    name for name, member in vars(BaseStorage).items()
-    if callable(member) and not name.startswith("_")
+    name
+    for name, member in vars(BaseStorage).items()
+    if callable(member)
+    and not name.startswith("_")
     and name not in ("remove_session", "check_trial_is_updatable")
 ) + (  # and what optuna's _CachedStorage calls on RDBStorage directly
-    "_get_stale_trial_ids", "_create_new_trial", "_set_trial_param", "_get_trials",
+    "_get_stale_trial_ids",
+    "_create_new_trial",
+    "_set_trial_param",
+    "_get_trials",
     "_get_best_trial_id",
 )
 _outermost = threading.local()
@@ -270,7 +280,9 @@ def _with_retries(
                 started = now
                 _log.warning(
                     "storage %s: %s; retrying for up to %.0f s",
-                    mask(storage.url), _reason(err), RECONNECT_WINDOW,
+                    mask(storage.url),
+                    _reason(err),
+                    RECONNECT_WINDOW,
                 )
             elif now - started > RECONNECT_WINDOW:
                 raise

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from hpo.base_models import ColoredMnistClassifier
+from hpo.models.classifiers import ColoredMnistClassifier
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:

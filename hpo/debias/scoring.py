@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hpo.ablation import swept_weights
-from hpo.base_models import ColoredMnistClassifier
+from hpo.debias.ablation import swept_weights
+from hpo.models.classifiers import ColoredMnistClassifier
 
 Metrics = dict  # {"worst_group", "mean_group", "overall", "groups": {name: acc}}
 

@@ -1,0 +1,1 @@
+"""Editing a weight and scoring the edit: ablation, group metrics, debiasing methods."""

@@ -1,0 +1,1 @@
+"""The study service: study files, search space, samplers, storage, objective, workers."""
