@@ -1,0 +1,148 @@
+"""The public API for debiasing your own model: `UserTask` and `Split`.
+
+A study file names a factory (`[task] kind = "python"`, `factory = "module:function"`),
+which is called as `factory(seed=..., **options)` and returns a `UserTask`: a trained
+model, the dotted name of one `nn.Linear` inside it, and three labelled splits. Everything
+else (caching, references, the Faithful-SAE, the α sweep, the study, export) is the
+service's. `validate_user_task` turns every mistake into one sentence naming the field.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hpo.errors import UserError
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of labelled data.
+
+    x: model inputs, a tensor whose first dimension is the sample (any shape after it).
+    y: integer class labels, shape [N].
+    groups: integer group ids in [0, len(group_names)), shape [N]: worst-group accuracy
+        is the lowest accuracy over these groups.
+    concepts: integer labels of the spurious attribute in [0, len(concept_names)),
+        shape [N]; required on `probe` (the Faithful-SAE is conditioned on them and the
+        references are fitted with them), optional elsewhere.
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    groups: torch.Tensor
+    concepts: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class UserTask:
+    """A trained model, the layer to decompose, and the data to debias it with.
+
+    model: a trained `torch.nn.Module` (any architecture); it is put in eval mode.
+    layer: dotted name of an `nn.Linear` inside it (as in `model.named_modules()`), e.g.
+        "head.0"; it may feed a nonlinearity or be the last layer.
+    probe: balanced data the decomposition and the references are fitted on; needs
+        `concepts`.
+    val: balanced data every hyperparameter and α is chosen on.
+    test: held-out data, only ever reported.
+    group_names: one name per group id (at least two).
+    concept_names: one name per concept label (at least two).
+    """
+
+    model: nn.Module
+    layer: str
+    probe: Split
+    val: Split
+    test: Split
+    group_names: Sequence[str] = field(default_factory=tuple)
+    concept_names: Sequence[str] = field(default_factory=tuple)
+
+
+SPLITS = ("probe", "val", "test")
+
+
+def validate_user_task(task: Any, source: str) -> UserTask:
+    """`task` if it is a usable UserTask; else a UserError naming `source` and the field."""
+    if not isinstance(task, UserTask):
+        raise UserError(
+            f"{source}: returned {type(task).__name__}, expected hpo.UserTask "
+            "(from hpo import UserTask, Split)"
+        )
+    if not isinstance(task.model, nn.Module):
+        raise UserError(
+            f"{source}: UserTask.model is {type(task.model).__name__}, expected a torch.nn.Module"
+        )
+    modules = dict(task.model.named_modules())
+    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
+    if task.layer not in modules:
+        raise UserError(
+            f"{source}: UserTask.layer {task.layer!r} is not a module of "
+            f"{type(task.model).__name__}; its nn.Linear layers: {', '.join(linear) or 'none'}"
+        )
+    if not isinstance(modules[task.layer], nn.Linear):
+        raise UserError(
+            f"{source}: UserTask.layer {task.layer!r} is a "
+            f"{type(modules[task.layer]).__name__}, not an nn.Linear; its nn.Linear layers: "
+            f"{', '.join(linear) or 'none'}"
+        )
+    n_groups, n_concepts = len(task.group_names), len(task.concept_names)
+    if n_groups < 2:
+        raise UserError(
+            f"{source}: UserTask.group_names has {n_groups} name(s); worst-group accuracy "
+            "needs at least two groups"
+        )
+    if n_concepts < 2:
+        raise UserError(
+            f"{source}: UserTask.concept_names has {n_concepts} name(s); give one name per "
+            "value of the spurious attribute (at least two)"
+        )
+    for name in SPLITS:
+        _check_split(getattr(task, name), name, n_groups, n_concepts, source)
+    return task
+
+
+def _check_split(split: Any, name: str, n_groups: int, n_concepts: int, source: str) -> None:
+    where = f"{source}: UserTask.{name}"
+    if not isinstance(split, Split):
+        raise UserError(f"{where} is {type(split).__name__}, expected hpo.Split")
+    for attr in ("x", "y", "groups", "concepts"):
+        value = getattr(split, attr)
+        if value is None and attr == "concepts":
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{where}.{attr} is {type(value).__name__}, expected a torch.Tensor")
+    n = len(split.x)
+    if n == 0:
+        raise UserError(f"{where} is empty")
+    for attr in ("y", "groups", "concepts"):
+        value = getattr(split, attr)
+        if value is None:
+            continue
+        if value.dim() != 1 or len(value) != n:
+            raise UserError(
+                f"{where}.{attr} has shape {tuple(value.shape)} but {name}.x has {n} samples; "
+                f"expected shape ({n},)"
+            )
+        if value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise UserError(f"{where}.{attr} has dtype {value.dtype}; expected integer labels")
+    _check_range(split.groups, n_groups, f"{where}.groups", "group_names")
+    if split.concepts is not None:
+        _check_range(split.concepts, n_concepts, f"{where}.concepts", "concept_names")
+    elif name == "probe":
+        raise UserError(
+            f"{where}.concepts is missing; the probe split needs the spurious attribute's "
+            "labels (Split(x, y, groups, concepts))"
+        )
+
+
+def _check_range(values: torch.Tensor, n: int, where: str, names: str) -> None:
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= n:
+        raise UserError(f"{where} has values {lo}..{hi}; expected 0..{n - 1} (one per {names})")
