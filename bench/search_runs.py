@@ -31,7 +31,7 @@ from pathlib import Path
 
 import optuna
 
-from hpo.outputs.export import rescore
+from hpo.outputs.rescore import rescore
 from hpo.service.runner import load_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "colored_mnist.toml"
@@ -176,7 +176,7 @@ def search_quality(args: argparse.Namespace) -> None:
                     "| - | - | - |"
                 )
                 continue
-            test = rescore(study, url, best).result["models"]["debiased"]["test"]["worst_group"]
+            test = rescore(study, url, best).result.metric("debiased", "test").worst_group
             print(
                 f"| {arm} | {minutes:.0f} | {n['COMPLETE']} / {n['PRUNED']} / {n['FAIL']} | "
                 f"{100 * best.values[0]:.1f} % | {100 * test:.1f} % | {best.number} |"

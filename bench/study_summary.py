@@ -10,7 +10,8 @@ import argparse
 
 import optuna
 
-from hpo.outputs.export import rescore, study_url
+from hpo.outputs.export import study_url
+from hpo.outputs.rescore import rescore
 from hpo.service.runner import load_study, trial_counts
 
 
@@ -28,7 +29,6 @@ def main() -> None:
     wall = (max(ends) - min(starts)).total_seconds() if starts and ends else float("nan")
     best = study.best_trial
     r = rescore(study, url, best)
-    models = r.result["models"]
     print(f"| study | {args.study} |")
     print(
         f"| trials complete / pruned / failed | {counts['complete']} / {counts['pruned']} / "
@@ -36,14 +36,14 @@ def main() -> None:
     )
     print(f"| wall time (first start to last end) | {wall / 60:.1f} min |")
     print(
-        f"| best trial | {best.number} (alpha {r.result['alpha']}, params "
+        f"| best trial | {best.number} (alpha {r.result.edit.alpha}, params "
         f"{ {k: round(v, 4) if isinstance(v, float) else v for k, v in best.params.items()} }) |"
     )
-    for name in ("original", "debiased", "oracle", "last_layer"):
-        m = models[name]
+    for name in r.result.model_names():
+        val, test = r.result.metric(name, "val"), r.result.metric(name, "test")
         print(
-            f"| {name} worst-group val / test | {100 * m['val']['worst_group']:.1f} % / "
-            f"{100 * m['test']['worst_group']:.1f} % |"
+            f"| {name} worst-group val / test | {100 * val.worst_group:.1f} % / "
+            f"{100 * test.worst_group:.1f} % |"
         )
     pruned_at = [
         t.user_attrs.get("pruned_at_step")

@@ -54,7 +54,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     _say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=args.json)
     result, _ = run_trial(study, ctx, study.params, with_test=not args.no_test, progress=progress)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_json()))
     else:
         print(format_result(result))
     return 0

@@ -19,86 +19,9 @@ from pydantic import (
     model_validator,
 )
 
-# Colours a user can name in a study file, as RGB in [0, 1].
-PALETTE: dict[str, tuple[float, float, float]] = {
-    "red": (1.0, 0.0, 0.0),
-    "green": (0.0, 1.0, 0.0),
-    "blue": (0.0, 0.0, 1.0),
-    "yellow": (1.0, 1.0, 0.0),
-    "magenta": (1.0, 0.0, 1.0),
-    "cyan": (0.0, 1.0, 1.0),
-    "orange": (1.0, 0.5, 0.0),
-    "purple": (0.5, 0.0, 1.0),
-    "white": (1.0, 1.0, 1.0),
-    "gray": (0.5, 0.5, 0.5),
-}
-
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ColoredMnistTask(Strict):
-    """Colored MNIST: digits tied to colours in `train`, balanced everywhere else."""
-
-    kind: Literal["colored_mnist"] = "colored_mnist"
-    source: Literal["mnist", "colorized_folder"] = "mnist"
-    colorized_root: str | None = None
-    colorize: Literal["background", "foreground"] = "background"
-    colors: tuple[str, ...] = ("red", "green")
-    color_digits: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
-    bias: float = Field(0.95, ge=0.0, le=1.0)
-    train_per_digit: int = Field(500, ge=1)
-    probe_per_digit: int = Field(400, ge=2)
-    val_per_digit: int = Field(300, ge=2)
-    test_per_digit: int = Field(800, ge=2)
-    base_model: Literal["cnn", "mlp"] = "cnn"
-    layer: Literal["fc1", "fc2"] = "fc1"
-    base_epochs: int = Field(15, ge=1)
-    base_lr: float = Field(1e-3, gt=0)
-    base_batch_size: int = Field(32, ge=1)
-    seed: int = 0
-
-    @field_validator("colors")
-    @classmethod
-    def _known_colors(cls, colors: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [c for c in colors if c not in PALETTE]
-        if unknown:
-            raise ValueError(f"unknown colour {unknown[0]!r}; valid: {', '.join(PALETTE)}")
-        if len(colors) < 2 or len(set(colors)) != len(colors):
-            raise ValueError("needs at least two distinct colours")
-        return colors
-
-    @model_validator(mode="after")
-    def _digits_partition(self) -> ColoredMnistTask:
-        if len(self.color_digits) != len(self.colors):
-            raise ValueError(
-                f"color_digits has {len(self.color_digits)} digit sets but colors has "
-                f"{len(self.colors)} colours; give one digit set per colour"
-            )
-        flat = sorted(d for ds in self.color_digits for d in ds)
-        if flat != list(range(10)):
-            raise ValueError("color_digits must split the digits 0-9, each digit exactly once")
-        if self.source == "colorized_folder" and not self.colorized_root:
-            raise ValueError("source = 'colorized_folder' needs colorized_root")
-        return self
-
-
-class ToyTask(Strict):
-    """The 5-2 toy model of superposition: known features, known mechanisms."""
-
-    kind: Literal["toy_superposition"] = "toy_superposition"
-    n_features: int = Field(5, ge=2)
-    hidden_dim: int = Field(2, ge=1)
-    feature_prob: float = Field(0.05, gt=0.0, le=1.0)
-    train_steps: int = Field(5000, ge=1)
-    batch_size: int = Field(1024, ge=1)
-    lr: float = Field(1e-2, gt=0)
-    n_samples: int = Field(20000, ge=100)
-    seed: int = 0
-
-
-Task = Annotated[ColoredMnistTask | ToyTask, Field(discriminator="kind")]
 
 
 class TrialParams(Strict):
@@ -144,20 +67,6 @@ class TrialParams(Strict):
 # ---- the study service -------------------------------------------------------------
 
 Direction = Literal["maximize", "minimize"]
-OBJECTIVES: dict[str, dict[str, Direction]] = {
-    "colored_mnist": {
-        "worst_group": "maximize",
-        "mean_group": "maximize",
-        "overall": "maximize",
-        "faithfulness_error": "minimize",
-        "reconstruction_error": "minimize",
-    },
-    "toy_superposition": {
-        "mmcs": "maximize",
-        "ml2r": "maximize",
-        "faithfulness_error": "minimize",
-    },
-}
 
 
 class StudySection(Strict):
@@ -256,7 +165,7 @@ class StudyFile(Strict):
     storage: StorageSection = StorageSection()
     sampler: SamplerSection = SamplerSection()
     pruner: PrunerSection = PrunerSection()
-    task: Task
+    task: Any  # a task's own config class, looked up by `kind` (hpo.tasks)
     params: TrialParams = TrialParams()
     search: dict[str, SearchSpec] = Field(default_factory=dict)
 
@@ -269,9 +178,21 @@ class StudyFile(Strict):
             k: v if isinstance(v, (dict, BaseModel)) else {"value": v} for k, v in search.items()
         }
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_config(cls, task: Any) -> Any:
+        """`[task]` is validated by the config class its `kind` names in the registry."""
+        from hpo.tasks import get_task, task_kinds
+
+        if isinstance(task, BaseModel):
+            return task
+        if not isinstance(task, dict) or "kind" not in task:
+            raise ValueError(f"needs kind = one of {', '.join(task_kinds())}")
+        return get_task(task["kind"]).config.model_validate(task)
+
     @model_validator(mode="after")
     def _consistent(self) -> StudyFile:
-        allowed = OBJECTIVES[self.task.kind]
+        allowed = self.task_objectives
         for name in self.study.objectives:
             if name not in allowed:
                 raise ValueError(
@@ -301,10 +222,16 @@ class StudyFile(Strict):
         return self
 
     @property
+    def task_objectives(self) -> dict[str, Direction]:
+        from hpo.tasks import get_task
+
+        return dict(get_task(self.task.kind).objectives)
+
+    @property
     def directions(self) -> list[Direction]:
         if self.study.directions is not None:
             return list(self.study.directions)
-        allowed = OBJECTIVES[self.task.kind]
+        allowed = self.task_objectives
         return [allowed[name] for name in self.study.objectives]
 
 

@@ -1,8 +1,8 @@
-"""Editing the weight and scoring the edit: formulas, architecture, the batched α sweep.
+"""Editing the weight and scoring the edit: formulas, architecture, the two scoring paths.
 
 A debiased model must be the base model's own class with one tensor changed, so that it
-loads anywhere the base model loads; and the α sweep's one batched pass must agree with
-scoring each edited model on its own.
+loads anywhere the base model loads; and scoring from cached layer inputs must agree with
+running the whole edited model.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 
 from hpo.debias import ablation, scoring
 from hpo.models.classifiers import BASE_MODELS, ColoredMnistClassifier
+from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
 
 NAMES = ("red/0-4", "red/5-9", "green/0-4", "green/5-9")
@@ -58,39 +59,18 @@ def test_ablated_sum_adds_the_chosen_components() -> None:
         torch.testing.assert_close(everything, sae.effective_weight())
 
 
-def test_swept_weights_stack_one_debiased_weight_per_alpha() -> None:
-    weight, ablated_t = torch.randn(3, 4), torch.randn(4, 3)
-    alphas = torch.tensor([0.0, 0.3, 1.0])
-
-    stacked = ablation.swept_weights(weight, ablated_t, alphas)
-
-    assert stacked.shape == (3, 3, 4)
-    for i, a in enumerate(alphas.tolist()):
-        torch.testing.assert_close(stacked[i], ablation.debiased_weight(weight, ablated_t, a))
-
-
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
 @pytest.mark.parametrize("layer", ["fc1", "fc2"])
-def test_debiased_model_keeps_the_architecture(kind: str, layer: str) -> None:
+def test_the_edited_state_dict_keeps_the_architecture(kind: str, layer: str) -> None:
     base = base_model(kind)
     with torch.no_grad():
         ablated_t = ablation.ablated_sum(sae_for(base, layer), [0, 1])
     new_weight = ablation.debiased_weight(getattr(base, layer).weight, ablated_t, 0.8).detach()
+    base_state = base.state_dict()
+    state = {**base_state, f"{layer}.weight": new_weight}
 
-    debiased = ablation.debiased_model(base, layer, new_weight)
-
-    assert type(debiased) is type(base)
-    base_state, state = base.state_dict(), debiased.state_dict()
-    assert list(state) == list(base_state)
-    assert {k: v.shape for k, v in state.items()} == {k: v.shape for k, v in base_state.items()}
     fresh = BASE_MODELS[kind]()
     fresh.load_state_dict(state, strict=True)
-    assert sum(p.numel() for p in debiased.parameters()) == sum(
-        p.numel() for p in base.parameters()
-    )
-    changed = [k for k in state if not torch.equal(state[k], base_state[k])]
-    assert changed == [f"{layer}.weight"]
-    torch.testing.assert_close(getattr(base, layer).weight, base_state[f"{layer}.weight"])
 
     x = images()
     with torch.no_grad():
@@ -108,56 +88,57 @@ def test_group_metrics_on_a_hand_made_example() -> None:
 
     m = scoring.group_metrics(correct, groups, ("a", "b", "c", "empty"))
 
-    assert m["groups"]["a"] == pytest.approx(2 / 3)
-    assert m["groups"]["b"] == pytest.approx(1 / 2)
-    assert m["groups"]["c"] == pytest.approx(2 / 3)
-    assert m["worst_group"] == pytest.approx(1 / 2)  # the empty group does not count
-    assert m["mean_group"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
-    assert m["overall"] == pytest.approx(5 / 8)
+    assert m.groups["a"] == pytest.approx(2 / 3)
+    assert m.groups["b"] == pytest.approx(1 / 2)
+    assert m.groups["c"] == pytest.approx(2 / 3)
+    assert m.groups["empty"] is None
+    assert m.worst_group == pytest.approx(1 / 2)  # the empty group does not count
+    assert m.mean_group == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    assert m.overall == pytest.approx(5 / 8)
 
 
-def sweep_setup(
-    layer: str,
-) -> tuple[ColoredMnistClassifier, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def scorers(layer: str) -> tuple[scoring.Scorer, scoring.Scorer, torch.Tensor]:
+    """The same model and split scored from cached layer inputs and by a whole forward."""
     model = base_model("mlp")
-    with torch.no_grad():
-        z = model.layer_input(images(), layer)
-        ablated_t = ablation.ablated_sum(sae_for(model, layer), [0, 1, 2]) * 20
+    x = images()
     digits, group_ids = labels()
-    return model, z, digits, group_ids, ablated_t
-
-
-@pytest.mark.parametrize("layer", ["fc1", "fc2"])
-def test_alpha_zero_scores_like_the_original_model(layer: str) -> None:
-    model, z, digits, group_ids, ablated_t = sweep_setup(layer)
-
-    sweep = scoring.alpha_sweep(
-        model, layer, z, digits, group_ids, NAMES, ablated_t, torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        z = model.layer_input(x, layer)
+        ablated_t = ablation.ablated_sum(sae_for(model, layer), [0, 1, 2]) * 20
+    cached = scoring.CachedSplit(z=z, y=digits, groups=group_ids)
+    full = scoring.CachedSplit(z=z, y=digits, groups=group_ids, x=x)
+    return (
+        scoring.Scorer(model, layer, {"val": cached}, NAMES),
+        scoring.Scorer(model, layer, {"val": full}, NAMES),
+        ablated_t,
     )
 
-    assert sweep[0] == scoring.score_weight(model, layer, z, digits, group_ids, NAMES)
-
 
 @pytest.mark.parametrize("layer", ["fc1", "fc2"])
-def test_the_batched_sweep_matches_scoring_each_edited_model(layer: str) -> None:
-    model, z, digits, group_ids, ablated_t = sweep_setup(layer)
-    alphas = scoring.alpha_grid(1.2, 7)
-
-    sweep = scoring.alpha_sweep(model, layer, z, digits, group_ids, NAMES, ablated_t, alphas)
-
-    assert len(sweep) == 7
-    weight = getattr(model, layer).weight
-    for alpha, metrics in zip(alphas.tolist(), sweep, strict=True):
-        edited = ablation.debiased_model(
-            model, layer, ablation.debiased_weight(weight, ablated_t, alpha)
-        )
-        assert metrics == scoring.score_weight(edited, layer, z, digits, group_ids, NAMES)
-    # the edit is strong enough that α matters at all
-    assert len({m["overall"] for m in sweep}) > 1
+def test_scoring_from_cached_inputs_matches_the_whole_model(layer: str) -> None:
+    fast, whole, ablated_t = scorers(layer)
+    weight = fast.model.get_submodule(layer).weight
+    seen = set()
+    for alpha in scoring.alpha_grid(1.2, 7):
+        edit = {f"{layer}.weight": ablation.debiased_weight(weight, ablated_t, alpha)}
+        torch.testing.assert_close(fast.logits("val", edit), whole.logits("val", edit))
+        assert fast.metrics("val", edit) == whole.metrics("val", edit)
+        seen.add(fast.metrics("val", edit).overall)
+    assert len(seen) > 1  # the edit is strong enough that α matters at all
+    assert fast.metrics("val") == whole.metrics("val")  # no edit: the original model
 
 
-def metrics(worst: float, mean: float) -> dict:
-    return {"worst_group": worst, "mean_group": mean, "overall": mean, "groups": {}}
+def test_scoring_an_edit_leaves_the_model_unchanged() -> None:
+    fast, _, ablated_t = scorers("fc1")
+    before = {k: v.clone() for k, v in fast.model.state_dict().items()}
+    weight = fast.model.fc1.weight
+    fast.metrics("val", {"fc1.weight": ablation.debiased_weight(weight, ablated_t, 1.0)})
+    after = fast.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def metrics(worst: float, mean: float) -> GroupMetrics:
+    return GroupMetrics(worst_group=worst, mean_group=mean, overall=mean, groups={})
 
 
 def test_pick_alpha_prefers_worst_group_then_mean_group_then_smaller_alpha() -> None:
@@ -169,4 +150,5 @@ def test_pick_alpha_prefers_worst_group_then_mean_group_then_smaller_alpha() -> 
 
 def test_alpha_grid_runs_from_zero_to_alpha_max() -> None:
     grid = scoring.alpha_grid(1.2, 13)
-    assert grid[0] == 0 and grid[-1].item() == pytest.approx(1.2) and len(grid) == 13
+    assert grid[0] == 0 and grid[-1] == pytest.approx(1.2) and len(grid) == 13
+    assert 0.7 in scoring.alpha_grid(1.2, 13)  # recorded α re-scores to the same float

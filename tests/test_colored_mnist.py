@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.config import PALETTE, ColoredMnistTask
 from hpo.data.colored_mnist import (
     ORACLE_SPLIT,
+    PALETTE,
     SPLITS,
     Split,
     build_splits,
@@ -25,6 +25,7 @@ from hpo.data.colored_mnist import (
     make_groups,
 )
 from hpo.errors import UserError
+from hpo.tasks.colored_mnist import ColoredMnistTask
 
 
 def grey_mnist(

@@ -20,7 +20,7 @@ import torch
 from conftest import tiny_study_dict, write_study
 
 from hpo.cli import main
-from hpo.outputs import export as export_mod
+from hpo.outputs.rescore import rescore
 
 # The study file names a PostgreSQL server with a password; the run itself used
 # --storage on SQLite. The password must never reach an exported file.
@@ -131,7 +131,13 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
     assert test["groups"] == pytest.approx(
         metrics["models"]["debiased"]["test"]["groups"], abs=1e-12
     )
-    assert set(metrics["models"]) == {"original", "debiased", "oracle", "last_layer"}
+    assert set(metrics["models"]) == {
+        "original",
+        "debiased",
+        "oracle",
+        "last_layer",
+        "retrain_head",
+    }
     for by_split in metrics["models"].values():
         assert set(by_split) == {"val", "test"}
     assert metrics["alpha"] == pytest.approx(trial.user_attrs["alpha"])
@@ -184,7 +190,7 @@ def test_model_card_says_what_was_removed_and_how_to_load_it(exported: Path) -> 
     assert "`fc1` weight" in card and "**Removed:** component(s) 0, 1" in card
     assert f"α = {metrics['alpha']:.3g}" in card
     assert "from hpo.models.classifiers import ColorMnistMLP" in card
-    assert 'model.load_state_dict(torch.load("model.pt", weights_only=True))' in card
+    assert 'model.load_state_dict(torch.load("model.pt", weights_only=True), strict=True)' in card
     worst = metrics["models"]["debiased"]["test"]["worst_group"]
     assert f"{100 * worst:.1f}%" in card
 
@@ -296,7 +302,7 @@ def test_multi_objective_export_lists_the_front_and_takes_a_trial_from_it(
 
 def test_rescore_is_what_report_and_export_share(tiny: str) -> None:
     study = optuna.load_study(study_name="tiny", storage=tiny)
-    r = export_mod.rescore(study, tiny, study.best_trial)
+    r = rescore(study, tiny, study.best_trial)
     assert r.mismatches == []
-    assert r.result["worst_group"] == study.best_value
-    assert set(r.result["models"]["debiased"]) == {"val", "test"}
+    assert r.result.objectives["worst_group"] == study.best_value
+    assert set(r.result.models["debiased"]) == {"val", "test"}

@@ -36,7 +36,7 @@ def report(url: str, name: str, out: Path) -> str:
 
 
 def test_report_has_every_figure_and_opens_offline(tiny: str, tmp_path: Path) -> None:
-    from hpo.outputs.export import rescore
+    from hpo.outputs.rescore import rescore
 
     text = report(tiny, "tiny", tmp_path / "tiny.html")
 
@@ -51,7 +51,7 @@ def test_report_has_every_figure_and_opens_offline(tiny: str, tmp_path: Path) ->
 
     study = optuna.load_study(study_name="tiny", storage=tiny)
     r = rescore(study, tiny, study.best_trial)
-    test = r.result["models"]["debiased"]["test"]
+    test = vars(r.result.metric("debiased", "test"))
     assert f"<td>{100 * test['worst_group']:.1f}%</td>" in text  # test: computed here
     assert "never shown to the sampler" in text
 

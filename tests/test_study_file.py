@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import PALETTE, ColoredMnistTask, FloatRange, StudyFile, ToyTask, TrialParams
+from hpo.config import FloatRange, StudyFile, TrialParams
+from hpo.data.colored_mnist import PALETTE
 from hpo.errors import UserError
 from hpo.service.study_file import load_study_file
+from hpo.tasks.colored_mnist import ColoredMnistTask
+from hpo.tasks.toy import ToyTask
 
 STUDIES = sorted((Path(__file__).resolve().parents[1] / "studies").glob("*.toml"))
 

@@ -9,11 +9,28 @@ how much the model leans on colour.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpo.config import PALETTE, ColoredMnistTask
 from hpo.errors import UserError
+
+# Colours a user can name in a study file, as RGB in [0, 1].
+PALETTE: dict[str, tuple[float, float, float]] = {
+    "red": (1.0, 0.0, 0.0),
+    "green": (0.0, 1.0, 0.0),
+    "blue": (0.0, 0.0, 1.0),
+    "yellow": (1.0, 1.0, 0.0),
+    "magenta": (1.0, 0.0, 1.0),
+    "cyan": (0.0, 1.0, 1.0),
+    "orange": (1.0, 0.5, 0.0),
+    "purple": (0.5, 0.0, 1.0),
+    "white": (1.0, 1.0, 1.0),
+    "gray": (0.5, 0.5, 0.5),
+}
+
+if TYPE_CHECKING:
+    from hpo.tasks.colored_mnist import ColoredMnistTask
 
 SPLITS = ("train", "probe", "val", "test")
 # The oracle's training set: the `train` images, recoloured without the tie.

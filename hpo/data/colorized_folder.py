@@ -12,13 +12,16 @@ folder has but the task does not list are never used.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpo.config import ColoredMnistTask
 from hpo.data.colored_mnist import ORACLE_SPLIT, Split, balanced_colors, biased_colors
 from hpo.data.mnist_files import load_colorized_folder
 from hpo.errors import UserError
+
+if TYPE_CHECKING:
+    from hpo.tasks.colored_mnist import ColoredMnistTask
 
 
 def folder_splits(task: ColoredMnistTask) -> tuple[dict[str, Split], str]:

@@ -6,11 +6,8 @@ own class with one tensor changed: same parameters, same forward code, zero over
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
-from hpo.models.classifiers import ColoredMnistClassifier
 from hpo.sae.model import FaithfulSAE
 
 
@@ -22,13 +19,6 @@ def ablated_sum(sae: FaithfulSAE, index: list[int]) -> torch.Tensor:
 def debiased_weight(weight: torch.Tensor, ablated_t: torch.Tensor, alpha: float) -> torch.Tensor:
     """W − α·A for a torch Linear weight W (out × in) and A in (in × out) layout."""
     return weight - alpha * ablated_t.T
-
-
-def swept_weights(
-    weight: torch.Tensor, ablated_t: torch.Tensor, alphas: torch.Tensor
-) -> torch.Tensor:
-    """[A, out, in]: the debiased weight at every α, for one batched scoring pass."""
-    return weight[None] - alphas[:, None, None] * ablated_t.T[None]
 
 
 def conditioned_components(n_concepts: int) -> list[int]:
@@ -54,13 +44,3 @@ def attribution_components(
                 gap = (act[on].mean(0) - act[~on].mean(0)).abs()
                 scores = torch.maximum(scores, gap)
         return scores.topk(min(m, scores.numel())).indices.sort().values.tolist()
-
-
-def debiased_model(
-    base: ColoredMnistClassifier, layer: str, weight: torch.Tensor
-) -> ColoredMnistClassifier:
-    """A copy of `base` with `layer.weight` replaced: the exportable debiased model."""
-    model = copy.deepcopy(base)
-    with torch.no_grad():
-        getattr(model, layer).weight.copy_(weight)
-    return model

@@ -79,13 +79,13 @@ def best_note(
     if groups and "alpha" in attrs:
         comps = ", ".join(str(c) for c in attrs.get("ablated_components", []))
         how = (
-            f"conditioned on the colours {', '.join(task.get('colors', []))}"
-            if attrs.get("ablate", "conditioned") == "conditioned" and task.get("colors")
-            else "attribution (the components whose contribution differs most by colour)"
+            "conditioned on the concept labels (SCAR)"
+            if attrs.get("selection", attrs.get("ablate", "conditioned")) == "conditioned"
+            else "attribution (the components whose contribution differs most by concept)"
         )
         lines += [  # short lines: the dashboard's note box does not wrap wide content
             f"- **Removed** Faithful-SAE component(s) **{comps}** "
-            f"of the `{task.get('layer', '?')}` weight",
+            f"of the `{attrs.get('layer', task.get('layer', '?'))}` weight",
             f"- picked by: {how}",
             f"- **α = {attrs['alpha']:.2f}**, chosen on validation",
             "",
@@ -102,6 +102,10 @@ def best_note(
         for g, before in groups["original"].items():
             after = groups["debiased"].get(g)
             lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
+        refs = [m for m in groups if m not in ("original", "debiased")]
+        if refs:
+            worst = ", ".join(f"{m.replace('_', ' ')} {_pct(_summary(groups[m])[0])}" for m in refs)
+            lines += ["", f"References, worst group on validation: {worst}."]
         lines.append("")
     else:
         shown = [k for k in ("mmcs", "ml2r") if k in attrs]

@@ -3,7 +3,7 @@
 plotly.js is inlined once (with the first figure), so the file opens with no network.
 Study-level figures come from Optuna's own visualisation module; the best trial's
 figures read its recorded validation numbers and its re-scored test numbers
-(`hpo.outputs.export.rescore`: computed here, after the study, never fed to the sampler).
+(`hpo.outputs.rescore`: computed here, after the study, never fed to the sampler).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UserError
-from hpo.outputs.export import MODELS, Rescored, rescore, study_url
+from hpo.outputs.export import study_url
+from hpo.outputs.rescore import Rescored, rescore
 from hpo.service.storage import mask
 
 TEMPLATE = "plotly_white"
@@ -34,6 +35,7 @@ MODEL_COLORS = {
     "debiased": "#4c78a8",
     "oracle": "#54a24b",
     "last_layer": "#f58518",
+    "retrain_head": "#b279a2",
 }
 TITLES = {
     "history": "Optimization history",
@@ -183,25 +185,24 @@ def alpha_figure(trial: FrozenTrial) -> Any | str:
 def groups_figure(r: Rescored) -> Any | str:
     from plotly.subplots import make_subplots
 
-    models = r.result.get("models")
-    if not models:
+    if not r.result.models:
         return "This task has no groups."
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation", "test"), shared_yaxes=True)
     for col, split in enumerate(("val", "test"), start=1):
-        for name in MODELS:
-            metrics = models.get(name, {}).get(split)
+        for name in r.result.model_names():
+            metrics = r.result.metric(name, split)
             if metrics is None:
                 continue
-            groups = list(metrics["groups"])
+            groups = list(metrics.groups)
             fig.add_bar(
                 x=groups,
-                y=[metrics["groups"][g] for g in groups],
+                y=[metrics.groups[g] for g in groups],
                 name=name.replace("_", " "),
-                marker_color=MODEL_COLORS[name],
+                marker_color=MODEL_COLORS.get(name),
                 legendgroup=name,
                 showlegend=col == 1,
                 visible=True if name in ("original", "debiased") else "legendonly",
-                text=[f"{100 * (metrics['groups'][g] or 0):.0f}" for g in groups],
+                text=[f"{100 * (metrics.groups[g] or 0):.0f}" for g in groups],
                 textposition="outside",
                 row=1,
                 col=col,
@@ -274,12 +275,12 @@ def _best_table(r: Rescored) -> str:
         [html.escape(k), html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))]
         for k, v in sorted(r.trial.params.items())
     ]
-    if "alpha" in res:
-        rows.append(["ablated components", html.escape(str(res["ablated_components"]))])
-        rows.append(["α (chosen on val)", f"{res['alpha']:.3g}"])
-    for key in ("faithfulness_error", "reconstruction_error", "mmcs", "ml2r"):
-        if key in res:
-            rows.append([key.replace("_", " "), f"{res[key]:.3g}"])
+    if res.edit is not None:
+        rows.append(["edited layer", html.escape(res.edit.layer)])
+        rows.append(["ablated components", html.escape(str(res.edit.components))])
+        rows.append(["α (chosen on val)", f"{res.edit.alpha:.3g}"])
+    for key, value in {**res.objectives, **res.errors}.items():
+        rows.append([key.replace("_", " ") + " (val)", f"{value:.3g}"])
     rows.append(
         [
             "seed · data sha256",
@@ -287,27 +288,20 @@ def _best_table(r: Rescored) -> str:
         ]
     )
     out = _table(["best trial", ""], rows)
-    models = res.get("models")
-    if models:
-        head = [
-            "accuracy",
-            *(f"{m.replace('_', ' ')} {s}" for m in MODELS if m in models for s in ("val", "test")),
-        ]
+    if res.models:
+        cols = [(m, s) for m in res.model_names() for s in ("val", "test") if res.metric(m, s)]
+        head = ["accuracy", *(f"{m.replace('_', ' ')} {s}" for m, s in cols)]
         lines = []
-        groups = list(models["original"]["val"]["groups"])
         for label, key in [
             ("worst group", "worst_group"),
             ("mean group", "mean_group"),
             ("overall", "overall"),
-            *((g, g) for g in groups),
+            *((g, g) for g in res.group_names),
         ]:
             row = [f"<b>{html.escape(label)}</b>" if key == "worst_group" else html.escape(label)]
-            for m in MODELS:
-                if m not in models:
-                    continue
-                for s in ("val", "test"):
-                    d = models[m].get(s)
-                    row.append("–" if d is None else _pct(d.get(key, d["groups"].get(key))))
+            for m, s in cols:
+                metric = res.metric(m, s)
+                row.append(_pct(None if metric is None else metric.get(key)))
             lines.append(row)
         out += _table(head, lines)
     if r.mismatches:
@@ -325,7 +319,8 @@ def _front_table(rescored: list[Rescored | str], study: optuna.Study) -> str:
         if isinstance(r, str):
             rows.append([html.escape(r), *([""] * (len(names) + 2))])
             continue
-        test = r.result.get("models", {}).get("debiased", {}).get("test", {})
+        metric = r.result.metric("debiased", "test")
+        test = {} if metric is None else vars(metric)
         rows.append(
             [
                 str(r.trial.number),

@@ -1,61 +1,65 @@
-"""The human-readable view of one trial's result (the JSON view is the dict itself)."""
+"""The human-readable view of one trial's result (`hpo trial`; `--json` is `to_json`)."""
 
 from __future__ import annotations
 
-from typing import Any
+from hpo.results import TrialResult
 
-MODEL_ORDER = ("original", "debiased", "oracle", "last_layer")
-PHASES = ("data", "base_model", "activations", "sae_training", "scoring")
+PHASES = (
+    "data",
+    "factory",
+    "base_model",
+    "activations",
+    "references",
+    "load",
+    "sae_training",
+    "scoring",
+)
 
 
 def _pct(x: float | None) -> str:
     return "    -" if x is None else f"{100 * x:5.1f}"
 
 
-def format_result(result: dict[str, Any]) -> str:
+def format_result(result: TrialResult) -> str:
+    p = result.provenance
     head = (
-        f"{result['task']['kind']} · seed {result['seed']} · data sha256 "
-        f"{result['data_sha256'][:12]} · base model {result['base_model'][:12]}"
+        f"{result.task} · seed {p.get('seed')} · data sha256 "
+        f"{str(p.get('data_sha256'))[:12]} · base model {str(p.get('base_model'))[:12]}"
     )
     lines = [head]
-    if "models" in result:
+    if result.models:
         lines += _group_table(result)
     else:
-        lines.append(
-            f"MMCS {result['mmcs']:.4f} · ML2R {result['ml2r']:.4f} · "
-            f"faithfulness error {result['faithfulness_error']:.2e}"
-        )
-    t = result["timings"]
-    lines.append(
-        "time: " + " · ".join(f"{k.replace('_', ' ')} {t[k]:.1f} s" for k in PHASES if k in t)
-    )
+        values = {**result.objectives, **result.errors}
+        lines.append(" · ".join(f"{k} {v:.4g}" for k, v in values.items()))
+    t = result.timings
+    shown = [k for k in PHASES if k in t]
+    lines.append("time: " + " · ".join(f"{k.replace('_', ' ')} {t[k]:.1f} s" for k in shown))
     return "\n".join(lines)
 
 
-def _group_table(result: dict[str, Any]) -> list[str]:
-    models = result["models"]
-    splits = [s for s in ("val", "test") if s in models["original"]]
-    cols = [(m, s) for m in MODEL_ORDER if m in models for s in splits]
-    groups = list(models["original"]["val"]["groups"])
+def _group_table(result: TrialResult) -> list[str]:
+    models = result.model_names()
+    splits = [s for s in ("val", "test") if result.metric("original", s) is not None]
+    cols = [(m, s) for m in models for s in splits]
+    groups = result.group_names
     width = max(12, *(len(g) for g in groups))
-    top = " " * width + "".join(
-        f"{m.replace('_', ' '):>{7 * len(splits)}}" for m in MODEL_ORDER if m in models
-    )
+    top = " " * width + "".join(f"{m.replace('_', ' '):>{7 * len(splits)}}" for m in models)
     sub = " " * width + "".join(f"{s:>7}" for _, s in cols)
-    lines = [
-        f"alpha {result['alpha']:.2f} (chosen on val) · ablated components "
-        f"{result['ablated_components']} · faithfulness error {result['faithfulness_error']:.2e}",
-        top,
-        sub,
-    ]
-    for g in groups:
+    edit = result.edit
+    lines = []
+    if edit is not None:
         lines.append(
-            f"{g:<{width}}" + "".join(f"  {_pct(models[m][s]['groups'][g])}" for m, s in cols)
+            f"{edit.layer}: alpha {edit.alpha:.2f} (chosen on val) · ablated components "
+            f"{edit.components} · faithfulness error {result.errors['faithfulness_error']:.2e}"
         )
-    for key, label in (
-        ("worst_group", "worst group"),
-        ("mean_group", "mean group"),
-        ("overall", "overall"),
-    ):
-        lines.append(f"{label:<{width}}" + "".join(f"  {_pct(models[m][s][key])}" for m, s in cols))
+    lines += [top, sub]
+    rows = [(g, g) for g in groups]
+    rows += [("worst group", "worst_group"), ("mean group", "mean_group"), ("overall", "overall")]
+    for label, key in rows:
+        cells = []
+        for m, s in cols:
+            metric = result.metric(m, s)
+            cells.append(f"  {_pct(None if metric is None else metric.get(key))}")
+        lines.append(f"{label:<{width}}" + "".join(cells))
     return lines

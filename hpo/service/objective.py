@@ -17,9 +17,10 @@ import torch
 
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
+from hpo.results import TrialResult
 from hpo.service.search_space import suggest
 from hpo.service.trial import run_trial
-from hpo.tasks import TASKS
+from hpo.tasks import get_task
 
 # Trials that count against the study-wide budget (a FAIL counts only if it diverged:
 # interrupted, surplus and heartbeat-failed trials are not results).
@@ -59,7 +60,7 @@ class Objective:
         self.ctx = ctx
         self.budget = budget
         self.artifact_store = artifact_store
-        self.task = TASKS[study_file.task.kind]
+        self.task = get_task(study_file.task.kind)
         self.objectives = study_file.study.objectives
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
@@ -73,7 +74,8 @@ class Objective:
         def on_eval(step: int, sae: Any) -> None:
             if not single:
                 return  # Optuna prunes single-objective studies only.
-            value = self.task.evaluate(self.ctx, sae, params, with_test=False)[self.objectives[0]]
+            result = self.task.evaluate(self.ctx, sae, params, with_test=False)
+            value = result.value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():
                 trial.set_user_attr("pruned_at_step", step)
@@ -91,7 +93,7 @@ class Objective:
         record(trial, result, trained.history)
         if self.artifact_store is not None:
             self._upload_weights(trial, trained.sae, params, result)
-        values = tuple(float(result[name]) for name in self.objectives)
+        values = tuple(float(result.value(name)) for name in self.objectives)
         if self.artifact_store is not None:
             publish_for_dashboard(trial, self.artifact_store, values)
         return values[0] if single else values
@@ -104,20 +106,16 @@ class Objective:
             raise SurplusTrial(f"trial {trial.number}: budget of {self.budget} already taken")
 
     def _upload_weights(
-        self, trial: optuna.Trial, sae: Any, params: TrialParams, result: dict[str, Any]
+        self, trial: optuna.Trial, sae: Any, params: TrialParams, result: TrialResult
     ) -> None:
         from optuna.artifacts import upload_artifact
 
         from hpo.data.cache import save_tensors
 
         payload: dict[str, Any] = {"sae": _cpu_state(sae), "sae_config": sae.config()}
-        if "alpha" in result:
-            payload["debiased"] = {
-                k: v.cpu()
-                for k, v in self.task.debiased_state_dict(
-                    self.ctx, sae, params, result["alpha"]
-                ).items()
-            }
+        edited = self.task.edited_state_dict(self.ctx, sae, params, result)
+        if edited is not None:
+            payload["debiased"] = {k: v.cpu() for k, v in edited.items()}
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / f"trial-{trial.number}.pt"
             save_tensors(path, payload)
@@ -131,31 +129,25 @@ def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
-def record(trial: optuna.Trial, result: dict[str, Any], history: dict[str, list[float]]) -> None:
+def record(trial: optuna.Trial, result: TrialResult, history: dict[str, list[float]]) -> None:
     """User attrs a person reads to judge a trial (validation numbers only)."""
-    keep = (
-        "worst_group",
-        "mean_group",
-        "overall",
-        "faithfulness_error",
-        "reconstruction_error",
-        "alpha",
-        "ablated_components",
-        "alpha_curve",
-        "mmcs",
-        "ml2r",
-        "timings",
-        "versions",
-        "device",
-    )
-    for key in keep:
-        if key in result:
-            trial.set_user_attr(key, result[key])
-    if "models" in result:
+    for key, value in {**result.objectives, **result.errors}.items():
+        trial.set_user_attr(key, value)
+    if result.edit is not None:
+        trial.set_user_attr("layer", result.edit.layer)
+        trial.set_user_attr("alpha", result.edit.alpha)
+        trial.set_user_attr("ablated_components", result.edit.components)
+        trial.set_user_attr("selection", result.edit.selection)
+        trial.set_user_attr("alpha_curve", result.edit.alpha_curve)
+    if result.models:
         trial.set_user_attr(
             "val_groups",
-            {name: result["models"][name]["val"]["groups"] for name in ("original", "debiased")},
+            {name: result.models[name]["val"].groups for name in result.model_names()},
         )
+    trial.set_user_attr("timings", result.timings)
+    for key in ("versions", "device"):
+        if key in result.provenance:
+            trial.set_user_attr(key, result.provenance[key])
     trial.set_user_attr("loss_history", downsample(history))
 
 

@@ -26,7 +26,7 @@ from hpo.errors import DivergedError, UserError
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
 from hpo.service.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
-from hpo.tasks import TASKS
+from hpo.tasks import get_task
 
 STUDY_FILE_ATTR = "study_file"
 BUDGET_ATTR = "n_trials"
@@ -108,19 +108,18 @@ def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) ->
 def prepare_base_model(
     study: optuna.Study, study_file: StudyFile, url: str, data_dir: str | None
 ) -> None:
-    """Train (or reuse) the study's base model once, before any worker starts."""
-    task = TASKS[study_file.task.kind]
-    device = resolve_device(study_file.params.device)
-    path, _ = task.ensure_bundle(study_file.task, data_dir=data_dir, device=device, progress=True)
-    key = path.stem.split("-", 1)[1]
-    recorded = study.user_attrs.get(BASE_MODEL_ATTR)
-    if recorded is not None and recorded != key:
-        raise UserError(
-            f"study {study.study_name!r} was run on base model {recorded} but this data and "
-            f"task give {key}: is --data-dir pointing at different MNIST files?"
-        )
-    if recorded is None:
+    """Train (or reuse) the study's base model once, before any worker starts.
+
+    A study that has one keeps it: resuming never rebuilds it (a user's factory need not
+    be deterministic), and workers fetch it from the artifact store as usual.
+    """
+    if study.user_attrs.get(BASE_MODEL_ATTR) is None:
         from optuna.artifacts import upload_artifact
+
+        task = get_task(study_file.task.kind)
+        device = resolve_device(study_file.params.device)
+        path, _ = task.build(study_file.task, data_dir=data_dir, device=device, progress=True)
+        key = path.stem.split("-", 1)[1]
 
         store = artifact_store(url, study_file.storage)
         artifact_id = upload_artifact(
@@ -132,7 +131,7 @@ def prepare_base_model(
 
 def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
     """The trial context from the local cache, or downloaded from the artifact store."""
-    task = TASKS[study_file.task.kind]
+    task = get_task(study_file.task.kind)
     key = study.user_attrs.get(BASE_MODEL_ATTR)
     if key is None:
         raise UserError(
@@ -156,7 +155,7 @@ def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
                 "set storage.artifacts to a shared folder or s3:// bucket every worker reaches"
             ) from None
         os.replace(tmp, path)
-    return task.load_context(study_file.task, path, resolve_device(study_file.params.device))
+    return task.load(study_file.task, path, resolve_device(study_file.params.device))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

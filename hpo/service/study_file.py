@@ -12,14 +12,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from hpo.config import ColoredMnistTask, StudyFile, ToyTask
+from hpo.config import StudyFile
 from hpo.errors import UserError
+from hpo.tasks import get_task, task_kinds
 
-_TASK_KINDS: dict[str, type[BaseModel]] = {
-    "colored_mnist": ColoredMnistTask,
-    "toy_superposition": ToyTask,
-}
-_TAGS = {"floatrange", "intrange", "choice", "fixed", *_TASK_KINDS}
+_TAGS = {"floatrange", "intrange", "choice", "fixed"}
 
 
 def load_study_file(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
@@ -37,6 +34,18 @@ def load_study_file(path: str | Path, overrides: list[str] | None = None) -> Stu
 
 
 def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
+    """Validate `[task]` with the config class its kind names, then the whole file."""
+    task = raw.get("task")
+    if isinstance(task, dict):
+        kind = task.get("kind")
+        if kind not in task_kinds():
+            got = "missing" if kind is None else f"{kind!r}"
+            raise UserError(f"{source}: task.kind: {got}; valid: {', '.join(task_kinds())}")
+        config = get_task(kind).config
+        try:
+            raw = {**raw, "task": config.model_validate(task)}
+        except ValidationError as err:
+            raise UserError(f"{source}: {describe_error(err, ['task'], config)}") from None
     try:
         return StudyFile.model_validate(raw)
     except ValidationError as err:
@@ -63,15 +72,17 @@ def apply_override(raw: dict[str, Any], item: str, source: str | Path) -> None:
     node[leaf] = value
 
 
-def describe_error(err: ValidationError) -> str:
+def describe_error(
+    err: ValidationError, prefix: list[str] | None = None, root: type[BaseModel] = StudyFile
+) -> str:
     """The first validation error as 'field: problem (got value)'."""
     first = err.errors()[0]
     raw_loc = [str(p) for p in first["loc"]]
     loc = [p for p in raw_loc if p not in _TAGS]
-    field = ".".join(loc) or "(top level)"
+    field = ".".join([*(prefix or []), *loc]) or "(top level)"
     kind = first["type"]
     if kind == "extra_forbidden":
-        valid = _valid_keys(loc[:-1], next((p for p in raw_loc if p in _TASK_KINDS), None))
+        valid = _valid_keys(root, loc[:-1])
         hint = f"; valid keys: {', '.join(valid)}" if valid else ""
         return f"{field}: unknown key{hint}"
     if kind == "missing":
@@ -84,14 +95,12 @@ def describe_error(err: ValidationError) -> str:
     return f"{field}: {msg} (got {first['input']!r})" if "input" in first else f"{field}: {msg}"
 
 
-def _valid_keys(loc: list[str], task_kind: str | None) -> list[str]:
-    """Field names of the model at `loc` inside a StudyFile, for 'unknown key' hints."""
-    model: type[BaseModel] | None = StudyFile
+def _valid_keys(root: type[BaseModel], loc: list[str]) -> list[str]:
+    """Field names of the model at `loc` inside `root`, for 'unknown key' hints."""
+    model: type[BaseModel] | None = root
     for part in loc:
         if model is None:
             return []
-        if part == "task":
-            return list(_TASK_KINDS.get(task_kind or "", ColoredMnistTask).model_fields)
         field = model.model_fields.get(part)
         if field is None:
             return []

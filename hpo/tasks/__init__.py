@@ -1,13 +1,16 @@
-"""Tasks: data + base model + how a decomposition is scored.
+"""Tasks: data + trained model + how a decomposition is scored (see hpo.tasks.base).
 
-Each task module offers `prepare(task, data_dir=, device=, progress=)`, `sae_data(ctx)`
-and `evaluate(ctx, sae, params, with_test=)`.
+Built in: colored MNIST (the seed's benchmark), the 5-2 toy model of superposition, and
+`python`, which runs a user's factory returning `hpo.UserTask`.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
+from hpo.tasks.base import TASKS, Task, TaskConfig, get_task, register_task, task_kinds
 
-from hpo.tasks import colored_mnist, toy
+__all__ = ["TASKS", "Task", "TaskConfig", "get_task", "register_task", "task_kinds"]
 
-TASKS: dict[str, ModuleType] = {"colored_mnist": colored_mnist, "toy_superposition": toy}
+
+def load_builtin_tasks() -> None:
+    """Import the built-in task modules (each registers itself on import)."""
+    from hpo.tasks import colored_mnist, python_factory, toy  # noqa: F401

@@ -1,349 +1,217 @@
-"""The colored-MNIST debiasing task: data, base model, cached layer inputs, scoring.
+"""The colored-MNIST debiasing task (the seed's benchmark).
 
-`prepare` does everything that does not depend on the SAE, once: it builds the splits,
-trains (or loads from the cache) the base model, the oracle and the last-layer
-reference, and runs the trunk over probe/val/test a single time. `evaluate` then scores a
-decomposition from those cached layer inputs, picking α on `val` only.
+Digits are tied to colours in `train` (with probability `bias`) and balanced everywhere
+else. The task trains the base model on `train` and an oracle on the same images
+recoloured without the tie, then hands both to the shared classifier machinery
+(hpo.tasks.classifier) as a `UserTask`: colored MNIST is a user task that ships with the
+package. Its models run from the decomposed layer (`head`), so trials score from cached
+layer inputs and never rerun the convolutional trunk.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 
-from hpo.config import ColoredMnistTask, TrialParams
-from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
-from hpo.data.colored_mnist import ORACLE_SPLIT, Split, build_splits, make_groups
+from hpo.data import colored_mnist as data
+from hpo.data.cache import bundle_file, content_hash, load_tensors
+from hpo.data.colored_mnist import PALETTE
 from hpo.data.mnist_files import load_mnist
-from hpo.debias import ablation, scoring
-from hpo.models.classifiers import BASE_MODELS, MODEL_CODE_VERSION, ColoredMnistClassifier
-from hpo.models.training import layer_inputs, retrain_head, train_classifier
-from hpo.sae.model import FaithfulSAE
-from hpo.sae.training import SAEData
-
-EVAL_SPLITS = ("probe", "val", "test")
-
-
-@dataclass
-class SplitTensors:
-    z: torch.Tensor  # cached inputs of the decomposed layer
-    digits: torch.Tensor
-    colors: torch.Tensor
-    group_ids: torch.Tensor
+from hpo.debias import references as references_module
+from hpo.models import classifiers, training
+from hpo.models.classifiers import BASE_MODELS
+from hpo.tasks import classifier
+from hpo.tasks.base import TaskConfig, register_task
+from hpo.tasks.classifier import ClassifierContext, ClassifierTask, check_references
+from hpo.tasks.user import Split, UserTask
 
 
-@dataclass
-class ColoredMnistContext:
-    task: ColoredMnistTask
-    model: ColoredMnistClassifier
-    splits: dict[str, SplitTensors]
-    group_names: tuple[str, ...]
-    references: dict[str, dict[str, Any]]  # model -> split -> metrics (SAE-independent)
-    data_sha256: str
-    bundle_key: str
-    bundle_path: Path
-    timings: dict[str, float] = field(default_factory=dict)
+class ColoredMnistTask(TaskConfig):
+    """Colored MNIST: digits tied to colours in `train`, balanced everywhere else."""
 
-    @property
-    def layer(self) -> str:
-        return self.task.layer
+    kind: Literal["colored_mnist"] = "colored_mnist"
+    source: Literal["mnist", "colorized_folder"] = "mnist"
+    colorized_root: str | None = None
+    colorize: Literal["background", "foreground"] = "background"
+    colors: tuple[str, ...] = ("red", "green")
+    color_digits: tuple[tuple[int, ...], ...] = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+    bias: float = Field(0.95, ge=0.0, le=1.0)
+    train_per_digit: int = Field(500, ge=1)
+    probe_per_digit: int = Field(400, ge=2)
+    val_per_digit: int = Field(300, ge=2)
+    test_per_digit: int = Field(800, ge=2)
+    base_model: Literal["cnn", "mlp"] = "cnn"
+    layer: Literal["fc1", "fc2"] = "fc1"
+    base_epochs: int = Field(15, ge=1)
+    base_lr: float = Field(1e-3, gt=0)
+    base_batch_size: int = Field(32, ge=1)
+    references: tuple[str, ...] = ("oracle", "last_layer", "retrain_head")
 
-    @property
-    def n_concepts(self) -> int:
-        return len(self.task.colors)
+    @field_validator("colors")
+    @classmethod
+    def _known_colors(cls, colors: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [c for c in colors if c not in PALETTE]
+        if unknown:
+            raise ValueError(f"unknown colour {unknown[0]!r}; valid: {', '.join(PALETTE)}")
+        if len(colors) < 2 or len(set(colors)) != len(colors):
+            raise ValueError("needs at least two distinct colours")
+        return colors
+
+    @field_validator("references")
+    @classmethod
+    def _known_references(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        check_references(names, can_train_oracle=True, kind="colored_mnist")
+        return names
+
+    @model_validator(mode="after")
+    def _digits_partition(self) -> ColoredMnistTask:
+        if len(self.color_digits) != len(self.colors):
+            raise ValueError(
+                f"color_digits has {len(self.color_digits)} digit sets but colors has "
+                f"{len(self.colors)} colours; give one digit set per colour"
+            )
+        flat = sorted(d for ds in self.color_digits for d in ds)
+        if flat != list(range(10)):
+            raise ValueError("color_digits must split the digits 0-9, each digit exactly once")
+        if self.source == "colorized_folder" and not self.colorized_root:
+            raise ValueError("source = 'colorized_folder' needs colorized_root")
+        return self
 
 
-def bundle_key(task: ColoredMnistTask, data_sha256: str) -> str:
-    return content_hash(
-        {"data": data_sha256, "task": task.model_dump(mode="json"), "code": MODEL_CODE_VERSION}
-    )
+# The modules whose code shapes a bundle: a change to any of them rebuilds it.
+BUNDLE_CODE = (data, classifiers, training, classifier, references_module)
 
 
 def load_splits(
     task: ColoredMnistTask, data_dir: str | Path | None, progress: bool
-) -> tuple[dict[str, Split], str]:
+) -> tuple[dict[str, data.Split], str]:
     if task.source == "colorized_folder":
         from hpo.data.colorized_folder import folder_splits
 
         return folder_splits(task)
     mnist = load_mnist(data_dir, progress=progress)
-    splits = build_splits(
+    splits = data.build_splits(
         task, mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels
     )
     return splits, mnist.sha256
 
 
-def ensure_bundle(
-    task: ColoredMnistTask,
-    *,
-    data_dir: str | Path | None,
-    device: torch.device,
-    progress: bool = True,
-) -> tuple[Path, dict[str, float]]:
-    """The cached bundle for this task and data, trained first if missing.
-
-    A bundle holds everything trials need and nothing that needs MNIST again: the base
-    model, the oracle and last-layer references with their scores, and per split the
-    cached layer inputs, digits, colours and group ids. A worker on another machine only
-    needs this file.
-    """
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    splits, sha = load_splits(task, data_dir, progress)
-    timings["data"] = time.perf_counter() - t0
-    path = bundle_file("colored_mnist", bundle_key(task, sha))
-    if not path.exists():
-        t0 = time.perf_counter()
-        save_tensors(path, _cpu(_build_bundle(task, splits, sha, device, progress, timings)))
-        timings["base_model"] = time.perf_counter() - t0 - timings["activations"]
-    return path, timings
-
-
-def _build_bundle(
-    task: ColoredMnistTask,
-    splits: dict[str, Split],
-    sha: str,
-    device: torch.device,
-    progress: bool,
-    timings: dict[str, float],
-) -> dict[str, Any]:
-    groups = make_groups(task)
-    images = {name: torch.from_numpy(s.images).to(device) for name, s in splits.items()}
-    digits = {name: torch.from_numpy(s.digits).to(device) for name, s in splits.items()}
-    bundle = _train_bundle(task, BASE_MODELS[task.base_model], images, digits, device, progress)
-    model = bundle.pop("_model")
-    t0 = time.perf_counter()
-    bundle["splits"] = {
-        name: {
-            "z": layer_inputs(model, images[name], task.layer),
-            "digits": digits[name],
-            "colors": torch.from_numpy(splits[name].colors),
-            "group_ids": torch.from_numpy(groups.ids(splits[name].digits, splits[name].colors)),
+def bundle_key(task: ColoredMnistTask, data_sha256: str) -> str:
+    return content_hash(
+        {
+            "data": data_sha256,
+            "task": task.model_dump(mode="json"),
+            "code": classifier.code_fingerprint(BUNDLE_CODE),
         }
-        for name in EVAL_SPLITS
-    }
-    timings["activations"] = time.perf_counter() - t0
-    split_tensors = {
-        name: SplitTensors(**{k: v.to(device) for k, v in d.items()})
-        for name, d in bundle["splits"].items()
-    }
-    bundle["references"] = _reference_metrics(
-        task, model, bundle, split_tensors, groups.names, images, device
-    )
-    bundle["meta"] = {
-        "key": bundle_key(task, sha),
-        "data_sha256": sha,
-        "task": task.model_dump(mode="json"),
-        "group_names": list(groups.names),
-    }
-    return bundle
-
-
-def load_context(task: ColoredMnistTask, path: Path, device: torch.device) -> ColoredMnistContext:
-    """Everything a trial needs, from a bundle file alone (no MNIST, no trunk run)."""
-    t0 = time.perf_counter()
-    bundle = load_tensors(path, map_location=device)
-    model = BASE_MODELS[task.base_model]().to(device)
-    model.load_state_dict(bundle["base"])
-    model.eval()
-    meta = bundle["meta"]
-    return ColoredMnistContext(
-        task=task,
-        model=model,
-        splits={n: SplitTensors(**d) for n, d in bundle["splits"].items()},
-        group_names=tuple(meta["group_names"]),
-        references=bundle["references"],
-        data_sha256=meta["data_sha256"],
-        bundle_key=meta["key"],
-        bundle_path=path,
-        timings={"load": time.perf_counter() - t0},
     )
 
 
-def prepare(
+def train_models(
     task: ColoredMnistTask,
-    *,
-    data_dir: str | Path | None,
-    device: torch.device,
-    progress: bool = True,
-) -> ColoredMnistContext:
-    """Data, base model (cached), references and cached layer inputs, with timings."""
-    path, timings = ensure_bundle(task, data_dir=data_dir, device=device, progress=progress)
-    ctx = load_context(task, path, device)
-    load = ctx.timings.pop("load")
-    ctx.timings = {
-        "data": timings["data"],
-        "base_model": timings.get("base_model", 0.0) + load,
-        "activations": timings.get("activations", 0.0),
-    }
-    return ctx
-
-
-def _cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    return obj
-
-
-def _train_bundle(
-    task: ColoredMnistTask,
-    model_cls: type[ColoredMnistClassifier],
-    images: dict[str, torch.Tensor],
-    digits: dict[str, torch.Tensor],
+    splits: dict[str, data.Split],
     device: torch.device,
     progress: bool,
-) -> dict[str, Any]:
-    """Base model on biased `train`; oracle on the same images with balanced colours."""
+) -> dict[str, classifiers.ColoredMnistClassifier]:
+    """The base model on biased `train`; the oracle on the same images, balanced colours."""
     trained = {}
-    for name, split, seed in (("base", "train", task.seed), ("oracle", ORACLE_SPLIT, task.seed)):
-        torch.manual_seed(seed)
-        model = model_cls().to(device)
-        trained[name] = train_classifier(
+    for name, split in (("base", "train"), ("oracle", data.ORACLE_SPLIT)):
+        torch.manual_seed(task.seed)
+        model = BASE_MODELS[task.base_model]().to(device)
+        trained[name] = training.train_classifier(
             model,
-            images[split],
-            digits[split],
+            torch.from_numpy(splits[split].images).to(device),
+            torch.from_numpy(splits[split].digits).to(device),
             epochs=task.base_epochs,
             lr=task.base_lr,
             batch_size=task.base_batch_size,
-            seed=seed,
+            seed=task.seed,
             desc=f"{name} model",
             progress=progress,
         )
-    return {
-        "_model": trained["base"],
-        "base": trained["base"].state_dict(),
-        "oracle": trained["oracle"].state_dict(),
-    }
+    return trained
 
 
-def _reference_metrics(
-    task: ColoredMnistTask,
-    model: ColoredMnistClassifier,
-    bundle: dict[str, Any],
-    splits: dict[str, SplitTensors],
-    names: tuple[str, ...],
-    images: dict[str, torch.Tensor],
-    device: torch.device,
-) -> dict[str, dict[str, Any]]:
-    """original / oracle / last_layer on val and test: they never depend on the SAE."""
-    import copy
+def as_user_task(
+    task: ColoredMnistTask, splits: dict[str, data.Split], model: torch.nn.Module
+) -> UserTask:
+    groups = data.make_groups(task)
 
-    oracle = BASE_MODELS[task.base_model]().to(device)
-    oracle.load_state_dict(bundle["oracle"])
-    oracle.eval()
-    probe = splits["probe"]
-    last = retrain_head(copy.deepcopy(model), task.layer, probe.z, probe.digits, seed=task.seed)
-    bundle["last_layer"] = last.state_dict()
-    refs: dict[str, dict[str, Any]] = {"original": {}, "oracle": {}, "last_layer": {}}
-    for split in ("val", "test"):
-        s = splits[split]
-        refs["original"][split] = scoring.score_weight(
-            model, task.layer, s.z, s.digits, s.group_ids, names
+    def split(name: str) -> Split:
+        s = splits[name]
+        return Split(
+            x=training.images_to_float(torch.from_numpy(s.images)),
+            y=torch.from_numpy(s.digits),
+            groups=torch.from_numpy(groups.ids(s.digits, s.colors)),
+            concepts=torch.from_numpy(s.colors),
         )
-        refs["last_layer"][split] = scoring.score_weight(
-            last, task.layer, s.z, s.digits, s.group_ids, names
-        )
-        oz = layer_inputs(oracle, images[split], task.layer)
-        refs["oracle"][split] = scoring.score_weight(
-            oracle, task.layer, oz, s.digits, s.group_ids, names
-        )
-    return refs
 
-
-def sae_data(ctx: ColoredMnistContext) -> SAEData:
-    """Probe-split layer inputs, their pre-activations (bias excluded), colour labels."""
-    probe = ctx.splits["probe"]
-    weight = getattr(ctx.model, ctx.layer).weight.detach()
-    weight_t = weight.T.contiguous()
-    concepts = torch.nn.functional.one_hot(probe.colors, ctx.n_concepts).float()
-    return SAEData(inputs=probe.z, targets=probe.z @ weight_t, weight_t=weight_t, concepts=concepts)
-
-
-def ablated_components(
-    ctx: ColoredMnistContext, sae: FaithfulSAE, params: TrialParams
-) -> list[int]:
-    if params.ablate == "conditioned":
-        return ablation.conditioned_components(ctx.n_concepts)
-    data = sae_data(ctx)
-    return ablation.attribution_components(sae, data.inputs, data.concepts, params.n_ablate)
-
-
-@torch.no_grad()
-def evaluate(
-    ctx: ColoredMnistContext, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
-) -> dict[str, Any]:
-    """Score a decomposition: α chosen on val (or fixed), test only reported at that α.
-
-    Returns a flat-enough dict that every consumer (pruning, user attrs, report, export)
-    reads from: "objective" metrics at top level, plus the per-model/per-split tables.
-    """
-    index = ablated_components(ctx, sae, params)
-    ablated_t = ablation.ablated_sum(sae, index)
-    val = ctx.splits["val"]
-    if params.alpha is None:
-        alphas = scoring.alpha_grid(params.alpha_max, params.alpha_steps).to(ablated_t.device)
-    else:
-        alphas = torch.tensor([params.alpha], device=ablated_t.device)
-    sweep = scoring.alpha_sweep(
-        ctx.model, ctx.layer, val.z, val.digits, val.group_ids, ctx.group_names, ablated_t, alphas
+    return UserTask(
+        model=model,
+        layer=task.layer,
+        probe=split("probe"),
+        val=split("val"),
+        test=split("test"),
+        group_names=groups.names,
+        concept_names=task.colors,
     )
-    best = scoring.pick_alpha(sweep)
-    alpha = round(float(alphas[best]), 6)  # float32 linspace: 0.7 not 0.70000005
-    weight = getattr(ctx.model, ctx.layer).weight
-    new_weight = ablation.debiased_weight(weight, ablated_t, alpha)
-    debiased = {"val": sweep[best]}
-    if with_test:
-        t = ctx.splits["test"]
-        debiased["test"] = scoring.score_weight(
-            ctx.model, ctx.layer, t.z, t.digits, t.group_ids, ctx.group_names, new_weight
+
+
+class ColoredMnist(ClassifierTask):
+    kind: ClassVar[str] = "colored_mnist"
+    config: ClassVar[type[TaskConfig]] = ColoredMnistTask
+
+    def build(
+        self,
+        cfg: ColoredMnistTask,
+        *,
+        data_dir: str | Path | None,
+        device: torch.device,
+        progress: bool,
+    ) -> tuple[Path, dict[str, float]]:
+        t0 = time.perf_counter()
+        splits, sha = load_splits(cfg, data_dir, progress)
+        timings = {"data": time.perf_counter() - t0}
+        key = bundle_key(cfg, sha)
+        path = bundle_file(self.kind, key)
+        if path.exists():
+            return path, timings
+        t0 = time.perf_counter()
+        models = train_models(cfg, splits, device, progress)
+        timings["base_model"] = time.perf_counter() - t0
+        base = models["base"]
+        timings |= classifier.write_bundle(
+            path,
+            as_user_task(cfg, splits, base),
+            references=cfg.references,
+            oracle=models["oracle"],
+            seed=cfg.seed,
+            meta={"key": key, "data_sha256": sha, "task": cfg.model_dump(mode="json")},
+            model_payload={"state": base.state_dict()},
+            device=device,
         )
-    models = {name: _select(ref, with_test) for name, ref in ctx.references.items()}
-    models["debiased"] = debiased
-    data = sae_data(ctx)
-    errors = decomposition_errors(sae, data)
-    return {
-        "worst_group": sweep[best]["worst_group"],
-        "mean_group": sweep[best]["mean_group"],
-        "overall": sweep[best]["overall"],
-        **errors,
-        "alpha": alpha,
-        "ablated_components": index,
-        "alpha_curve": {
-            "alphas": [round(float(a), 6) for a in alphas],
-            "val_worst_group": [m["worst_group"] for m in sweep],
-            "val_mean_group": [m["mean_group"] for m in sweep],
-        },
-        "models": models,
-    }
+        return path, timings
+
+    def load(self, cfg: ColoredMnistTask, path: Path, device: torch.device) -> ClassifierContext:
+        t0 = time.perf_counter()
+        bundle = load_tensors(path, map_location=device)
+        model = BASE_MODELS[cfg.base_model]().to(device)
+        model.load_state_dict(bundle["model"]["state"])
+        cls = type(model)
+        card = {
+            "summary": (
+                f"A `{cls.__name__}` ({cfg.base_model}) trained on colored MNIST where colour "
+                f"predicts the digit set {100 * cfg.bias:.0f}% of the time"
+            ),
+            "class": f"{cls.__module__}.{cls.__qualname__}",
+            "load": f"from {cls.__module__} import {cls.__name__}\nmodel = {cls.__name__}()",
+        }
+        ctx = classifier.context_from_bundle(bundle, model, path, card)
+        ctx.timings = {"load": time.perf_counter() - t0}
+        return ctx
 
 
-def _select(ref: dict[str, Any], with_test: bool) -> dict[str, Any]:
-    return {k: v for k, v in ref.items() if with_test or k != "test"}
-
-
-@torch.no_grad()
-def decomposition_errors(sae: FaithfulSAE, data: SAEData) -> dict[str, float]:
-    """Relative faithfulness error ‖W − ΣP‖²/‖W‖² and relative reconstruction error."""
-    w = data.weight_t
-    faith = float((w - sae.effective_weight()).square().sum() / w.square().sum())
-    recon, _, _ = sae(data.inputs)
-    rec = float(
-        (recon - data.targets).square().sum() / data.targets.square().sum().clamp(min=1e-12)
-    )
-    return {"faithfulness_error": faith, "reconstruction_error": rec}
-
-
-def debiased_state_dict(
-    ctx: ColoredMnistContext, sae: FaithfulSAE, params: TrialParams, alpha: float
-) -> dict[str, torch.Tensor]:
-    """The state dict of the debiased model at `alpha`: the base model's own keys."""
-    index = ablated_components(ctx, sae, params)
-    weight = getattr(ctx.model, ctx.layer).weight
-    new_weight = ablation.debiased_weight(weight, ablation.ablated_sum(sae, index), alpha)
-    return ablation.debiased_model(ctx.model, ctx.layer, new_weight).state_dict()
+register_task(ColoredMnist())

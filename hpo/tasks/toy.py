@@ -9,19 +9,38 @@ near 1, as in the APD paper.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
-from hpo.config import ToyTask, TrialParams
+from hpo.config import TrialParams
 from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
-from hpo.models.classifiers import MODEL_CODE_VERSION, ToySuperpositionAE
+from hpo.models import classifiers
+from hpo.models.classifiers import ToySuperpositionAE
+from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
+from hpo.tasks import classifier
+from hpo.tasks.base import Direction, TaskConfig, register_task
+
+
+class ToyTask(TaskConfig):
+    """The 5-2 toy model of superposition: known features, known mechanisms."""
+
+    kind: Literal["toy_superposition"] = "toy_superposition"
+    n_features: int = Field(5, ge=2)
+    hidden_dim: int = Field(2, ge=1)
+    feature_prob: float = Field(0.05, gt=0.0, le=1.0)
+    train_steps: int = Field(5000, ge=1)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    n_samples: int = Field(20000, ge=100)
 
 
 @dataclass
@@ -59,7 +78,8 @@ def ensure_bundle(
     task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any
 ) -> tuple[Path, dict[str, float]]:
     """The cached toy bundle (trained model + the SAE's inputs), trained first if missing."""
-    key = content_hash({"task": task.model_dump(mode="json"), "code": MODEL_CODE_VERSION})
+    code = classifier.code_fingerprint((sys.modules[__name__], classifiers))
+    key = content_hash({"task": task.model_dump(mode="json"), "code": code})
     path = bundle_file("toy_superposition", key)
     timings = {"data": 0.0, "base_model": 0.0, "activations": 0.0}
     if not path.exists():
@@ -84,15 +104,6 @@ def load_context(task: ToyTask, path: Path, device: torch.device) -> ToyContext:
     model.load_state_dict(bundle["base"])
     meta = bundle["meta"]
     return ToyContext(task, model.eval(), bundle["inputs"], meta["data_sha256"], meta["key"], path)
-
-
-def prepare(task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any) -> ToyContext:
-    t0 = time.perf_counter()
-    path, timings = ensure_bundle(task, device=device, progress=progress)
-    ctx = load_context(task, path, device)
-    timings["base_model"] = time.perf_counter() - t0 - timings["data"]  # train or load
-    ctx.timings = timings
-    return ctx
 
 
 def sae_data(ctx: ToyContext) -> SAEData:
@@ -121,16 +132,47 @@ def mechanism_metrics(components: torch.Tensor, w: torch.Tensor) -> dict[str, fl
     return {"mmcs": float(cos.max(dim=1).values.mean()), "ml2r": float(ratio.mean())}
 
 
-@torch.no_grad()
-def evaluate(
-    ctx: ToyContext, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
-) -> dict[str, Any]:
-    w = ctx.model.W.detach()
-    metrics = mechanism_metrics(sae.components(), w)
-    faith = float((w - sae.effective_weight()).square().sum() / w.square().sum())
-    data = sae_data(ctx)
-    recon, _, _ = sae(data.inputs)
-    rec = float(
-        (recon - data.targets).square().sum() / data.targets.square().sum().clamp(min=1e-12)
-    )
-    return {**metrics, "faithfulness_error": faith, "reconstruction_error": rec}
+class ToySuperposition:
+    """Recovering known mechanisms: no edit, scored by MMCS and ML2R."""
+
+    kind: ClassVar[str] = "toy_superposition"
+    config: ClassVar[type[TaskConfig]] = ToyTask
+    objectives: ClassVar[dict[str, Direction]] = {
+        "mmcs": "maximize",
+        "ml2r": "maximize",
+        "faithfulness_error": "minimize",
+    }
+
+    def build(
+        self, cfg: ToyTask, *, data_dir: Any, device: torch.device, progress: bool
+    ) -> tuple[Path, dict[str, float]]:
+        return ensure_bundle(cfg, device=device, progress=progress)
+
+    def load(self, cfg: ToyTask, path: Path, device: torch.device) -> ToyContext:
+        return load_context(cfg, path, device)
+
+    def sae_data(self, ctx: ToyContext) -> SAEData:
+        return sae_data(ctx)
+
+    @torch.no_grad()
+    def evaluate(
+        self, ctx: ToyContext, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
+    ) -> TrialResult:
+        w = ctx.model.W.detach()
+        metrics = mechanism_metrics(sae.components(), w)
+        errors = classifier.decomposition_errors(sae, sae_data(ctx))
+        return TrialResult(task=self.kind, objectives=metrics, errors=errors)
+
+    def edited_state_dict(self, *_: Any) -> None:
+        return None
+
+    def model_card(self, ctx: ToyContext) -> dict[str, str]:
+        t = ctx.task
+        return {
+            "summary": f"The {t.n_features}-{t.hidden_dim} toy model of superposition",
+            "class": f"{ToySuperpositionAE.__module__}.{ToySuperpositionAE.__qualname__}",
+            "load": f"model = ToySuperpositionAE({t.n_features}, {t.hidden_dim})",
+        }
+
+
+register_task(ToySuperposition())

@@ -1,0 +1,151 @@
+"""Reference debiasing methods, fitted once per bundle, scored beside every trial.
+
+A reference is `fit(source) -> Fitted`: sklearn-shaped, fitted on the balanced probe
+split (or, for the oracle, handed over by a task that can train one), and its output is
+an edit of the same model: parameter overrides, or a whole model of the same
+architecture. `REFERENCES` maps a name to its method; which ones run is the task's
+`references` setting, and part of the bundle's cache key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.debias.scoring import CachedSplit, Overrides
+
+
+@dataclass
+class ReferenceSource:
+    """What a reference may fit on: the model, its decomposed layer, the probe split
+    (with model inputs), a way to read any module's inputs on it, and the task's oracle."""
+
+    model: nn.Module
+    layer: str
+    probe: CachedSplit
+    inputs_of: Callable[[str, torch.Tensor], torch.Tensor]  # (module name, x) -> its input
+    oracle: nn.Module | None
+    seed: int
+
+
+@dataclass
+class Fitted:
+    """A fitted reference: parameter overrides of the base model, or a whole model."""
+
+    overrides: Overrides | None = None
+    model: nn.Module | None = None
+
+
+class Reference(Protocol):
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        """Why this reference cannot run on `source`, or None if it can."""
+        ...
+
+    def fit(self, source: ReferenceSource) -> Fitted: ...
+
+
+def final_linear(model: nn.Module) -> str | None:
+    """The last nn.Linear in the model's module order: its classifier layer."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def fit_linear(
+    layer: nn.Linear,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    seed: int,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+) -> nn.Linear:
+    """A fresh copy of `layer`, re-initialised and fitted by cross-entropy on `features`."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    fresh = copy.deepcopy(layer)
+    fresh.reset_parameters()
+    opt = torch.optim.Adam(fresh.parameters(), lr=lr)
+    n = len(targets)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(features.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            loss = F.cross_entropy(fresh(features[idx]), targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return fresh.eval()
+
+
+class LastLayer:
+    """Deep feature reweighting's last-layer retraining (Kirichenko et al., 2023): only
+    the model's final linear layer, re-initialised and fitted on the balanced probe split."""
+
+    name: ClassVar[str] = "last_layer"
+    description: ClassVar[str] = "final linear layer retrained on the balanced probe split"
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        if final_linear(source.model) is None:
+            return "the model has no nn.Linear layer"
+        if source.probe.x is None:
+            return "the probe split has no model inputs"
+        return None
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        name = final_linear(source.model)
+        assert name is not None and source.probe.x is not None
+        layer = source.model.get_submodule(name)
+        with torch.enable_grad():
+            features = source.inputs_of(name, source.probe.x)
+            fitted = fit_linear(layer, features, source.probe.y, seed=source.seed)
+        return Fitted(overrides={f"{name}.{k}": v.detach() for k, v in fitted.state_dict().items()})
+
+
+class RetrainHead:
+    """Every layer from the decomposed one on, re-initialised and retrained on the probe
+    split from cached inputs (two layers when the decomposed layer is `fc1`)."""
+
+    name: ClassVar[str] = "retrain_head"
+    description: ClassVar[str] = "all layers from the decomposed one on, retrained on probe"
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        layers = getattr(source.model, "LAYERS", ())
+        if source.layer not in layers or not callable(getattr(source.model, "head", None)):
+            return "the model does not declare its head layers (LAYERS and head())"
+        return None
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        from hpo.models.training import retrain_head
+
+        model = copy.deepcopy(source.model)
+        p = source.probe
+        with torch.enable_grad():
+            retrain_head(model, source.layer, p.z, p.y, seed=source.seed)
+        return Fitted(model=model)
+
+
+class Oracle:
+    """The same architecture trained without the spurious correlation: a ceiling, from
+    tasks that can train one (colored MNIST recolours its training images)."""
+
+    name: ClassVar[str] = "oracle"
+    description: ClassVar[str] = "the same model trained on data without the bias"
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        return None if source.oracle is not None else "this task does not train an oracle"
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        return Fitted(model=source.oracle)
+
+
+REFERENCES: dict[str, Reference] = {r.name: r for r in (LastLayer(), RetrainHead(), Oracle())}

@@ -1,0 +1,124 @@
+"""Rebuild a stored trial from its weights and score it on val and test.
+
+Everything after a study starts from a trial's own "trial_weights" artifact, never from
+retraining: the report and the export both call `rescore`. The test split is computed
+here, after the study, and never reaches the sampler. `mismatches` lists every recorded
+validation number the re-scoring does not reproduce.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.config import StudyFile, TrialParams
+from hpo.data.cache import load_tensors
+from hpo.errors import UserError
+from hpo.results import TrialResult
+from hpo.sae.model import FaithfulSAE
+from hpo.service.objective import TRIAL_WEIGHTS
+from hpo.service.storage import artifact_store
+from hpo.tasks import get_task
+
+# Accuracies are exact fractions of a split: a single changed prediction moves them by
+# 1/N, far above this. Errors are float reductions whose last bits depend on the device.
+ACC_TOL = {"rel_tol": 1e-9, "abs_tol": 1e-9}
+ERR_TOL = {"rel_tol": 1e-3, "abs_tol": 1e-7}
+
+
+@dataclass
+class Rescored:
+    """One stored trial, rebuilt from its weights and scored on val and test."""
+
+    study: optuna.Study
+    trial: FrozenTrial
+    study_file: StudyFile
+    params: TrialParams
+    ctx: Any
+    sae: FaithfulSAE
+    payload: dict[str, Any]  # the trial_weights artifact: sae, sae_config, debiased
+    result: TrialResult  # task.evaluate(..., with_test=True)
+    mismatches: list[str]  # recorded val number vs re-scored, where they differ
+
+
+def trial_params(study_file: StudyFile, trial: FrozenTrial) -> TrialParams:
+    """The trial's full parameters, derived exactly as the objective derived them."""
+    from hpo.service.search_space import suggest
+
+    return suggest(optuna.trial.FixedTrial(trial.params, trial.number), study_file)
+
+
+def load_trial_weights(
+    study: optuna.Study, study_file: StudyFile, url: str, trial: FrozenTrial
+) -> dict[str, Any]:
+    from optuna.artifacts import download_artifact
+
+    artifact_id = trial.user_attrs.get(TRIAL_WEIGHTS)
+    if not artifact_id:
+        raise UserError(
+            f"trial {trial.number} of study {study.study_name!r} has no stored weights "
+            f"(state {trial.state.name}); only complete trials of a study run with an "
+            "artifact store have them"
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trial.pt"
+        try:
+            download_artifact(
+                artifact_store=artifact_store(url, study_file.storage),
+                artifact_id=artifact_id,
+                file_path=str(path),
+            )
+        except Exception as err:
+            raise UserError(
+                f"cannot fetch the weights of trial {trial.number} (artifact {artifact_id}) "
+                f"from the study's artifact store: {err}"
+            ) from None
+        return load_tensors(path)
+
+
+def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
+    """'name: recorded X, re-scored Y' for every validation number that differs."""
+    now: dict[str, Any] = {**result.objectives, **result.errors}
+    tols = {k: ACC_TOL for k in ("worst_group", "mean_group", "overall")}
+    if result.edit is not None:
+        now["alpha"] = result.edit.alpha
+    out = []
+    for key, value in now.items():
+        tol = tols.get(key, ERR_TOL)
+        if key in attrs and not math.isclose(attrs[key], value, **tol):
+            out.append(f"{key}: recorded {attrs[key]:.6g}, re-scored {value:.6g}")
+    components = None if result.edit is None else result.edit.components
+    if "ablated_components" in attrs and attrs["ablated_components"] != components:
+        out.append(
+            f"ablated_components: recorded {attrs['ablated_components']}, re-scored {components}"
+        )
+    for model, groups in (attrs.get("val_groups") or {}).items():
+        metric = result.metric(model, "val")
+        for g, v in groups.items():
+            w = None if metric is None else metric.groups.get(g)
+            if (v is None) != (w is None) or (v is not None and not math.isclose(v, w, **ACC_TOL)):
+                out.append(f"{model} val {g}: recorded {v}, re-scored {w}")
+    return out
+
+
+def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
+    """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
+    from hpo.service.runner import STUDY_FILE_ATTR, worker_context
+
+    study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
+    payload = load_trial_weights(study, study_file, url, trial)
+    ctx = worker_context(study, study_file, url)
+    device = next(ctx.model.parameters()).device
+    sae = FaithfulSAE(**payload["sae_config"]).to(device)
+    sae.load_state_dict(payload["sae"], strict=True)
+    sae.eval()
+    params = trial_params(study_file, trial)
+    result = get_task(study_file.task.kind).evaluate(ctx, sae, params, with_test=True)
+    mismatches = compare_recorded(trial.user_attrs, result)
+    return Rescored(study, trial, study_file, params, ctx, sae, payload, result, mismatches)

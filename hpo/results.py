@@ -1,0 +1,126 @@
+"""What a trial produces, as one typed object that every consumer loops over.
+
+`TrialResult` holds the objective values the task offers (all on validation), the
+decomposition's errors, the edit (which components of which layer, at which α), the
+per-model, per-split group metrics (original, debiased and the references), timings and
+provenance. The CLI table, the stored user attrs, the dashboard note, the report, the
+export and the model card read it; none of them asks which task produced it.
+`to_json` is the stable JSON form (`hpo trial --json`, metrics files).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# The order in which models are shown wherever several are compared.
+MODEL_ORDER = ("original", "debiased", "oracle", "last_layer", "retrain_head")
+SPLIT_ORDER = ("val", "test")
+
+
+@dataclass(frozen=True)
+class GroupMetrics:
+    """Accuracy per group (None for a group absent from the split), its worst and mean
+    over present groups, and overall accuracy."""
+
+    worst_group: float
+    mean_group: float
+    overall: float
+    groups: dict[str, float | None]
+
+    def get(self, key: str) -> float | None:
+        """A summary ("worst_group", "mean_group", "overall") or one group's accuracy."""
+        if key in ("worst_group", "mean_group", "overall"):
+            return getattr(self, key)
+        return self.groups.get(key)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GroupMetrics:
+        return cls(d["worst_group"], d["mean_group"], d["overall"], dict(d["groups"]))
+
+
+@dataclass(frozen=True)
+class Edit:
+    """The debiasing edit a trial made: W ← W − α · Σ components, on one layer."""
+
+    layer: str
+    components: list[int]
+    alpha: float
+    selection: str  # how the components were chosen: "conditioned" or "attribution"
+    alpha_curve: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class TrialResult:
+    task: str
+    objectives: dict[str, float]  # every objective the task offers, on validation
+    errors: dict[str, float]  # faithfulness_error, reconstruction_error
+    models: dict[str, dict[str, GroupMetrics]] = field(default_factory=dict)
+    edit: Edit | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group_names(self) -> list[str]:
+        first = next(iter(self.models.values()), {})
+        metrics = next(iter(first.values()), None)
+        return list(metrics.groups) if metrics else []
+
+    def model_names(self) -> list[str]:
+        known = [m for m in MODEL_ORDER if m in self.models]
+        return known + [m for m in self.models if m not in known]
+
+    def metric(self, model: str, split: str) -> GroupMetrics | None:
+        return self.models.get(model, {}).get(split)
+
+    def value(self, name: str) -> float:
+        """An objective or an error by name (what a study optimises)."""
+        if name in self.objectives:
+            return self.objectives[name]
+        return self.errors[name]
+
+    def to_json(self) -> dict[str, Any]:
+        """Flat JSON: objectives and errors at top level, then the edit, models, provenance."""
+        out: dict[str, Any] = {"task_kind": self.task, **self.objectives, **self.errors}
+        if self.edit is not None:
+            out.update(
+                layer=self.edit.layer,
+                alpha=self.edit.alpha,
+                ablated_components=list(self.edit.components),
+                selection=self.edit.selection,
+                alpha_curve=self.edit.alpha_curve,
+            )
+        if self.models:
+            out["models"] = {
+                m: {s: asdict(v) for s, v in splits.items()} for m, splits in self.models.items()
+            }
+        out["timings"] = dict(self.timings)
+        out.update(self.provenance)
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], objectives: list[str], errors: list[str]) -> TrialResult:
+        edit = None
+        if "alpha" in d and "ablated_components" in d:
+            edit = Edit(
+                d.get("layer", ""),
+                list(d["ablated_components"]),
+                d["alpha"],
+                d.get("selection", "conditioned"),
+                d.get("alpha_curve", {}),
+            )
+        models = {
+            m: {s: GroupMetrics.from_json(v) for s, v in splits.items()}
+            for m, splits in d.get("models", {}).items()
+        }
+        skip = {"task_kind", "models", "timings", "layer", "alpha", "ablated_components"}
+        skip |= {"selection", "alpha_curve", *objectives, *errors}
+        return cls(
+            task=d.get("task_kind", ""),
+            objectives={k: d[k] for k in objectives if k in d},
+            errors={k: d[k] for k in errors if k in d},
+            models=models,
+            edit=edit,
+            timings=dict(d.get("timings", {})),
+            provenance={k: v for k, v in d.items() if k not in skip},
+        )

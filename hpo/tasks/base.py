@@ -1,0 +1,111 @@
+"""What a task is, and the registry that names them.
+
+A task turns its `[task]` section into everything a trial needs that does not depend on
+the Faithful-SAE (data, a trained model, cached layer inputs, reference scores), stored
+once as a *bundle* file in the content-addressed cache, so that a worker on another
+machine needs only that file. Then it scores a decomposition.
+
+A new task is one module with a config class and an object satisfying `Task`, and one
+`register_task` line. Objectives and config classes come from here: the study-file
+schema, the CLI and the outputs never ask which task they are holding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from hpo.config import TrialParams
+from hpo.results import TrialResult
+from hpo.sae.model import FaithfulSAE
+from hpo.sae.training import SAEData
+
+Direction = Literal["maximize", "minimize"]
+
+
+class TaskConfig(BaseModel):
+    """Base of every `[task]` section: strict, frozen, and seeded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+    seed: int = 0
+
+
+class TaskContext(Protocol):
+    """What `Task.load` returns: at least these, whatever else a task keeps."""
+
+    data_sha256: str
+    bundle_key: str
+    timings: dict[str, float]
+
+
+class Task(Protocol):
+    """One kind of task, e.g. colored MNIST. Implementations are stateless singletons."""
+
+    kind: ClassVar[str]
+    config: ClassVar[type[TaskConfig]]
+    objectives: ClassVar[Mapping[str, Direction]]
+
+    def build(
+        self, cfg: Any, *, data_dir: str | Path | None, device: torch.device, progress: bool
+    ) -> tuple[Path, dict[str, float]]:
+        """The bundle file for `cfg` (built and cached if missing), and phase timings."""
+        ...
+
+    def load(self, cfg: Any, path: Path, device: torch.device) -> TaskContext:
+        """Everything a trial needs, from the bundle file alone."""
+        ...
+
+    def sae_data(self, ctx: Any) -> SAEData:
+        """What the Faithful-SAE trains on."""
+        ...
+
+    def evaluate(
+        self, ctx: Any, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
+    ) -> TrialResult:
+        """Score a decomposition on validation (and test, for reporting only)."""
+        ...
+
+    def edited_state_dict(
+        self, ctx: Any, sae: FaithfulSAE, params: TrialParams, result: TrialResult
+    ) -> dict[str, torch.Tensor] | None:
+        """The edited model's state dict (the base model's own keys), or None when the
+        task makes no edit."""
+        ...
+
+    def model_card(self, ctx: Any) -> dict[str, str]:
+        """How to describe and load the task's model: "summary", "class", "load"."""
+        ...
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register_task(task: Task) -> Task:
+    """Make `task` available to study files as `[task] kind = task.kind`."""
+    if task.kind in TASKS and TASKS[task.kind] is not task:
+        raise ValueError(f"task kind {task.kind!r} is already registered")
+    TASKS[task.kind] = task
+    return task
+
+
+def get_task(kind: str) -> Task:
+    from hpo.tasks import load_builtin_tasks
+
+    load_builtin_tasks()
+    try:
+        return TASKS[kind]
+    except KeyError:
+        raise ValueError(f"unknown task kind {kind!r}; valid: {', '.join(TASKS)}") from None
+
+
+def task_kinds() -> list[str]:
+    from hpo.tasks import load_builtin_tasks
+
+    load_builtin_tasks()
+    return list(TASKS)

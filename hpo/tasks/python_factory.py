@@ -1,0 +1,210 @@
+"""`[task] kind = "python"`: debias the user's own model, from a factory they write.
+
+The study file names `factory = "package.module:function"` (or "path/to/file.py:function")
+and `options`; the factory is called once per bundle as `function(seed=..., **options)`
+and returns an `hpo.UserTask`. Its model is stored in the bundle as a `torch.export`
+program, so workers score it without importing the user's code or reading their data.
+The bundle key is a hash of what the factory returned (weights and data), so a factory
+that changes its output is never served a stale bundle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, field_validator
+from torch import nn
+
+from hpo.data.cache import bundle_file, content_hash, load_tensors
+from hpo.debias import references as references_module
+from hpo.errors import UserError
+from hpo.tasks import classifier
+from hpo.tasks.base import TaskConfig, register_task
+from hpo.tasks.classifier import ClassifierContext, ClassifierTask, check_references
+from hpo.tasks.user import SPLITS, UserTask, validate_user_task
+
+
+class PythonTask(TaskConfig):
+    """A user task: a factory returning `hpo.UserTask`, and its keyword options."""
+
+    kind: Literal["python"] = "python"
+    factory: str = Field(min_length=3)
+    options: dict[str, Any] = Field(default_factory=dict)
+    references: tuple[str, ...] = ("last_layer",)
+
+    @field_validator("factory")
+    @classmethod
+    def _module_colon_function(cls, factory: str) -> str:
+        module, sep, function = factory.rpartition(":")
+        if not sep or not module or not function.isidentifier():
+            raise ValueError(
+                f"expected 'module:function' or 'path/to/file.py:function', got {factory!r}"
+            )
+        return factory
+
+    @field_validator("references")
+    @classmethod
+    def _known_references(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        check_references(names, can_train_oracle=False, kind="python")
+        return names
+
+
+def import_factory(spec: str) -> Any:
+    """The function a factory string names; a UserError says what is wrong with it."""
+    where = f"task.factory {spec!r}"
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py") or "/" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise UserError(f"{where}: no such file {path}")
+        mod_name = f"hpo_user_task_{abs(hash(str(path.resolve())))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise UserError(f"{where}: {path} is not a Python file")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:
+            sys.modules.pop(mod_name, None)
+            raise UserError(f"{where}: importing {path} failed: {_one_line(err)}") from None
+    else:
+        if str(Path.cwd()) not in sys.path and "" not in sys.path:
+            sys.path.insert(0, str(Path.cwd()))  # as `python -m` would: the working folder
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as err:
+            raise UserError(
+                f"{where}: module {err.name!r} not found (run from the folder that holds it, "
+                "or install it, or give a path: 'path/to/file.py:function')"
+            ) from None
+        except Exception as err:
+            raise UserError(f"{where}: importing {target} failed: {_one_line(err)}") from None
+    function = getattr(module, name, None)
+    if function is None:
+        raise UserError(f"{where}: {target} has no attribute {name!r}")
+    if not callable(function):
+        raise UserError(f"{where}: {target}.{name} is not callable")
+    return function
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
+
+
+def call_factory(cfg: PythonTask) -> UserTask:
+    function = import_factory(cfg.factory)
+    source = f"task.factory {cfg.factory}"
+    try:
+        task = function(seed=cfg.seed, **cfg.options)
+    except TypeError as err:
+        raise UserError(
+            f"{source}: calling it with seed and options {sorted(cfg.options)} failed: "
+            f"{_one_line(err)}"
+        ) from None
+    except UserError:
+        raise
+    except Exception as err:
+        raise UserError(f"{source}: the factory raised {_one_line(err)}") from None
+    return validate_user_task(task, source)
+
+
+def export_program(model: nn.Module, example: torch.Tensor, source: str) -> bytes:
+    """The model as a serialized torch.export program with a dynamic batch dimension."""
+    batch = torch.export.Dim.DYNAMIC
+    try:
+        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+    except Exception as err:
+        raise UserError(
+            f"{source}: torch.export cannot capture the model ({_one_line(err)}); workers "
+            "score it from that capture, without your code: avoid data-dependent Python "
+            "control flow in forward()"
+        ) from None
+    buf = io.BytesIO()
+    torch.export.save(program, buf)
+    return buf.getvalue()
+
+
+def load_program(data: torch.Tensor, device: torch.device) -> nn.Module:
+    program = torch.export.load(io.BytesIO(data.cpu().numpy().tobytes()))
+    return program.module().to(device)
+
+
+class Python(ClassifierTask):
+    kind: ClassVar[str] = "python"
+    config: ClassVar[type[TaskConfig]] = PythonTask
+
+    def build(
+        self, cfg: PythonTask, *, data_dir: Any, device: torch.device, progress: bool
+    ) -> tuple[Path, dict[str, float]]:
+        t0 = time.perf_counter()
+        task = call_factory(cfg)
+        timings = {"factory": time.perf_counter() - t0}
+        model = task.model.eval()
+        data_sha = classifier.tensor_digest(
+            [t for s in SPLITS for t in vars(getattr(task, s)).values()]
+        )
+        weights = classifier.tensor_digest(list(model.state_dict().values()))
+        key = content_hash(
+            {
+                "task": cfg.model_dump(mode="json"),
+                "data": data_sha,
+                "weights": weights,
+                "layer": task.layer,
+                "code": classifier.code_fingerprint((classifier, references_module)),
+            }
+        )
+        path = bundle_file(self.kind, key)
+        if path.exists():
+            return path, timings
+        cls = type(model)
+        program = export_program(model, task.probe.x[:2], f"task.factory {cfg.factory}")
+        timings |= classifier.write_bundle(
+            path,
+            task,
+            references=cfg.references,
+            oracle=None,
+            seed=cfg.seed,
+            meta={
+                "key": key,
+                "data_sha256": data_sha,
+                "task": cfg.model_dump(mode="json"),
+                "model_class": f"{cls.__module__}.{cls.__qualname__}",
+                "model_file": sys.modules[cls.__module__].__file__ or "",
+            },
+            model_payload={
+                "state": model.state_dict(),
+                "program": torch.frombuffer(bytearray(program), dtype=torch.uint8),
+            },
+            device=device,
+        )
+        return path, timings
+
+    def load(self, cfg: PythonTask, path: Path, device: torch.device) -> ClassifierContext:
+        t0 = time.perf_counter()
+        bundle = load_tensors(path, map_location=device)
+        model = load_program(bundle["model"]["program"], device)
+        meta = bundle["meta"]
+        module, _, name = meta["model_class"].rpartition(".")
+        card = {
+            "summary": f"A `{name}` returned by the factory `{cfg.factory}`",
+            "class": meta["model_class"],
+            "load": (
+                f"model = ...  # construct your {name} as your factory does "
+                f"(defined in {meta['model_file'] or module})"
+            ),
+        }
+        ctx = classifier.context_from_bundle(bundle, model, path, card)
+        ctx.timings = {"load": time.perf_counter() - t0}
+        return ctx
+
+
+register_task(Python())
