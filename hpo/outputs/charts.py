@@ -1,19 +1,35 @@
-"""Per-trial charts as small hand-written SVG files, for optuna-dashboard's trial page.
+"""Per-trial charts as small SVG files, drawn with matplotlib, for optuna-dashboard's trial page.
 
 The dashboard previews an artifact inline only when its MIME type is `image/*` (it puts
-it in an `<img>`); a plotly HTML file would only be a download link. SVG is text, a few
-kilobytes, needs no renderer (matplotlib and kaleido are not dependencies), and a browser
-never runs scripts inside an `<img>`. The charts are pure functions of a trial's user
-attrs, so they can be tested without Optuna, a browser or files.
+it in an `<img>`); a plotly HTML file would only be a download link. An SVG is text, a
+few tens of kilobytes, and a browser never runs scripts inside an `<img>`. matplotlib
+draws the axes, ticks and legends so this module need not; its glyphs are written as
+paths (`svg.fonttype = "path"`), so a chart renders offline with no font installed.
+
+Global state: pyplot is never imported (it would pick a global backend and keep a
+registry of open figures); each chart is a `matplotlib.figure.Figure` saved as SVG. The
+rcParams a chart needs (a fixed `svg.hashsalt`, so the same attrs give the same bytes)
+are set with `rc_context` while it is drawn, under a lock, since rcParams are global.
+matplotlib is imported inside the functions: only a finished trial pays for it.
+
+The charts are pure functions of a trial's user attrs: testable without Optuna, a
+browser or files. Missing, `None` or NaN values leave a gap or skip a chart, never raise.
 """
 
 from __future__ import annotations
 
+import io
 import math
-from collections.abc import Mapping, Sequence
-from html import escape
-from typing import Any
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+ALPHA_CHART, GROUP_CHART, LOSS_CHART = "alpha_curve.svg", "group_accuracy.svg", "loss_curves.svg"
 COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d")
 MODEL_COLORS = {
     "original": "#9aa5b1",
@@ -21,327 +37,208 @@ MODEL_COLORS = {
     "oracle": "#54a24b",
     "last_layer": "#f58518",
 }
-FONT = 'font-family="Helvetica,Arial,sans-serif"'
-ALPHA_CHART, GROUP_CHART, LOSS_CHART = "alpha_curve.svg", "group_accuracy.svg", "loss_curves.svg"
+FIRST_MODELS = ("original", "debiased")
+WIDTH = 5.0  # inches: 480 px in a browser (SVG sizes are in pt, 96 px per inch)
+RC = {
+    "svg.fonttype": "path",  # glyphs as paths: no font needed where the SVG is shown
+    "svg.hashsalt": "hpo-trial-charts",  # ids from content, not uuid4: same input, same bytes
+    "font.family": "DejaVu Sans",  # shipped with matplotlib, so every machine draws the same
+    "font.size": 8.0,
+    "axes.titlesize": 9.0,
+    "axes.titley": 1.0,  # a fixed title position: placing it around the ticks is slow
+    "axes.labelsize": 8.0,
+    "xtick.labelsize": 7.0,
+    "ytick.labelsize": 7.0,
+    "legend.fontsize": 7.0,
+    "figure.titlesize": 10.0,
+    "grid.color": "#e4e4e4",
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+}
+_LOCK = threading.Lock()
 
 
-def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
-    """About `n` round tick values covering [lo, hi] (1, 2 or 5 times a power of ten)."""
-    if not (math.isfinite(lo) and math.isfinite(hi)) or hi <= lo:
-        return [lo]
-    raw = (hi - lo) / max(1, n - 1)
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
-    first = math.ceil(lo / step - 1e-9) * step
-    return [round(first + i * step, 12) for i in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _fmt(v: float) -> str:
-    if v == 0:
-        return "0"
-    if abs(v) >= 1e4 or abs(v) < 1e-3:
-        return f"{v:.0e}"
-    return f"{v:.4g}"
-
-
-def _limits(values: Sequence[float], pad: float = 0.05) -> tuple[float, float]:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    if not finite:
-        return 0.0, 1.0
-    lo, hi = min(finite), max(finite)
-    if hi == lo:
-        return lo - 0.5 if lo else -1.0, hi + 0.5 if hi else 1.0
-    span = hi - lo
-    return lo - pad * span, hi + pad * span
-
-
-class _Frame:
-    """A plot area inside an SVG: maps data coordinates to pixels, draws axes and grid."""
-
-    def __init__(
-        self,
-        x: float,
-        y: float,
-        w: float,
-        h: float,
-        xlim: tuple[float, float],
-        ylim: tuple[float, float],
-    ) -> None:
-        self.x, self.y, self.w, self.h = x, y, w, h
-        self.xlim, self.ylim = xlim, ylim
-
-    def px(self, v: float) -> float:
-        lo, hi = self.xlim
-        return self.x + (v - lo) / (hi - lo) * self.w
-
-    def py(self, v: float) -> float:
-        lo, hi = self.ylim
-        return self.y + self.h - (v - lo) / (hi - lo) * self.h
-
-    def axes(self, xlabel: str, ylabel: str, *, xticks: bool = True, size: int = 11) -> list[str]:
-        out = [
-            f'<rect x="{self.x:.1f}" y="{self.y:.1f}" width="{self.w:.1f}" '
-            f'height="{self.h:.1f}" fill="#fff" stroke="#888"/>'
-        ]
-        for t in nice_ticks(*self.ylim, n=5):
-            if not self.ylim[0] <= t <= self.ylim[1]:
-                continue
-            y = self.py(t)
-            out.append(
-                f'<line x1="{self.x:.1f}" y1="{y:.1f}" x2="{self.x + self.w:.1f}" '
-                f'y2="{y:.1f}" stroke="#e4e4e4"/>'
-            )
-            out.append(
-                f'<text x="{self.x - 4:.1f}" y="{y + 4:.1f}" font-size="{size}" '
-                f'text-anchor="end">{_fmt(t)}</text>'
-            )
-        if xticks:
-            for t in nice_ticks(*self.xlim, n=6):
-                if not self.xlim[0] <= t <= self.xlim[1]:
-                    continue
-                x = self.px(t)
-                out.append(
-                    f'<line x1="{x:.1f}" y1="{self.y + self.h:.1f}" x2="{x:.1f}" '
-                    f'y2="{self.y + self.h + 4:.1f}" stroke="#888"/>'
-                )
-                out.append(
-                    f'<text x="{x:.1f}" y="{self.y + self.h + 16:.1f}" '
-                    f'font-size="{size}" text-anchor="middle">{_fmt(t)}</text>'
-                )
-        if xlabel:
-            out.append(
-                f'<text x="{self.x + self.w / 2:.1f}" y="{self.y + self.h + 32:.1f}" '
-                f'font-size="{size + 1}" text-anchor="middle">{escape(xlabel)}</text>'
-            )
-        if ylabel:
-            cx, cy = self.x - 44, self.y + self.h / 2
-            out.append(
-                f'<text x="{cx:.1f}" y="{cy:.1f}" font-size="{size + 1}" '
-                f'text-anchor="middle" transform="rotate(-90 {cx:.1f} {cy:.1f})">'
-                f"{escape(ylabel)}</text>"
-            )
-        return out
-
-    def polyline(
-        self,
-        xs: Sequence[float],
-        ys: Sequence[float],
-        color: str,
-        width: float = 2.0,
-        dots: bool = False,
-    ) -> list[str]:
-        pts = [
-            (self.px(x), self.py(y))
-            for x, y in zip(xs, ys, strict=True)
-            if y is not None and math.isfinite(y)
-        ]
-        out = [
-            f'<polyline fill="none" stroke="{color}" stroke-width="{width}" points="'
-            + " ".join(f"{x:.1f},{y:.1f}" for x, y in pts)
-            + '"/>'
-        ]
-        if dots:
-            out += [f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{color}"/>' for x, y in pts]
-        return out
-
-
-def _svg(width: int, height: int, title: str, body: list[str]) -> str:
-    return (
-        "\n".join(
-            [
-                f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-                f'viewBox="0 0 {width} {height}" {FONT}>',
-                f"<title>{escape(title)}</title>",
-                f'<rect width="{width}" height="{height}" fill="#fff"/>',
-                f'<text x="{width / 2:.1f}" y="22" font-size="15" font-weight="bold" '
-                f'text-anchor="middle">{escape(title)}</text>',
-                *body,
-                "</svg>",
-            ]
-        )
-        + "\n"
-    )
-
-
-def _legend(x: float, y: float, items: Sequence[tuple[str, str]]) -> list[str]:
+def _floats(values: Any) -> list[float]:
+    """A sequence of numbers as floats; None, NaN, inf and non-numbers become NaN (a gap)."""
+    if not isinstance(values, Sequence) or isinstance(values, str | bytes):
+        return []
     out = []
-    for i, (label, color) in enumerate(items):
-        yy = y + 16 * i
-        out.append(f'<rect x="{x:.1f}" y="{yy - 9:.1f}" width="12" height="10" fill="{color}"/>')
-        out.append(f'<text x="{x + 17:.1f}" y="{yy:.1f}" font-size="11">{escape(label)}</text>')
+    for v in values:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        out.append(f if math.isfinite(f) else math.nan)
     return out
 
 
-def line_chart(
-    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    *,
-    title: str,
-    xlabel: str,
-    ylabel: str,
-    ylim: tuple[float, float] | None = None,
-    mark_x: float | None = None,
-    mark_label: str = "",
-    width: int = 640,
-    height: int = 360,
-) -> str:
-    """Lines, one per named series, sharing axes; an optional vertical marker at `mark_x`."""
-    xs = [x for sx, _ in series.values() for x in sx]
-    ys = [y for _, sy in series.values() for y in sy]
-    frame = _Frame(
-        70, 38, width - 70 - 150, height - 38 - 50, _limits(xs, pad=0.0), ylim or _limits(ys)
+def _finite(values: Sequence[float]) -> list[float]:
+    return [v for v in values if math.isfinite(v)]
+
+
+def _title(text: str, number: int | None) -> str:
+    return text if number is None else f"trial {number}: {text}"
+
+
+def _render(draw: Callable[..., Figure | None], *args: Any) -> str | None:
+    """SVG text of the figure `draw(*args)` builds, or None when it has nothing to draw."""
+    import matplotlib
+
+    with _LOCK, matplotlib.rc_context(RC):
+        fig = draw(*args)
+        if fig is None:
+            return None
+        buf = io.StringIO()
+        fig.savefig(
+            buf, format="svg", metadata=dict.fromkeys(("Creator", "Date", "Format", "Type"))
+        )
+    # matplotlib indents every element and breaks every path segment onto its own line;
+    # the white space means nothing in SVG (there is no text element) and is a tenth of it.
+    return re.sub(r"\s*\n\s*", " ", re.sub(r">\s+<", "><", buf.getvalue())) + "\n"
+
+
+def _figure(height: float, left: float, right: float, top: float, bottom: float) -> Figure:
+    """A figure `height` px tall, margins in px: fixed margins draw much faster than
+    matplotlib's constrained layout, which runs at the end of every trial."""
+    from matplotlib.figure import Figure
+
+    width = WIDTH * 96
+    fig = Figure(figsize=(WIDTH, height / 96))
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, top=1 - top / height, bottom=bottom / height
     )
-    body = frame.axes(xlabel, ylabel)
-    if mark_x is not None:
-        x = frame.px(mark_x)
-        body.append(
-            f'<line x1="{x:.1f}" y1="{frame.y:.1f}" x2="{x:.1f}" '
-            f'y2="{frame.y + frame.h:.1f}" stroke="#d62728" stroke-dasharray="5,4"/>'
-        )
-        if mark_label:  # inside the frame, on the side of the marker with more room
-            right = x > frame.x + frame.w / 2
-            tx, anchor = (x - 5, "end") if right else (x + 5, "start")
-            body.append(
-                f'<text x="{tx:.1f}" y="{frame.y + frame.h - 8:.1f}" font-size="11" '
-                f'fill="#d62728" text-anchor="{anchor}">{escape(mark_label)}</text>'
-            )
-    colors = dict(zip(series, COLORS * 4, strict=False))
-    for name, (sx, sy) in series.items():
-        body += frame.polyline(sx, sy, colors[name], dots=len(sx) <= 30)
-    body += _legend(frame.x + frame.w + 14, frame.y + 12, list(colors.items()))
-    return _svg(width, height, title, body)
-
-
-def bar_chart(
-    categories: Sequence[str],
-    series: Mapping[str, Sequence[float | None]],
-    *,
-    title: str,
-    ylabel: str,
-    ylim: tuple[float, float] = (0.0, 1.0),
-    colors: Mapping[str, str] | None = None,
-    width: int = 640,
-    height: int = 360,
-) -> str:
-    """Grouped bars: one group per category, one bar per series, value printed on top."""
-    frame = _Frame(70, 38, width - 70 - 150, height - 38 - 56, (0.0, 1.0), ylim)
-    body = frame.axes("", ylabel, xticks=False)
-    colors = {k: (colors or {}).get(k, c) for k, c in zip(series, COLORS * 4, strict=False)}
-    slot = frame.w / max(1, len(categories))
-    bar = slot * 0.8 / max(1, len(series))
-    for i, cat in enumerate(categories):
-        left = frame.x + i * slot + slot * 0.1
-        for j, (name, values) in enumerate(series.items()):
-            v = values[i]
-            x = left + j * bar
-            if v is None:
-                body.append(
-                    f'<text x="{x + bar / 2:.1f}" y="{frame.py(ylim[0]) - 4:.1f}" '
-                    f'font-size="10" text-anchor="middle">n/a</text>'
-                )
-                continue
-            top = frame.py(min(max(v, ylim[0]), ylim[1]))
-            body.append(
-                f'<rect x="{x:.1f}" y="{top:.1f}" width="{bar - 1:.1f}" '
-                f'height="{frame.py(ylim[0]) - top:.1f}" fill="{colors[name]}"/>'
-            )
-            if bar >= 18:
-                body.append(
-                    f'<text x="{x + bar / 2:.1f}" y="{top - 3:.1f}" font-size="9" '
-                    f'text-anchor="middle">{100 * v:.0f}</text>'
-                )
-        body.append(
-            f'<text x="{left + slot * 0.4:.1f}" y="{frame.y + frame.h + 16:.1f}" '
-            f'font-size="11" text-anchor="middle">{escape(cat)}</text>'
-        )
-    body += _legend(frame.x + frame.w + 14, frame.y + 12, list(colors.items()))
-    return _svg(width, height, title, body)
-
-
-def small_multiples(
-    panels: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-    *,
-    title: str,
-    xlabel: str,
-    columns: int = 3,
-    panel_width: int = 230,
-    panel_height: int = 170,
-) -> str:
-    """One small line chart per named series, each on its own y scale."""
-    rows = max(1, math.ceil(len(panels) / columns))
-    cols = min(columns, max(1, len(panels)))
-    width, height = cols * panel_width + 20, rows * panel_height + 40
-    body: list[str] = []
-    for i, (name, (xs, ys)) in enumerate(panels.items()):
-        ox = 10 + (i % cols) * panel_width
-        oy = 36 + (i // cols) * panel_height
-        frame = _Frame(
-            ox + 52, oy + 18, panel_width - 64, panel_height - 52, _limits(xs, pad=0.0), _limits(ys)
-        )
-        body.append(
-            f'<text x="{ox + panel_width / 2 + 20:.1f}" y="{oy + 12:.1f}" font-size="12" '
-            f'font-weight="bold" text-anchor="middle">{escape(name)}</text>'
-        )
-        body += frame.axes(xlabel if i // cols == rows - 1 else "", "", size=9)
-        body += frame.polyline(xs, ys, COLORS[i % len(COLORS)], width=1.6)
-    return _svg(width, height, title, body)
+    return fig
 
 
 # ---- the three charts a trial carries -------------------------------------------------
 
 
-def alpha_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
+def _draw_alpha(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
     curve = attrs.get("alpha_curve")
-    if not curve:
+    if not isinstance(curve, Mapping):
         return None
-    alphas = curve["alphas"]
+    alphas = _floats(curve.get("alphas"))
     series = {
-        "worst group (val)": (alphas, curve["val_worst_group"]),
-        "mean group (val)": (alphas, curve["val_mean_group"]),
+        label: _floats(curve.get(key))[: len(alphas)]
+        for label, key in (
+            ("worst group (val)", "val_worst_group"),
+            ("mean group (val)", "val_mean_group"),
+        )
     }
-    alpha = attrs.get("alpha")
-    trial = "" if number is None else f"trial {number}: "
-    return line_chart(
-        series,
-        title=f"{trial}accuracy vs α (validation)",
-        xlabel="α (ablation strength)",
-        ylabel="accuracy",
-        ylim=(0.0, 1.0),
-        mark_x=alpha,
-        mark_label="" if alpha is None else f"chosen α = {alpha:.2f}",
+    series = {k: v for k, v in series.items() if _finite(v)}
+    if not series:
+        return None
+    fig = _figure(300, left=46, right=12, top=26, bottom=38)
+    ax = fig.subplots()
+    for (label, ys), color in zip(series.items(), COLORS, strict=False):
+        xs = alphas[: len(ys)]
+        ax.plot(xs, ys, color=color, lw=1.8, marker="o" if len(xs) <= 30 else "", ms=3, label=label)
+    alpha = _floats([attrs.get("alpha")])[0]
+    if math.isfinite(alpha):
+        ax.axvline(alpha, color="#d62728", ls="--", lw=1.2, label=f"chosen α = {alpha:.2f}")
+    ax.set(ylim=(0.0, 1.02), xlabel="α (ablation strength)", ylabel="accuracy")
+    ax.grid()
+    ax.set_title(_title("accuracy vs α (validation)", number))
+    ax.legend(loc="best")
+    return fig
+
+
+def _models(groups: Mapping[str, Any]) -> list[str]:
+    """The models in `val_groups`: original and debiased first, then the others as recorded."""
+    present = [m for m in groups if isinstance(groups[m], Mapping)]
+    return [m for m in FIRST_MODELS if m in present] + [m for m in present if m not in FIRST_MODELS]
+
+
+def _draw_groups(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
+    groups = attrs.get("val_groups")
+    if not isinstance(groups, Mapping):
+        return None
+    models = _models(groups)
+    names = list(dict.fromkeys(g for m in models for g in groups[m]))
+    values = {m: _floats([groups[m].get(g) for g in names]) for m in models}
+    if not names or not any(_finite(v) for v in values.values()):
+        return None
+    labels = [str(g) for g in names]
+    rotate = len(names) > 6 or max(len(g) for g in labels) > 10
+    columns = min(len(models), 5)
+    legend_rows = math.ceil(len(models) / columns)
+    fig = _figure(300, left=46, right=12, top=28 + 14 * legend_rows, bottom=60 if rotate else 22)
+    ax: Axes = fig.subplots()
+    width = 0.8 / len(models)
+    for j, model in enumerate(models):
+        color = MODEL_COLORS.get(model, COLORS[(j + 2) % len(COLORS)])
+        xs = [i - 0.4 + width * (j + 0.5) for i in range(len(names))]
+        heights = [0.0 if math.isnan(v) else v for v in values[model]]
+        bars = ax.bar(xs, heights, width * 0.92, color=color, label=model)
+        if len(names) * len(models) <= 16:  # room to print each value (in %) on its bar
+            texts = ["n/a" if math.isnan(v) else f"{100 * v:.0f}" for v in values[model]]
+            ax.bar_label(bars, texts, padding=1, fontsize=6)
+    ax.set_xticks(
+        range(len(names)), labels, rotation=30 if rotate else 0, ha="right" if rotate else "center"
     )
+    ax.tick_params(axis="x", length=0)
+    ax.set(xlim=(-0.5, len(names) - 0.5), ylim=(0.0, 1.06), ylabel="accuracy")  # room for 100
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    ax.grid(axis="y")
+    ax.set_title(_title("per-group accuracy (validation)", number), pad=4 + 14 * legend_rows)
+    ax.legend(
+        loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=columns, frameon=False, borderpad=0.2
+    )
+    return fig
+
+
+def _draw_losses(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
+    """One panel per named loss; terms that stayed exactly zero (weight 0) are left out."""
+    from matplotlib.ticker import MaxNLocator, NullLocator
+
+    history = attrs.get("loss_history")
+    if not isinstance(history, Mapping):
+        return None
+    steps = _floats(history.get("step"))
+    panels = {str(k): _floats(v)[: len(steps)] for k, v in history.items() if k != "step"}
+    panels = {k: ys for k, ys in panels.items() if any(v != 0 for v in _finite(ys))}
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    height = 52 + 118 * rows
+    fig = _figure(height, left=44, right=10, top=40, bottom=36)
+    fig.subplots_adjust(hspace=40 / (118 - 40), wspace=0.35)
+    fig.suptitle(_title("training losses", number), y=1 - 6 / height, va="top")
+    fig.supxlabel("step", y=4 / height, va="bottom")
+    grid = fig.add_gridspec(rows, cols)
+    xlim = (min(_finite(steps), default=0.0), max(_finite(steps), default=1.0))
+    for i, (name, ys) in enumerate(panels.items()):
+        ax = fig.add_subplot(grid[i // cols, i % cols])  # no grid lines: a third of the file
+        ax.plot(steps[: len(ys)], ys, color=COLORS[i % len(COLORS)], lw=1.4)
+        ax.set_title(name, pad=3)
+        if xlim[1] > xlim[0]:  # the same steps in every panel, even where one has gaps
+            ax.set_xlim(*xlim)
+        # steps under the lowest panel of each column only: ticks are most of the drawing time
+        below = i + cols < len(panels)
+        ax.xaxis.set_major_locator(NullLocator() if below else MaxNLocator(nbins=3))
+        finite = _finite(ys)
+        if min(finite) > 0 and max(finite) / min(finite) >= 100:  # spans decades: log scale
+            ax.set_yscale("log")
+            ax.yaxis.set_minor_locator(NullLocator())
+        else:
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+    return fig
+
+
+def alpha_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
+    """Validation worst/mean group accuracy against α, the chosen α marked."""
+    return _render(_draw_alpha, attrs, number)
 
 
 def group_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
-    groups = attrs.get("val_groups")
-    if not groups:
-        return None
-    names = list(groups["original"])
-    series = {model: [groups[model].get(g) for g in names] for model in ("original", "debiased")}
-    trial = "" if number is None else f"trial {number}: "
-    return bar_chart(
-        names,
-        series,
-        title=f"{trial}per-group accuracy (validation)",
-        ylabel="accuracy",
-        colors=MODEL_COLORS,
-    )
+    """Validation accuracy per group, one bar per model in `val_groups`."""
+    return _render(_draw_groups, attrs, number)
 
 
 def loss_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
-    """One panel per named loss; terms that stayed exactly zero (weight 0) are left out."""
-    history = attrs.get("loss_history")
-    if not history or not history.get("step"):
-        return None
-    steps = history["step"]
-    panels = {
-        name: (steps, values)
-        for name, values in history.items()
-        if name != "step" and any(v for v in values)
-    }
-    if not panels:
-        return None
-    trial = "" if number is None else f"trial {number}: "
-    return small_multiples(panels, title=f"{trial}training losses", xlabel="step")
+    """The SAE's training losses, one small panel each."""
+    return _render(_draw_losses, attrs, number)
 
 
 def trial_charts(attrs: Mapping[str, Any], number: int | None = None) -> dict[str, str]:
