@@ -162,7 +162,7 @@ def _verify_model(r: Rescored, state: dict[str, torch.Tensor]) -> None:
 
     model = copy.deepcopy(r.ctx.model)
     model.load_state_dict(state, strict=True)
-    scorer = Scorer(model.eval(), r.ctx.layer, r.ctx.splits, r.ctx.group_names)
+    scorer = Scorer(model, r.ctx.layer, r.ctx.splits, r.ctx.group_names)  # eval, as loaded
     assert r.result.edit is not None
     for split in ("val", "test"):
         got, want = scorer.metrics(split), r.result.metric("debiased", split)

@@ -243,7 +243,7 @@ def context_from_bundle(
     meta = bundle["meta"]
     splits = {name: CachedSplit(**d) for name, d in bundle["splits"].items()}
     return ClassifierContext(
-        model=model.eval(),
+        model=model,  # in eval mode: built-in models are put there, programs are captured so
         layer=meta["layer"],
         splits=splits,
         group_names=tuple(meta["group_names"]),

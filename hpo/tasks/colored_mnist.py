@@ -200,6 +200,7 @@ class ColoredMnist(ClassifierTask):
         bundle = load_tensors(path, map_location=device)
         model = BASE_MODELS[cfg.base_model]().to(device)
         model.load_state_dict(bundle["model"]["state"])
+        model.eval()
         cls = type(model)
         card = {
             "summary": (

@@ -15,6 +15,7 @@ import importlib.util
 import io
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -134,7 +135,9 @@ def export_program(model: nn.Module, example: torch.Tensor, source: str) -> byte
 
 
 def load_program(data: torch.Tensor, device: torch.device) -> nn.Module:
-    program = torch.export.load(io.BytesIO(data.cpu().numpy().tobytes()))
+    with warnings.catch_warnings():  # torch's own deprecation notices, not the user's
+        warnings.simplefilter("ignore", FutureWarning)
+        program = torch.export.load(io.BytesIO(data.cpu().numpy().tobytes()))
     return program.module().to(device)
 
 
