@@ -50,6 +50,9 @@ class TrialParams(Strict):
     alpha: float | None = Field(None, ge=0)
     alpha_max: float = Field(1.2, gt=0)
     alpha_steps: int = Field(13, ge=2)
+    # An α chosen at the grid's upper edge extends the grid by its own length, at most
+    # this many times (0: never), instead of stopping where the best may lie beyond.
+    alpha_extend: int = Field(3, ge=0)
     # Bookkeeping.
     eval_every: int = Field(500, ge=1)
     seed: int = 0

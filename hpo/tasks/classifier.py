@@ -290,11 +290,10 @@ class ClassifierTask:
         """α chosen on val (or fixed); test only reported, at that α."""
         index = self.ablated_components(ctx, sae, params)
         ablated_t = ablation.ablated_sum(sae, index)
-        alphas = (
-            alpha_grid(params.alpha_max, params.alpha_steps)
-            if params.alpha is None
-            else [params.alpha]
-        )
+        if params.alpha is None:
+            alphas = alpha_grid(params.alpha_max, params.alpha_steps)
+        else:
+            alphas = [params.alpha]
         key = f"{ctx.layer}.weight"
         weight = ctx.weight
 
@@ -303,6 +302,14 @@ class ClassifierTask:
 
         sweep = [ctx.scorer.metrics("val", edit(a)) for a in alphas]
         best = pick_alpha(sweep)
+        for k in range(2, params.alpha_extend + 2 if params.alpha is None else 0):
+            if best != len(alphas) - 1:
+                break  # the best α lies inside the grid
+            longer = alpha_grid(k * params.alpha_max, k * (params.alpha_steps - 1) + 1)
+            extra = longer[len(alphas) :]
+            sweep += [ctx.scorer.metrics("val", edit(a)) for a in extra]
+            alphas = alphas + extra
+            best = pick_alpha(sweep)
         alpha = alphas[best]
         debiased = {"val": sweep[best]}
         if with_test:
