@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 # The order in which models are shown wherever several are compared.
-MODEL_ORDER = ("original", "debiased", "oracle", "last_layer", "retrain_head")
+MODEL_ORDER = ("original", "debiased", "oracle", "last_layer", "retrain_head", "leace")
 SPLIT_ORDER = ("val", "test")
 
 

@@ -134,6 +134,38 @@ class RetrainHead:
         return Fitted(model=model)
 
 
+class Leace:
+    """LEACE (Belrose et al., 2023): the least-squares concept eraser of the decomposed
+    layer's inputs, fitted on probe with the concept labels (EleutherAI's concept-erasure)
+    and folded into that layer's weight and bias: x ↦ x − (x − μ)(LR)ᵀ becomes
+    W' = W − W·L·R, b' = b + W·L·R·μ. A linear edit of the same layer, like Faithful-SAE's."""
+
+    name: ClassVar[str] = "leace"
+    description: ClassVar[str] = "least-squares concept erasure folded into the layer"
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        if source.probe.concepts is None:
+            return "the probe split has no concept labels"
+        return None
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        from concept_erasure import LeaceEraser
+
+        layer = source.model.get_submodule(source.layer)
+        z = source.probe.z.double()
+        assert source.probe.concepts is not None
+        concepts = F.one_hot(source.probe.concepts).double()
+        affine = layer.bias is not None
+        eraser = LeaceEraser.fit(z, concepts, affine=affine)
+        weight = layer.weight.double()
+        erased = weight @ eraser.proj_left @ eraser.proj_right  # W·L·R
+        overrides = {f"{source.layer}.weight": (weight - erased).to(layer.weight.dtype)}
+        if affine:
+            shift = erased @ eraser.bias
+            overrides[f"{source.layer}.bias"] = (layer.bias.double() + shift).to(layer.bias.dtype)
+        return Fitted(overrides=overrides)
+
+
 class Oracle:
     """The same architecture trained without the spurious correlation: a ceiling, from
     tasks that can train one (colored MNIST recolours its training images)."""
@@ -148,4 +180,6 @@ class Oracle:
         return Fitted(model=source.oracle)
 
 
-REFERENCES: dict[str, Reference] = {r.name: r for r in (LastLayer(), RetrainHead(), Oracle())}
+REFERENCES: dict[str, Reference] = {
+    r.name: r for r in (LastLayer(), RetrainHead(), Leace(), Oracle())
+}

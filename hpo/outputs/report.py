@@ -36,6 +36,7 @@ MODEL_COLORS = {
     "oracle": "#54a24b",
     "last_layer": "#f58518",
     "retrain_head": "#b279a2",
+    "leace": "#72b7b2",
 }
 TITLES = {
     "history": "Optimization history",

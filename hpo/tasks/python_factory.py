@@ -38,7 +38,7 @@ class PythonTask(TaskConfig):
     kind: Literal["python"] = "python"
     factory: str = Field(min_length=3)
     options: dict[str, Any] = Field(default_factory=dict)
-    references: tuple[str, ...] = ("last_layer",)
+    references: tuple[str, ...] = ("last_layer", "leace")
 
     @field_validator("factory")
     @classmethod

@@ -1,0 +1,75 @@
+"""Reference methods: each is an edit of the same model, fitted on the probe split only."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from hpo.debias.references import REFERENCES, LastLayer, Leace, ReferenceSource, final_linear
+from hpo.debias.scoring import CachedSplit
+
+
+def concept_data(n: int = 2000) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    concepts = torch.randint(0, 3, (n,), generator=gen)
+    x = torch.randn(n, 8, generator=gen)
+    x[:, 0] += 3 * (concepts == 1)
+    x[:, 3] -= 2 * (concepts == 2)
+    return x, concepts
+
+
+def source(model: nn.Module, layer: str, x: torch.Tensor, c: torch.Tensor) -> ReferenceSource:
+    probe = CachedSplit(z=x, y=c, groups=c, concepts=c, x=x)
+
+    def inputs_of(name: str, data: torch.Tensor) -> torch.Tensor:
+        captured = []
+        handle = model.get_submodule(name).register_forward_pre_hook(
+            lambda _, args: captured.append(args[0])
+        )
+        model(data)
+        handle.remove()
+        return captured[0].detach()
+
+    return ReferenceSource(model, layer, probe, inputs_of, oracle=None, seed=0)
+
+
+def test_leace_folded_into_the_layer_equals_erasing_its_inputs() -> None:
+    from concept_erasure import LeaceEraser
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    x, c = concept_data()
+    fitted = Leace().fit(source(model, "0", x, c))
+
+    assert set(fitted.overrides) == {"0.weight", "0.bias"}
+    edited = functional_call(model, dict(fitted.overrides), (x,))
+    eraser = LeaceEraser.fit(x.double(), nn.functional.one_hot(c).double())
+    torch.testing.assert_close(edited, model(eraser(x.double()).float()), atol=1e-5, rtol=1e-5)
+    # no linear trace of the concept is left in the edited layer's outputs
+    hidden = functional_call(model[0], {k[2:]: v for k, v in fitted.overrides.items()}, (x,))
+    means = torch.stack([hidden[c == k].mean(0) for k in range(3)])
+    torch.testing.assert_close(means - means.mean(0), torch.zeros_like(means), atol=1e-4, rtol=0)
+
+
+def test_last_layer_refits_only_the_final_linear_layer() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, c = concept_data()
+    assert final_linear(model) == "2"
+
+    fitted = LastLayer().fit(source(model, "0", x, c))
+
+    assert set(fitted.overrides) == {"2.weight", "2.bias"}
+    before = (model(x).argmax(-1) == c).float().mean()
+    after = (functional_call(model, dict(fitted.overrides), (x,)).argmax(-1) == c).float().mean()
+    assert after > max(before, 0.6)  # it learned to predict the labels it was fitted on
+
+
+def test_every_reference_says_why_it_cannot_run() -> None:
+    model = nn.Sequential(nn.Linear(8, 3))
+    x, c = concept_data(50)
+    src = source(model, "0", x, c)
+    assert REFERENCES["oracle"].unavailable(src) == "this task does not train an oracle"
+    assert "LAYERS" in REFERENCES["retrain_head"].unavailable(src)
+    assert REFERENCES["leace"].unavailable(src) is None
