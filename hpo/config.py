@@ -78,6 +78,9 @@ class StudySection(Strict):
     directions: tuple[Direction, ...] | None = None
     n_trials: int = Field(50, ge=1)
     timeout: float | None = Field(None, gt=0)
+    # Trials whose relative faithfulness error ‖W − ΣP‖²/‖W‖² exceeds this are infeasible
+    # (Optuna's constrained optimization): the weight is no longer the sum of components.
+    max_faithfulness_error: float | None = Field(None, gt=0)
 
 
 class StorageSection(Strict):

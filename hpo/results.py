@@ -16,6 +16,8 @@ from typing import Any
 # The order in which models are shown wherever several are compared.
 MODEL_ORDER = ("original", "debiased", "oracle", "last_layer", "retrain_head", "leace")
 SPLIT_ORDER = ("val", "test")
+# The ceilings a debiasing method is measured against: the oracle and the retrained heads.
+CEILINGS = ("oracle", "last_layer", "retrain_head")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,20 @@ class TrialResult:
     def metric(self, model: str, split: str) -> GroupMetrics | None:
         return self.models.get(model, {}).get(split)
 
+    def gap_closed(self, split: str) -> tuple[float, str] | None:
+        """(debiased − original) / (best reference − original) in worst-group accuracy on
+        `split`, and the name of that best reference (max over oracle and retrained heads);
+        None without a debiased model or any ceiling."""
+        original, debiased = self.metric("original", split), self.metric("debiased", split)
+        ceilings = [(m.worst_group, name) for name in CEILINGS if (m := self.metric(name, split))]
+        if original is None or debiased is None or not ceilings:
+            return None
+        best, name = max(ceilings)
+        gap = best - original.worst_group
+        if gap <= 0:
+            return None
+        return (debiased.worst_group - original.worst_group) / gap, name
+
     def value(self, name: str) -> float:
         """An objective or an error by name (what a study optimises)."""
         if name in self.objectives:
@@ -94,33 +110,11 @@ class TrialResult:
             out["models"] = {
                 m: {s: asdict(v) for s, v in splits.items()} for m, splits in self.models.items()
             }
+            gaps = {s: g for s in SPLIT_ORDER if (g := self.gap_closed(s)) is not None}
+            if gaps:
+                out["gap_closed"] = {
+                    s: {"fraction": g[0], "towards": g[1]} for s, g in gaps.items()
+                }
         out["timings"] = dict(self.timings)
         out.update(self.provenance)
         return out
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any], objectives: list[str], errors: list[str]) -> TrialResult:
-        edit = None
-        if "alpha" in d and "ablated_components" in d:
-            edit = Edit(
-                d.get("layer", ""),
-                list(d["ablated_components"]),
-                d["alpha"],
-                d.get("selection", "conditioned"),
-                d.get("alpha_curve", {}),
-            )
-        models = {
-            m: {s: GroupMetrics.from_json(v) for s, v in splits.items()}
-            for m, splits in d.get("models", {}).items()
-        }
-        skip = {"task_kind", "models", "timings", "layer", "alpha", "ablated_components"}
-        skip |= {"selection", "alpha_curve", *objectives, *errors}
-        return cls(
-            task=d.get("task_kind", ""),
-            objectives={k: d[k] for k in objectives if k in d},
-            errors={k: d[k] for k in errors if k in d},
-            models=models,
-            edit=edit,
-            timings=dict(d.get("timings", {})),
-            provenance={k: v for k, v in d.items() if k not in skip},
-        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -73,3 +74,27 @@ def test_every_reference_says_why_it_cannot_run() -> None:
     assert REFERENCES["oracle"].unavailable(src) == "this task does not train an oracle"
     assert "LAYERS" in REFERENCES["retrain_head"].unavailable(src)
     assert REFERENCES["leace"].unavailable(src) is None
+
+
+def test_gap_closed_is_measured_towards_the_best_ceiling() -> None:
+    from hpo.results import GroupMetrics, TrialResult
+
+    def worst(w: float) -> dict[str, GroupMetrics]:
+        return {"test": GroupMetrics(w, w, w, {"a": w})}
+
+    result = TrialResult(
+        task="t",
+        objectives={},
+        errors={},
+        models={
+            "original": worst(0.5),
+            "debiased": worst(0.8),
+            "oracle": worst(0.85),
+            "last_layer": worst(0.9),
+            "leace": worst(0.95),  # a baseline, not a ceiling
+        },
+    )
+    fraction, towards = result.gap_closed("test")
+    assert fraction == pytest.approx(0.75) and towards == "last_layer"
+    assert result.gap_closed("val") is None
+    assert result.to_json()["gap_closed"]["test"]["towards"] == "last_layer"

@@ -62,4 +62,11 @@ def _group_table(result: TrialResult) -> list[str]:
             metric = result.metric(m, s)
             cells.append(f"  {_pct(None if metric is None else metric.get(key))}")
         lines.append(f"{label:<{width}}" + "".join(cells))
+    for s in splits:
+        gap = result.gap_closed(s)
+        if gap is not None:
+            lines.append(
+                f"gap closed on {s}: {100 * gap[0]:.0f}% of the way from original to "
+                f"{gap[1].replace('_', ' ')} (worst group)"
+            )
     return lines

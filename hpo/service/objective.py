@@ -18,6 +18,7 @@ import torch
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
 from hpo.results import TrialResult
+from hpo.service import compat
 from hpo.service.search_space import suggest
 from hpo.service.trial import run_trial
 from hpo.tasks import get_task
@@ -75,6 +76,7 @@ class Objective:
             if not single:
                 return  # Optuna prunes single-objective studies only.
             result = self.task.evaluate(self.ctx, sae, params, with_test=False)
+            self._constrain(trial, result)
             value = result.value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():
@@ -91,12 +93,20 @@ class Objective:
             trial.set_user_attr("diverged", str(err))
             raise
         record(trial, result, trained.history)
+        self._constrain(trial, result)
         if self.artifact_store is not None:
             self._upload_weights(trial, trained.sae, params, result)
         values = tuple(float(result.value(name)) for name in self.objectives)
         if self.artifact_store is not None:
             publish_for_dashboard(trial, self.artifact_store, values)
         return values[0] if single else values
+
+    def _constrain(self, trial: optuna.Trial, result: TrialResult) -> None:
+        """Faithful by constraint: positive (infeasible) when the error is over the limit."""
+        limit = self.study_file.study.max_faithfulness_error
+        error = result.errors.get("faithfulness_error")
+        if limit is not None and error is not None:
+            trial.set_constraint("faithfulness_error", error - limit)
 
     def _check_budget(self, trial: optuna.Trial) -> None:
         earlier = trial.study.get_trials(deepcopy=False)
@@ -167,4 +177,4 @@ def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, 
             path = Path(tmp) / name
             path.write_text(svg)
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-    sync_best_notes(trial.study, pending=(trial._trial_id, values))
+    sync_best_notes(trial.study, pending=(compat.trial_id(trial), values))
