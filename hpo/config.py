@@ -2,11 +2,15 @@
 
 The CLI, the tests and the README never repeat a default; they read it from here.
 Every model is frozen and forbids unknown keys, so that a typo in a study file is an
-error naming the key instead of a silently ignored setting.
+error naming the key instead of a silently ignored setting. Types are strict: TOML says
+what a value is, so `n_trials = "2"` is an error, not a 2 (an int is still a fine float),
+and no float may be infinite or NaN.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,8 +24,34 @@ from pydantic import (
 )
 
 
+def _is_tuple(annotation: Any) -> bool:
+    if typing.get_origin(annotation) is tuple:
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_tuple(a) for a in typing.get_args(annotation))
+    return False
+
+
+def _as_tuples(value: Any) -> Any:
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Frozen, no unknown keys, strict types, finite floats."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arrays_are_tuples(cls, data: Any) -> Any:
+        """TOML and JSON arrays arrive as lists; strict tuple fields take them as tuples."""
+        if not isinstance(data, dict):
+            return data
+        fields = cls.model_fields
+        return {
+            k: _as_tuples(v) if k in fields and _is_tuple(fields[k].annotation) else v
+            for k, v in data.items()
+        }
 
 
 class TrialParams(Strict):
@@ -45,8 +75,12 @@ class TrialParams(Strict):
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(512, ge=1)
     # Ablation: which components go, and how strongly (None = sweep alpha, pick on val).
-    ablate: Literal["conditioned", "attribution"] = "conditioned"
+    # conditioned: the latents trained to fire for each concept (SCAR); attribution: the
+    # n_ablate components whose contribution differs most between concepts on probe;
+    # both: the conditioned ones plus n_ablate more by attribution.
+    ablate: Literal["conditioned", "attribution", "both"] = "conditioned"
     n_ablate: int = Field(2, ge=1)
+    concept_latents: int = Field(1, ge=1)  # latents conditioned on each concept
     alpha: float | None = Field(None, ge=0)
     alpha_max: float = Field(1.2, gt=0)
     alpha_steps: int = Field(13, ge=2)
@@ -105,7 +139,7 @@ class PrunerSection(Strict):
 
 
 class FloatRange(Strict):
-    low: float
+    low: float  # finite: an infinite bound is an error here, not a crashed worker later
     high: float
     log: bool = False
 
@@ -132,6 +166,13 @@ class IntRange(Strict):
             raise ValueError(f"a log range needs low > 0, got low = {self.low}")
         if self.log and self.step != 1:
             raise ValueError("an int range cannot have both log = true and step > 1")
+        if (self.high - self.low) % self.step:
+            top = self.low + (self.high - self.low) // self.step * self.step
+            raise ValueError(
+                f"step ({self.step}) does not divide high - low ({self.high - self.low}); "
+                f"Optuna would silently stop at {top}: use high = {top} or "
+                f"{top + self.step}"
+            )
         return self
 
 

@@ -21,13 +21,17 @@ def debiased_weight(weight: torch.Tensor, ablated_t: torch.Tensor, alpha: float)
     return weight - alpha * ablated_t.T
 
 
-def conditioned_components(n_concepts: int) -> list[int]:
-    """The first m components were trained to fire for the m concepts (SCAR)."""
-    return list(range(n_concepts))
+def conditioned_components(n_latents: int) -> list[int]:
+    """The first latents were trained to fire for the concepts (SCAR): k per concept."""
+    return list(range(n_latents))
 
 
 def attribution_components(
-    sae: FaithfulSAE, inputs: torch.Tensor, concepts: torch.Tensor, m: int
+    sae: FaithfulSAE,
+    inputs: torch.Tensor,
+    concepts: torch.Tensor,
+    m: int,
+    exclude: list[int] | None = None,
 ) -> list[int]:
     """The m components whose contribution differs most between a concept and its absence.
 
@@ -43,4 +47,6 @@ def attribution_components(
             if on.any() and (~on).any():
                 gap = (act[on].mean(0) - act[~on].mean(0)).abs()
                 scores = torch.maximum(scores, gap)
+        if exclude:
+            scores[exclude] = -1.0  # already chosen: pick m others
         return scores.topk(min(m, scores.numel())).indices.sort().values.tolist()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,10 @@ def run_trial(
 ) -> tuple[TrialResult, TrainResult]:
     """Train and score one decomposition; the result carries seed, checksum, versions."""
     task = get_task(study.task.kind)
-    trained = train_sae(task.sae_data(ctx), params, on_eval=on_eval, progress=progress)
+    data = task.sae_data(ctx)
+    # `concept_latents` latents per concept: column j·k + i of the labels is concept j.
+    data = replace(data, concepts=data.concepts.repeat_interleave(params.concept_latents, 1))
+    trained = train_sae(data, params, on_eval=on_eval, progress=progress)
     t0 = time.perf_counter()
     result = task.evaluate(ctx, trained.sae, params, with_test=with_test)
     result.timings = {

@@ -278,10 +278,17 @@ class ClassifierTask:
     def ablated_components(
         self, ctx: ClassifierContext, sae: FaithfulSAE, params: TrialParams
     ) -> list[int]:
+        conditioned = ablation.conditioned_components(
+            len(ctx.concept_names) * params.concept_latents
+        )
         if params.ablate == "conditioned":
-            return ablation.conditioned_components(len(ctx.concept_names))
+            return conditioned
         data = self.sae_data(ctx)
-        return ablation.attribution_components(sae, data.inputs, data.concepts, params.n_ablate)
+        exclude = conditioned if params.ablate == "both" else []
+        by_attribution = ablation.attribution_components(
+            sae, data.inputs, data.concepts, params.n_ablate, exclude=exclude
+        )
+        return sorted(set(exclude) | set(by_attribution))
 
     @torch.no_grad()
     def evaluate(

@@ -45,7 +45,7 @@ class ColoredMnistTask(TaskConfig):
     val_per_digit: int = Field(300, ge=2)
     test_per_digit: int = Field(800, ge=2)
     base_model: Literal["cnn", "mlp"] = "cnn"
-    layer: Literal["fc1", "fc2"] = "fc1"
+    layer: str = "fc1"  # any nn.Linear of the base model (fc0 exists in the MLP only)
     base_epochs: int = Field(15, ge=1)
     base_lr: float = Field(1e-3, gt=0)
     base_batch_size: int = Field(32, ge=1)
@@ -79,7 +79,17 @@ class ColoredMnistTask(TaskConfig):
             raise ValueError("color_digits must split the digits 0-9, each digit exactly once")
         if self.source == "colorized_folder" and not self.colorized_root:
             raise ValueError("source = 'colorized_folder' needs colorized_root")
+        linear = linear_layers(BASE_MODELS[self.base_model]())
+        if self.layer not in linear:
+            raise ValueError(
+                f"layer {self.layer!r} is not an nn.Linear of the {self.base_model} base model; "
+                f"valid: {', '.join(linear)}"
+            )
         return self
+
+
+def linear_layers(model: torch.nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
 
 
 # The modules whose code shapes a bundle: a change to any of them rebuilds it.
