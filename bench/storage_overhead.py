@@ -45,13 +45,12 @@ import optuna
 import tomli_w
 from optuna.storages import BaseStorage
 
+from hpo.service.compat import CACHED_STORAGE_CALLS
+
 # Database calls: the public storage API, plus what Optuna's trial cache calls directly.
-CALLS = tuple(n for n, f in vars(BaseStorage).items() if callable(f) and not n.startswith("_")) + (
-    "_create_new_trial",
-    "_set_trial_param",
-    "_get_trials",
-    "_get_best_trial_id",
-    "_get_stale_trial_ids",
+CALLS = (
+    *(n for n, f in vars(BaseStorage).items() if callable(f) and not n.startswith("_")),
+    *CACHED_STORAGE_CALLS,
     "record_heartbeat",
 )
 

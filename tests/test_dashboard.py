@@ -24,11 +24,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna_dashboard._note import get_note_from_system_attrs
 from test_export import run_tiny_study
 
 from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART
 from hpo.outputs.dashboard import sync_best_notes
+from hpo.service import compat
 
 CHROMIUM = "/usr/bin/chromium"
 
@@ -79,8 +79,8 @@ def request(method: str, url: str, body: bytes | None = None) -> tuple[int, byte
 
 
 def note(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    return get_note_from_system_attrs(attrs, trial._trial_id)["body"]
+    attrs = compat.storage_of(study).get_study_system_attrs(compat.study_id(study))
+    return compat.get_note(attrs, compat.trial_id(trial))["body"]
 
 
 def test_trials_carry_their_charts_and_the_best_one_a_note(tiny: str) -> None:
@@ -90,7 +90,9 @@ def test_trials_carry_their_charts_and_the_best_one_a_note(tiny: str) -> None:
     complete = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(complete) == 3
     for trial in complete:
-        metas = {m.filename: m for m in get_all_artifact_meta(trial, storage=study._storage)}
+        metas = {
+            m.filename: m for m in get_all_artifact_meta(trial, storage=compat.storage_of(study))
+        }
         assert {ALPHA_CHART, GROUP_CHART, LOSS_CHART} <= set(metas), trial.number
         assert metas[ALPHA_CHART].mimetype == "image/svg+xml"
     best = study.best_trial
@@ -172,10 +174,13 @@ def test_pareto_notes_mark_the_front_and_trials_that_leave_it() -> None:
 def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny: str) -> None:
     study = optuna.load_study(study_name="tiny", storage=tiny)
     trial = study.best_trial
+    tid = compat.trial_id(trial)
     from optuna.artifacts import get_all_artifact_meta
 
     chart = next(
-        m for m in get_all_artifact_meta(trial, storage=study._storage) if m.filename == GROUP_CHART
+        m
+        for m in get_all_artifact_meta(trial, storage=compat.storage_of(study))
+        if m.filename == GROUP_CHART
     )
     with dashboard("--storage", tiny, "--read-only") as (base, _):
         code, body, _ = request("GET", f"{base}/api/studies")
@@ -188,9 +193,7 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
         code, body, _ = request("GET", f"{base}/dashboard/studies/{sid}")
         assert code == 200 and b"Optuna Dashboard" in body
         assert request("GET", f"{base}/static/bundle.js")[0] == 200
-        code, body, headers = request(
-            "GET", f"{base}/artifacts/{sid}/{trial._trial_id}/{chart.artifact_id}"
-        )
+        code, body, headers = request("GET", f"{base}/artifacts/{sid}/{tid}/{chart.artifact_id}")
         assert code == 200 and headers["Content-Type"] == "image/svg+xml"
         ET.fromstring(body)  # well-formed SVG
         assert request("HEAD", f"{base}/api/meta")[0] == 200
@@ -201,9 +204,9 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
             ("POST", "/api/studies", b'{"study_name": "new", "directions": ["minimize"]}'),
             ("POST", f"/api/studies/{sid}/rename", b'{"study_name": "renamed"}'),
             ("PUT", f"/api/studies/{sid}/note", b'{"version": 1, "body": "x"}'),
-            ("PUT", f"/api/studies/{sid}/{trial._trial_id}/note", b'{"version": 9, "body": "x"}'),
-            ("POST", f"/api/trials/{trial._trial_id}/user-attrs", b'{"user_attrs": {"a": 1}}'),
-            ("DELETE", f"/api/artifacts/{sid}/{trial._trial_id}/{chart.artifact_id}", None),
+            ("PUT", f"/api/studies/{sid}/{tid}/note", b'{"version": 9, "body": "x"}'),
+            ("POST", f"/api/trials/{tid}/user-attrs", b'{"user_attrs": {"a": 1}}'),
+            ("DELETE", f"/api/artifacts/{sid}/{tid}/{chart.artifact_id}", None),
             ("PATCH", f"/api/studies/{sid}", b"{}"),
             ("POST", "/incompatible-rdb-schema", None),
         ]
@@ -215,7 +218,8 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
     assert optuna.study.get_all_study_names(tiny) == ["tiny"]
     assert len(after.trials) == 3 and "a" not in after.best_trial.user_attrs
     assert GROUP_CHART in {
-        m.filename for m in get_all_artifact_meta(after.best_trial, storage=after._storage)
+        m.filename
+        for m in get_all_artifact_meta(after.best_trial, storage=compat.storage_of(after))
     }
 
 
@@ -245,7 +249,7 @@ def test_chromium_renders_the_study_and_its_trials(tiny: str, tmp_path: Path) ->
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is missing; CI installs it (apt-get install chromium)")
     study = optuna.load_study(study_name="tiny", storage=tiny)
-    sid = study._study_id
+    sid = compat.study_id(study)
     with dashboard("--storage", tiny, "--read-only") as (base, _):
         best = study.best_trial.number
         pages = {

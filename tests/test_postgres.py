@@ -28,6 +28,7 @@ import pytest
 import tomli_w
 
 from hpo.config import StorageSection
+from hpo.service import compat
 from hpo.service.storage import CONNECTIONS_PER_WORKER, HEARTBEAT_ATTR, open_storage
 
 pytestmark = pytest.mark.slow
@@ -447,25 +448,24 @@ def test_grpc_heartbeat_fails_a_silent_trial_and_retries_it() -> None:
     """Optuna's proxy client has no heartbeat: ours keeps one in a trial attribute, and a
     trial whose attribute stops changing for grace_period seconds is failed and retried."""
     pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio: pip install '.[grpc]'")
-    from optuna.storages._grpc.server import make_server
-
     port = free_port()
-    server = make_server(optuna.storages.InMemoryStorage(), "127.0.0.1", port)
+    server = compat.grpc_proxy_server(optuna.storages.InMemoryStorage(), "127.0.0.1", port)
     server.start()
     try:
         section = StorageSection(heartbeat_interval=1, grace_period=2)
         storage = open_storage(f"grpc://127.0.0.1:{port}", section)
         study = optuna.create_study(storage=storage, study_name="beat")
-        alive, dead = (storage.create_new_trial(study._study_id) for _ in range(2))
+        sid = compat.study_id(study)
+        alive, dead = (storage.create_new_trial(sid) for _ in range(2))
         storage.set_trial_param(dead, "x", 0.5, optuna.distributions.FloatDistribution(0, 1))
         storage.record_heartbeat(dead)
-        assert storage._get_stale_trial_ids(study._study_id) == []
+        assert compat.stale_trial_ids(storage, sid) == []
         deadline = time.monotonic() + storage.grace_period + 1.5
         while time.monotonic() < deadline:
             storage.record_heartbeat(alive)
             time.sleep(0.5)
         optuna.storages.fail_stale_trials(study)
-        by_id = {t._trial_id: t for t in study.get_trials()}
+        by_id = {compat.trial_id(t): t for t in study.get_trials()}
         assert by_id[alive].state == TS.RUNNING
         assert by_id[dead].state == TS.FAIL
         retry = [t for t in by_id.values() if t.system_attrs.get("failed_trial") is not None]

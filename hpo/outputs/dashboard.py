@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
+from hpo.service import compat
 from hpo.service.storage import artifact_store, mask, open_storage
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -170,9 +171,7 @@ def sync_best_notes(
     worker counts it as complete already. A note a person wrote or edited is never
     overwritten. Returns the numbers of the trials whose note changed.
     """
-    from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
-
-    storage, study_id = study._storage, study._study_id
+    storage, study_id = compat.storage_of(study), compat.study_id(study)
     trials = list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if pending is not None:
         trial = storage.get_trial(pending[0])
@@ -188,9 +187,9 @@ def sync_best_notes(
             user_attrs=trial.user_attrs,
             system_attrs={},
             intermediate_values=trial.intermediate_values,
-            trial_id=trial._trial_id,
+            trial_id=compat.trial_id(trial),
         )
-        trials = [t for t in trials if t._trial_id != pending[0]] + [trial]
+        trials = [t for t in trials if compat.trial_id(t) != pending[0]] + [trial]
     front = leaders(trials, study.directions)
     if not front:
         return []
@@ -198,11 +197,11 @@ def sync_best_notes(
     objectives = study_file.get("study", {}).get("objectives", ["value"])
     task = study_file.get("task", {})
     pareto = len(study.directions) > 1
-    by_id = {t._trial_id: t for t in trials}
+    by_id = {compat.trial_id(t): t for t in trials}
     desired: dict[int, str] = {}
     for t in front:
         attrs = {**study_file.get("params", {}), **t.params, **t.user_attrs}
-        desired[t._trial_id] = best_note(attrs, t.values, objectives, task, pareto=pareto)
+        desired[compat.trial_id(t)] = best_note(attrs, t.values, objectives, task, pareto=pareto)
     system_attrs = storage.get_study_system_attrs(study_id)
     ours: dict[str, str] = dict(system_attrs.get(BEST_NOTES_ATTR, {}))
     for key, body in ours.items():
@@ -211,10 +210,10 @@ def sync_best_notes(
             desired[tid] = superseded_note(body, None if pareto else front[0].number)
     changed = []
     for tid, body in desired.items():
-        note = get_note_from_system_attrs(system_attrs, tid)
+        note = compat.get_note(system_attrs, tid)
         if note["body"] == body or (note["body"] and note["body"] != ours.get(str(tid))):
             continue  # up to date, or a person's own note
-        save_note_with_version(storage, study_id, tid, note["version"] + 1, body)
+        compat.save_note(storage, study_id, tid, note["version"] + 1, body)
         ours[str(tid)] = body
         changed.append(by_id[tid].number)
     if changed:

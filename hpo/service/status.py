@@ -9,6 +9,7 @@ from typing import Any
 import optuna
 
 from hpo.errors import UserError
+from hpo.service import compat
 from hpo.service.storage import DEFAULT_DIR, STORAGE_ENV, mask, open_storage
 
 
@@ -55,12 +56,10 @@ def _alive(storage: Any, study: optuna.Study) -> int:
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     if not running:
         return 0
-    from optuna.storages._heartbeat import is_heartbeat_enabled
-
-    if not is_heartbeat_enabled(storage):
+    if not compat.heartbeat_enabled(storage):
         storage = open_storage(storage.url)  # same URL, with heartbeat settings to judge
-    stale = set(storage._get_stale_trial_ids(study._study_id))
-    return sum(1 for t in running if t._trial_id not in stale)
+    stale = set(compat.stale_trial_ids(storage, compat.study_id(study)))
+    return sum(1 for t in running if compat.trial_id(t) not in stale)
 
 
 def format_status(rows: list[dict[str, Any]]) -> str:

@@ -27,10 +27,10 @@ from urllib.parse import urlsplit
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
+from hpo.service.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
 
 STORAGE_ENV = "HPO_STORAGE_URL"
 DEFAULT_DIR = Path("storage")
@@ -210,18 +210,15 @@ def _short(err: Exception) -> str:
 # and a repeated state change is recognised below. (An insert whose commit reply is lost,
 # create_new_trial, could leave an extra trial; the window is the commit's round trip.)
 
-_RETRIED = tuple(
-    name
-    for name, member in vars(BaseStorage).items()
-    if callable(member)
-    and not name.startswith("_")
-    and name not in ("remove_session", "check_trial_is_updatable")
-) + (  # and what optuna's _CachedStorage calls on RDBStorage directly
-    "_get_stale_trial_ids",
-    "_create_new_trial",
-    "_set_trial_param",
-    "_get_trials",
-    "_get_best_trial_id",
+_RETRIED = (
+    *(
+        name
+        for name, member in vars(BaseStorage).items()
+        if callable(member)
+        and not name.startswith("_")
+        and name not in ("remove_session", "check_trial_is_updatable")
+    ),
+    *CACHED_STORAGE_CALLS,  # what optuna's _CachedStorage calls on RDBStorage directly
 )
 _outermost = threading.local()
 
@@ -464,11 +461,11 @@ class GrpcHeartbeatStorage(_Reconnecting, optuna.storages.GrpcStorageProxy, Base
         stale, seen = [], {}
         for t in running:
             beat = t.system_attrs.get(HEARTBEAT_ATTR)
-            previous = self._seen.get(t._trial_id)
+            previous = self._seen.get(trial_id(t))
             since = previous[1] if previous and previous[0] == beat else now
-            seen[t._trial_id] = (beat, since)
+            seen[trial_id(t)] = (beat, since)
             if now - since > self.grace_period:
-                stale.append(t._trial_id)
+                stale.append(trial_id(t))
         self._seen = seen
         return stale
 
