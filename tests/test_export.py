@@ -137,6 +137,7 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
         "oracle",
         "last_layer",
         "retrain_head",
+        "leace",
     }
     for by_split in metrics["models"].values():
         assert set(by_split) == {"val", "test"}

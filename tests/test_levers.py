@@ -14,7 +14,7 @@ from hpo.debias.scoring import CachedSplit
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
 from hpo.tasks import get_task
-from hpo.tasks.classifier import ClassifierContext
+from hpo.tasks.bundle import ClassifierContext
 from hpo.tasks.colored_mnist import ColoredMnistTask
 
 

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict
 
-from hpo.config import TrialParams
+from hpo.config import Strict, TrialParams
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
@@ -27,10 +26,8 @@ from hpo.sae.training import SAEData
 Direction = Literal["maximize", "minimize"]
 
 
-class TaskConfig(BaseModel):
-    """Base of every `[task]` section: strict, frozen, and seeded."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class TaskConfig(Strict):
+    """Base of every `[task]` section: strict (as the whole study file), frozen, seeded."""
 
     kind: str
     seed: int = 0

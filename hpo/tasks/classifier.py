@@ -1,39 +1,27 @@
 """Debiasing a classifier at one linear layer: what colored MNIST and user tasks share.
 
 A classifier task hands over a `UserTask` (a trained model, the layer, probe/val/test)
-and, if it can, an oracle. From there everything is common: `write_bundle` caches the
-layer's inputs on every split and scores the references once; `ClassifierTask.load`
-rebuilds a context from the bundle alone; `evaluate` scores a Faithful-SAE ablation,
-choosing α on validation and reporting test only at that α.
+and, if it can, an oracle. From there everything is common: hpo.tasks.bundle caches the
+layer's inputs on every split and scores the references once; `evaluate` here scores a
+Faithful-SAE ablation, choosing α on validation and reporting test only at that α.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
-from torch import nn
 
 from hpo.config import TrialParams
-from hpo.data.cache import save_tensors
 from hpo.debias import ablation
-from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
-from hpo.debias.scoring import CachedSplit, Scorer, alpha_grid, pick_alpha, runs_from_layer
-from hpo.errors import UserError
-from hpo.results import Edit, GroupMetrics, TrialResult
+from hpo.debias.scoring import alpha_grid, pick_alpha
+from hpo.results import Edit, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 from hpo.tasks.base import Direction, TaskConfig
-from hpo.tasks.user import SPLITS, UserTask
+from hpo.tasks.bundle import ClassifierContext
 
-EVAL_SPLITS = ("val", "test")
 OBJECTIVES: dict[str, Direction] = {
     "worst_group": "maximize",
     "mean_group": "maximize",
@@ -41,222 +29,6 @@ OBJECTIVES: dict[str, Direction] = {
     "faithfulness_error": "minimize",
     "reconstruction_error": "minimize",
 }
-
-
-@dataclass
-class ClassifierContext:
-    """Everything a trial on a classifier task needs, rebuilt from its bundle."""
-
-    model: nn.Module
-    layer: str
-    splits: dict[str, CachedSplit]
-    group_names: tuple[str, ...]
-    concept_names: tuple[str, ...]
-    references: dict[str, dict[str, GroupMetrics]]  # name -> split -> metrics
-    data_sha256: str
-    bundle_key: str
-    bundle_path: Path
-    card: dict[str, str]
-    timings: dict[str, float] = field(default_factory=dict)
-    scorer: Scorer = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.scorer = Scorer(self.model, self.layer, self.splits, self.group_names)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        return self.model.get_submodule(self.layer).weight
-
-
-def code_fingerprint(modules: Sequence[ModuleType]) -> str:
-    """A hash of the source of the modules that shape a bundle: edit one, and cached
-    bundles are rebuilt (no version constant to bump by hand)."""
-    digest = hashlib.sha256()
-    for module in modules:
-        digest.update(inspect.getsource(module).encode())
-    return digest.hexdigest()[:16]
-
-
-def tensor_digest(tensors: Sequence[torch.Tensor | None]) -> str:
-    digest = hashlib.sha256()
-    for t in tensors:
-        if t is not None:
-            digest.update(str((t.dtype, tuple(t.shape))).encode())
-            digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-@torch.no_grad()
-def module_inputs(
-    model: nn.Module, name: str, x: torch.Tensor, batch_size: int = 1024
-) -> torch.Tensor:
-    """What module `name` receives when `model` runs on `x` (in batches): from the model's
-    own `layer_input` where it has one, else read by a forward pre-hook."""
-    if runs_from_layer(model, name):
-        return torch.cat(
-            [model.layer_input(x[i : i + batch_size], name) for i in range(0, len(x), batch_size)]
-        )
-    captured: list[torch.Tensor] = []
-
-    def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
-        captured.append(args[0].detach())
-
-    handle = model.get_submodule(name).register_forward_pre_hook(hook)
-    try:
-        for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
-    finally:
-        handle.remove()
-    if not captured:
-        raise UserError(f"layer {name!r} is never called by the model's forward()")
-    return torch.cat(captured)
-
-
-def check_references(names: Sequence[str], can_train_oracle: bool, kind: str) -> None:
-    for name in names:
-        if name not in REFERENCES:
-            raise ValueError(f"unknown reference {name!r}; valid: {', '.join(REFERENCES)}")
-        if name == "oracle" and not can_train_oracle:
-            raise ValueError(f"task kind {kind} cannot train an oracle; remove 'oracle'")
-
-
-def write_bundle(
-    path: Path,
-    task: UserTask,
-    *,
-    references: Sequence[str],
-    oracle: nn.Module | None,
-    seed: int,
-    meta: Mapping[str, Any],
-    model_payload: Mapping[str, Any],
-    device: torch.device,
-) -> dict[str, float]:
-    """Cache the layer inputs on every split and the references' scores, in one file.
-
-    The model inputs (x) are kept only when scoring has to run the whole model; a model
-    that runs from the layer (`head`) is scored from the cached inputs alone.
-    """
-    timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    model = task.model.to(device).eval()
-    full = {
-        name: CachedSplit(
-            z=module_inputs(model, task.layer, s.x.to(device)),
-            y=s.y.to(device).long(),
-            groups=s.groups.to(device).long(),
-            concepts=None if s.concepts is None else s.concepts.to(device).long(),
-            x=s.x.to(device),
-        )
-        for name, s in ((n, getattr(task, n)) for n in SPLITS)
-    }
-    timings["activations"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    scores = score_references(model, task, full, references, oracle, seed)
-    timings["references"] = time.perf_counter() - t0
-    keep_x = not runs_from_layer(model, task.layer)
-    splits = {
-        name: {
-            "z": s.z,
-            "y": s.y,
-            "groups": s.groups,
-            **({"concepts": s.concepts} if s.concepts is not None else {}),
-            **({"x": s.x} if keep_x else {}),
-        }
-        for name, s in full.items()
-    }
-    bundle = {
-        "meta": {
-            **meta,
-            "layer": task.layer,
-            "group_names": list(task.group_names),
-            "concept_names": list(task.concept_names),
-        },
-        "model": dict(model_payload),
-        "splits": splits,
-        "references": {
-            name: {split: _metrics_json(m) for split, m in per_split.items()}
-            for name, per_split in scores.items()
-        },
-    }
-    save_tensors(path, _cpu(bundle))
-    return timings
-
-
-def score_references(
-    model: nn.Module,
-    task: UserTask,
-    splits: dict[str, CachedSplit],
-    names: Sequence[str],
-    oracle: nn.Module | None,
-    seed: int,
-) -> dict[str, dict[str, GroupMetrics]]:
-    """original plus each named reference, on val and test (with model inputs)."""
-    scorer = Scorer(model, task.layer, splits, task.group_names)  # whole model: x is here
-    out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
-    source = ReferenceSource(
-        model=model,
-        layer=task.layer,
-        probe=splits["probe"],
-        inputs_of=lambda name, x: module_inputs(model, name, x),
-        oracle=oracle,
-        seed=seed,
-    )
-    for name in names:
-        method = REFERENCES[name]
-        why = method.unavailable(source)
-        if why is not None:
-            raise UserError(f"task.references: {name} cannot run here: {why}")
-        fitted = method.fit(source)
-        out[name] = {s: _score_fitted(fitted, scorer, task, splits, s) for s in EVAL_SPLITS}
-    return out
-
-
-def _score_fitted(
-    fitted: Fitted, scorer: Scorer, task: UserTask, splits: dict[str, CachedSplit], split: str
-) -> GroupMetrics:
-    if fitted.model is None:
-        return scorer.metrics(split, fitted.overrides)
-    other = Scorer(fitted.model.eval(), task.layer, splits, task.group_names)
-    return other.metrics(split)
-
-
-def _metrics_json(m: GroupMetrics) -> dict[str, Any]:
-    return {
-        "worst_group": m.worst_group,
-        "mean_group": m.mean_group,
-        "overall": m.overall,
-        "groups": m.groups,
-    }
-
-
-def _cpu(obj: Any) -> Any:
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    return obj
-
-
-def context_from_bundle(
-    bundle: dict[str, Any], model: nn.Module, path: Path, card: dict[str, str]
-) -> ClassifierContext:
-    meta = bundle["meta"]
-    splits = {name: CachedSplit(**d) for name, d in bundle["splits"].items()}
-    return ClassifierContext(
-        model=model,  # in eval mode: built-in models are put there, programs are captured so
-        layer=meta["layer"],
-        splits=splits,
-        group_names=tuple(meta["group_names"]),
-        concept_names=tuple(meta["concept_names"]),
-        references={
-            name: {s: GroupMetrics.from_json(m) for s, m in per_split.items()}
-            for name, per_split in bundle["references"].items()
-        },
-        data_sha256=meta["data_sha256"],
-        bundle_key=meta["key"],
-        bundle_path=path,
-        card=card,
-    )
 
 
 class ClassifierTask:

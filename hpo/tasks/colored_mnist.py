@@ -24,9 +24,10 @@ from hpo.data.mnist_files import load_mnist
 from hpo.debias import references as references_module
 from hpo.models import classifiers, training
 from hpo.models.classifiers import BASE_MODELS
-from hpo.tasks import classifier
+from hpo.tasks import bundle
 from hpo.tasks.base import TaskConfig, register_task
-from hpo.tasks.classifier import ClassifierContext, ClassifierTask, check_references
+from hpo.tasks.bundle import ClassifierContext, check_references
+from hpo.tasks.classifier import ClassifierTask
 from hpo.tasks.user import Split, UserTask
 
 
@@ -93,7 +94,7 @@ def linear_layers(model: torch.nn.Module) -> list[str]:
 
 
 # The modules whose code shapes a bundle: a change to any of them rebuilds it.
-BUNDLE_CODE = (data, classifiers, training, classifier, references_module)
+BUNDLE_CODE = (data, classifiers, training, bundle, references_module)
 
 
 def load_splits(
@@ -115,7 +116,7 @@ def bundle_key(task: ColoredMnistTask, data_sha256: str) -> str:
         {
             "data": data_sha256,
             "task": task.model_dump(mode="json"),
-            "code": classifier.code_fingerprint(BUNDLE_CODE),
+            "code": bundle.code_fingerprint(BUNDLE_CODE),
         }
     )
 
@@ -193,7 +194,7 @@ class ColoredMnist(ClassifierTask):
         models = train_models(cfg, splits, device, progress)
         timings["base_model"] = time.perf_counter() - t0
         base = models["base"]
-        timings |= classifier.write_bundle(
+        timings |= bundle.write_bundle(
             path,
             as_user_task(cfg, splits, base),
             references=cfg.references,
@@ -207,9 +208,9 @@ class ColoredMnist(ClassifierTask):
 
     def load(self, cfg: ColoredMnistTask, path: Path, device: torch.device) -> ClassifierContext:
         t0 = time.perf_counter()
-        bundle = load_tensors(path, map_location=device)
+        stored = load_tensors(path, map_location=device)
         model = BASE_MODELS[cfg.base_model]().to(device)
-        model.load_state_dict(bundle["model"]["state"])
+        model.load_state_dict(stored["model"]["state"])
         model.eval()
         cls = type(model)
         card = {
@@ -220,7 +221,7 @@ class ColoredMnist(ClassifierTask):
             "class": f"{cls.__module__}.{cls.__qualname__}",
             "load": f"from {cls.__module__} import {cls.__name__}\nmodel = {cls.__name__}()",
         }
-        ctx = classifier.context_from_bundle(bundle, model, path, card)
+        ctx = bundle.context_from_bundle(stored, model, path, card)
         ctx.timings = {"load": time.perf_counter() - t0}
         return ctx
 

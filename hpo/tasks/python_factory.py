@@ -26,9 +26,10 @@ from torch import nn
 from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
 from hpo.errors import UserError
-from hpo.tasks import classifier
+from hpo.tasks import bundle
 from hpo.tasks.base import TaskConfig, register_task
-from hpo.tasks.classifier import ClassifierContext, ClassifierTask, check_references
+from hpo.tasks.bundle import ClassifierContext, check_references
+from hpo.tasks.classifier import ClassifierTask
 from hpo.tasks.user import SPLITS, UserTask, validate_user_task
 
 
@@ -152,17 +153,17 @@ class Python(ClassifierTask):
         task = call_factory(cfg)
         timings = {"factory": time.perf_counter() - t0}
         model = task.model.eval()
-        data_sha = classifier.tensor_digest(
+        data_sha = bundle.tensor_digest(
             [t for s in SPLITS for t in vars(getattr(task, s)).values()]
         )
-        weights = classifier.tensor_digest(list(model.state_dict().values()))
+        weights = bundle.tensor_digest(list(model.state_dict().values()))
         key = content_hash(
             {
                 "task": cfg.model_dump(mode="json"),
                 "data": data_sha,
                 "weights": weights,
                 "layer": task.layer,
-                "code": classifier.code_fingerprint((classifier, references_module)),
+                "code": bundle.code_fingerprint((bundle, references_module)),
             }
         )
         path = bundle_file(self.kind, key)
@@ -170,7 +171,7 @@ class Python(ClassifierTask):
             return path, timings
         cls = type(model)
         program = export_program(model, task.probe.x[:2], f"task.factory {cfg.factory}")
-        timings |= classifier.write_bundle(
+        timings |= bundle.write_bundle(
             path,
             task,
             references=cfg.references,
@@ -193,9 +194,9 @@ class Python(ClassifierTask):
 
     def load(self, cfg: PythonTask, path: Path, device: torch.device) -> ClassifierContext:
         t0 = time.perf_counter()
-        bundle = load_tensors(path, map_location=device)
-        model = load_program(bundle["model"]["program"], device)
-        meta = bundle["meta"]
+        stored = load_tensors(path, map_location=device)
+        model = load_program(stored["model"]["program"], device)
+        meta = stored["meta"]
         module, _, name = meta["model_class"].rpartition(".")
         card = {
             "summary": f"A `{name}` returned by the factory `{cfg.factory}`",
@@ -205,7 +206,7 @@ class Python(ClassifierTask):
                 f"(defined in {meta['model_file'] or module})"
             ),
         }
-        ctx = classifier.context_from_bundle(bundle, model, path, card)
+        ctx = bundle.context_from_bundle(stored, model, path, card)
         ctx.timings = {"load": time.perf_counter() - t0}
         return ctx
 

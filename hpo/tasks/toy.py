@@ -26,7 +26,7 @@ from hpo.models.classifiers import ToySuperpositionAE
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
-from hpo.tasks import classifier
+from hpo.tasks import bundle, classifier
 from hpo.tasks.base import Direction, TaskConfig, register_task
 
 
@@ -78,7 +78,7 @@ def ensure_bundle(
     task: ToyTask, *, device: torch.device, progress: bool = True, **_: Any
 ) -> tuple[Path, dict[str, float]]:
     """The cached toy bundle (trained model + the SAE's inputs), trained first if missing."""
-    code = classifier.code_fingerprint((sys.modules[__name__], classifiers))
+    code = bundle.code_fingerprint((sys.modules[__name__], classifiers))
     key = content_hash({"task": task.model_dump(mode="json"), "code": code})
     path = bundle_file("toy_superposition", key)
     timings = {"data": 0.0, "base_model": 0.0, "activations": 0.0}
