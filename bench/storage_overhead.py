@@ -46,6 +46,7 @@ import tomli_w
 from optuna.storages import BaseStorage
 
 from hpo.service.compat import CACHED_STORAGE_CALLS
+from hpo.service.logs import configure_logging
 
 # Database calls: the public storage API, plus what Optuna's trial cache calls directly.
 CALLS = (
@@ -234,7 +235,7 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    configure_logging()  # as the CLI does: the in-process worker logs like `hpo worker`
     folder = Path(tempfile.mkdtemp(prefix="hpo-bench-storage-"))
     os.environ.setdefault("HPO_CACHE_DIR", str(folder / "cache"))
     backends = {"SQLite": f"sqlite:///{folder / 'bench.db'}"}

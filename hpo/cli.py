@@ -271,7 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hpo.service.logs import configure_logging
+
     args = build_parser().parse_args(argv)
+    configure_logging()  # here, not on import: importing hpo leaves logging alone
     try:
         return int(args.func(args) or 0)
     except UserError as err:

@@ -1,18 +1,19 @@
-"""Failed trials that are expected are logged without a traceback (or not at all)."""
+"""Failed trials that are expected are logged without a traceback (or not at all), once
+the CLI has configured logging; importing the package configures nothing."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
 import sys
 from collections.abc import Iterator
 
 import pytest
 
-import hpo.service.runner  # noqa: F401  (installs the filter)
 from hpo.errors import DivergedError
+from hpo.service.compat import OPTIMIZE_LOGGER
+from hpo.service.logs import ExpectedFailures
 from hpo.service.objective import SurplusTrial
-
-OPTIMIZE_LOGGER = "optuna.study._optimize"
 
 
 def log_failure(err: Exception) -> None:
@@ -31,14 +32,44 @@ def log_failure(err: Exception) -> None:
 
 @pytest.fixture
 def records(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog, fed by Optuna's logger too (which does not propagate to the root)."""
+    """caplog, fed by Optuna's logger too (which does not propagate to the root), with
+    the filter the CLI installs (hpo.service.logs.configure_logging)."""
     logger = logging.getLogger(OPTIMIZE_LOGGER)
     added = caplog.handler not in logger.handlers
     if added:
         logger.addHandler(caplog.handler)
+    expected = ExpectedFailures()
+    logger.addFilter(expected)
     yield caplog
+    logger.removeFilter(expected)
     if added:
         logger.removeHandler(caplog.handler)
+
+
+def test_importing_the_package_leaves_logging_alone() -> None:
+    """Only the CLI configures logging: importing every module changes no verbosity, no
+    logger filter and no warnings filter; configure_logging() then does, once."""
+    code = """
+import logging, pkgutil, importlib, warnings
+import optuna
+import hpo
+
+before = (optuna.logging.get_verbosity(), list(warnings.filters))
+for mod in pkgutil.walk_packages(hpo.__path__, "hpo."):
+    if mod.name not in ("hpo.__main__",):
+        importlib.import_module(mod.name)
+logger = logging.getLogger("optuna.study._optimize")
+assert (optuna.logging.get_verbosity(), list(warnings.filters)) == before, "import changed it"
+assert not logger.filters, logger.filters
+from hpo.service.logs import configure_logging
+configure_logging()
+configure_logging()
+assert optuna.logging.get_verbosity() == optuna.logging.WARNING
+assert len(logger.filters) == 1
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
 
 
 def test_surplus_trial_is_not_logged(records: pytest.LogCaptureFixture) -> None:
@@ -57,7 +88,7 @@ def test_through_optuna_a_surplus_trial_leaves_no_log_line(
     study = optuna.create_study()
     study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
     assert study.trials[0].state == optuna.trial.TrialState.FAIL
-    assert records.records == []
+    assert [r for r in records.records if r.name == OPTIMIZE_LOGGER] == []
 
 
 def test_diverged_trial_is_one_line(records: pytest.LogCaptureFixture) -> None:

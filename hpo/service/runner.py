@@ -8,13 +8,11 @@ needs only the storage URL and the study name. The budget is study-wide.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import sys
 import time
-import warnings
 from typing import Any
 
 import optuna
@@ -32,38 +30,6 @@ STUDY_FILE_ATTR = "study_file"
 BUDGET_ATTR = "n_trials"
 BASE_MODEL_ATTR = "base_model"
 BASE_ARTIFACT_ATTR = "base_model_artifact"
-
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-class _ExpectedFailures(logging.Filter):
-    """Optuna logs every failed trial with its traceback. Two failures are expected and
-    already explained by the trial's user attrs: a trial that lost the race for the
-    budget's last slot (SurplusTrial: not logged at all) and a diverged one (DivergedError:
-    its one-line message, without the traceback)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._surplus: set[str] = set()  # "Trial N " prefixes of surplus trials
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        err = record.exc_info[1] if record.exc_info else None
-        message = record.getMessage()
-        if isinstance(err, SurplusTrial):
-            self._surplus.add(message.split("failed", 1)[0])
-            return False
-        if isinstance(err, DivergedError):
-            record.exc_info = None
-        # Optuna's second line for a failed trial: "Trial N failed with value None."
-        prefix = message.split("failed with value", 1)[0]
-        if prefix in self._surplus:
-            self._surplus.discard(prefix)
-            return False
-        return True
-
-
-logging.getLogger("optuna.study._optimize").addFilter(_ExpectedFailures())
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def _identity(study_file: StudyFile) -> dict[str, Any]:
