@@ -12,6 +12,7 @@ import optuna
 
 from hpo.outputs.export import study_url
 from hpo.outputs.rescore import rescore
+from hpo.service.attrs import PRUNED_AT_STEP_ATTR
 from hpo.service.runner import load_study, trial_counts
 
 
@@ -46,7 +47,7 @@ def main() -> None:
             f"{100 * test.worst_group:.1f} % |"
         )
     pruned_at = [
-        t.user_attrs.get("pruned_at_step")
+        t.user_attrs.get(PRUNED_AT_STEP_ATTR)
         for t in trials
         if t.state == optuna.trial.TrialState.PRUNED
     ]

@@ -25,6 +25,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hpo.service.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, LOSS_HISTORY_ATTR, VAL_GROUPS_ATTR
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -114,7 +116,7 @@ def _figure(height: float, left: float, right: float, top: float, bottom: float)
 
 
 def _draw_alpha(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
-    curve = attrs.get("alpha_curve")
+    curve = attrs.get(ALPHA_CURVE_ATTR)
     if not isinstance(curve, Mapping):
         return None
     alphas = _floats(curve.get("alphas"))
@@ -133,7 +135,7 @@ def _draw_alpha(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
     for (label, ys), color in zip(series.items(), COLORS, strict=False):
         xs = alphas[: len(ys)]
         ax.plot(xs, ys, color=color, lw=1.8, marker="o" if len(xs) <= 30 else "", ms=3, label=label)
-    alpha = _floats([attrs.get("alpha")])[0]
+    alpha = _floats([attrs.get(ALPHA_ATTR)])[0]
     if math.isfinite(alpha):
         ax.axvline(alpha, color="#d62728", ls="--", lw=1.2, label=f"chosen α = {alpha:.2f}")
     ax.set(ylim=(0.0, 1.02), xlabel="α (ablation strength)", ylabel="accuracy")
@@ -150,7 +152,7 @@ def _models(groups: Mapping[str, Any]) -> list[str]:
 
 
 def _draw_groups(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
-    groups = attrs.get("val_groups")
+    groups = attrs.get(VAL_GROUPS_ATTR)
     if not isinstance(groups, Mapping):
         return None
     models = _models(groups)
@@ -191,7 +193,7 @@ def _draw_losses(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
     """One panel per named loss; terms that stayed exactly zero (weight 0) are left out."""
     from matplotlib.ticker import MaxNLocator, NullLocator
 
-    history = attrs.get("loss_history")
+    history = attrs.get(LOSS_HISTORY_ATTR)
     if not isinstance(history, Mapping):
         return None
     steps = _floats(history.get("step"))

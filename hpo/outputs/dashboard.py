@@ -30,11 +30,20 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import StorageSection
 from hpo.errors import UserError
 from hpo.service import compat
+from hpo.service.attrs import (
+    ABLATED_COMPONENTS_ATTR,
+    ALPHA_ATTR,
+    BEST_NOTES_ATTR,
+    LAYER_ATTR,
+    SEED_ATTR,
+    SELECTION_ATTR,
+    STUDY_FILE_ATTR,
+    VAL_GROUPS_ATTR,
+)
 from hpo.service.storage import artifact_store, mask, open_storage
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 SAFE_METHODS = ("GET", "HEAD")
-BEST_NOTES_ATTR = "hpo:best_notes"  # study system attr: {trial_id: note body we wrote}
 BEST_HEADING = "### ★ Best trial"
 FRONT_HEADING = "### ★ On the Pareto front"
 SUPERSEDED_HEADING = "### Was best until trial"
@@ -76,19 +85,19 @@ def best_note(
     """Markdown: what the trial ablated and what it gained on validation."""
     heading = FRONT_HEADING if pareto else BEST_HEADING
     lines = [f"{heading} ({_values_text(objectives, values)})", ""]
-    groups = attrs.get("val_groups")
-    if groups and "alpha" in attrs:
-        comps = ", ".join(str(c) for c in attrs.get("ablated_components", []))
+    groups = attrs.get(VAL_GROUPS_ATTR)
+    if groups and ALPHA_ATTR in attrs:
+        comps = ", ".join(str(c) for c in attrs.get(ABLATED_COMPONENTS_ATTR, []))
         how = (
             "conditioned on the concept labels (SCAR)"
-            if attrs.get("selection", attrs.get("ablate", "conditioned")) == "conditioned"
+            if attrs.get(SELECTION_ATTR, attrs.get("ablate", "conditioned")) == "conditioned"
             else "attribution (the components whose contribution differs most by concept)"
         )
         lines += [  # short lines: the dashboard's note box does not wrap wide content
             f"- **Removed** Faithful-SAE component(s) **{comps}** "
-            f"of the `{attrs.get('layer', task.get('layer', '?'))}` weight",
+            f"of the `{attrs.get(LAYER_ATTR, task.get('layer', '?'))}` weight",
             f"- picked by: {how}",
-            f"- **α = {attrs['alpha']:.2f}**, chosen on validation",
+            f"- **α = {attrs[ALPHA_ATTR]:.2f}**, chosen on validation",
             "",
             "| validation | original | debiased | gain |",
             "|---|---:|---:|---:|",
@@ -120,8 +129,8 @@ def best_note(
         )
         if isinstance(attrs.get(k), (int, float))
     ]
-    if "seed" in attrs:
-        tail.append(f"seed {attrs['seed']}")
+    if SEED_ATTR in attrs:
+        tail.append(f"seed {attrs[SEED_ATTR]}")
     if tail:
         lines += [" · ".join(tail) + ".", ""]
     if groups:
@@ -193,7 +202,7 @@ def sync_best_notes(
     front = leaders(trials, study.directions)
     if not front:
         return []
-    study_file = study.user_attrs.get("study_file", {})
+    study_file = study.user_attrs.get(STUDY_FILE_ATTR, {})
     objectives = study_file.get("study", {}).get("objectives", ["value"])
     task = study_file.get("task", {})
     pareto = len(study.directions) > 1
@@ -295,7 +304,7 @@ def storage_artifact_store(url: str, storage: Any) -> Any:
     """The artifact store(s) the studies in this storage were launched with."""
     targets: dict[str | None, Any] = {}
     for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
-        section = summary.user_attrs.get("study_file", {}).get("storage", {})
+        section = summary.user_attrs.get(STUDY_FILE_ATTR, {}).get("storage", {})
         target = section.get("artifacts")
         if target not in targets:
             targets[target] = _store_or_none(url, target)

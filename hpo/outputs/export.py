@@ -32,7 +32,14 @@ from hpo.data.cache import atomic_write_bytes
 from hpo.errors import UserError
 from hpo.outputs.model_card import model_card
 from hpo.outputs.rescore import ACC_TOL, Rescored, rescore
-from hpo.service.objective import TRIAL_WEIGHTS
+from hpo.service.attrs import (
+    BASE_MODEL_ATTR,
+    DATA_SHA256_ATTR,
+    SEED_ATTR,
+    STUDY_FILE_ATTR,
+    TRIAL_WEIGHTS_ATTR,
+    VERSIONS_ATTR,
+)
 from hpo.service.storage import mask
 from hpo.tasks import get_task
 
@@ -54,7 +61,7 @@ def _front_text(front: list[FrozenTrial], objectives: list[str]) -> str:
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
     """The best trial, or trial `number`; on a multi-objective study, one of the front."""
     objectives = (
-        study.user_attrs.get("study_file", {})
+        study.user_attrs.get(STUDY_FILE_ATTR, {})
         .get("study", {})
         .get("objectives", [f"value{i}" for i in range(len(study.directions))])
     )
@@ -110,13 +117,13 @@ def _provenance(r: Rescored, url: str) -> dict[str, Any]:
         "trial": r.trial.number,
         "values": dict(zip(objectives, r.trial.values, strict=True)),
         "directions": [d.name.lower() for d in r.study.directions],
-        "seed": attrs.get("seed", r.params.seed),
+        "seed": attrs.get(SEED_ATTR, r.params.seed),
         "task_seed": r.study_file.task.seed,
-        "data_sha256": attrs.get("data_sha256"),
-        "base_model": attrs.get("base_model"),
-        "trial_weights": attrs.get(TRIAL_WEIGHTS),
+        "data_sha256": attrs.get(DATA_SHA256_ATTR),
+        "base_model": attrs.get(BASE_MODEL_ATTR),
+        "trial_weights": attrs.get(TRIAL_WEIGHTS_ATTR),
         "sae_config": r.payload["sae_config"],
-        "versions": attrs.get("versions"),
+        "versions": attrs.get(VERSIONS_ATTR),
         "exported_with": package_versions(),
         "completed_at": r.trial.datetime_complete.isoformat()
         if r.trial.datetime_complete

@@ -20,6 +20,14 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.errors import UserError
 from hpo.outputs.export import study_url
 from hpo.outputs.rescore import Rescored, rescore
+from hpo.service.attrs import (
+    ALPHA_ATTR,
+    ALPHA_CURVE_ATTR,
+    BUDGET_ATTR,
+    DATA_SHA256_ATTR,
+    SEED_ATTR,
+    STUDY_FILE_ATTR,
+)
 from hpo.service.storage import mask
 
 TEMPLATE = "plotly_white"
@@ -51,7 +59,7 @@ MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective 
 
 
 def _objectives(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get("study_file", {}).get("study", {}).get("objectives")
+    names = study.user_attrs.get(STUDY_FILE_ATTR, {}).get("study", {}).get("objectives")
     return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
 
 
@@ -152,7 +160,7 @@ def states_figure(trials: list[FrozenTrial]) -> Any:
 def alpha_figure(trial: FrozenTrial) -> Any | str:
     import plotly.graph_objects as go
 
-    curve = trial.user_attrs.get("alpha_curve")
+    curve = trial.user_attrs.get(ALPHA_CURVE_ATTR)
     if not curve:
         return "This task has no ablation strength α to sweep."
     fig = go.Figure()
@@ -170,7 +178,7 @@ def alpha_figure(trial: FrozenTrial) -> Any | str:
         name="mean group (val)",
         line_color="#f58518",
     )
-    alpha = trial.user_attrs.get("alpha")
+    alpha = trial.user_attrs.get(ALPHA_ATTR)
     if alpha is not None:
         fig.add_vline(
             x=alpha,
@@ -252,7 +260,7 @@ def _summary(study: optuna.Study, url: str, trials: list[FrozenTrial]) -> str:
             "trials",
             html.escape(", ".join(f"{n.lower()} {c}" for n, c in counts.items() if c) or "none"),
         ],
-        ["budget", html.escape(str(study.user_attrs.get("n_trials", "–")))],
+        ["budget", html.escape(str(study.user_attrs.get(BUDGET_ATTR, "–")))],
     ]
     return _table(["", ""], rows)
 
@@ -285,7 +293,7 @@ def _best_table(r: Rescored) -> str:
     rows.append(
         [
             "seed · data sha256",
-            html.escape(f"{attrs.get('seed')} · {str(attrs.get('data_sha256'))[:16]}…"),
+            html.escape(f"{attrs.get(SEED_ATTR)} · {str(attrs.get(DATA_SHA256_ATTR))[:16]}…"),
         ]
     )
     out = _table(["best trial", ""], rows)

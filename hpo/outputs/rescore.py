@@ -22,7 +22,13 @@ from hpo.data.cache import load_tensors
 from hpo.errors import UserError
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
-from hpo.service.objective import TRIAL_WEIGHTS
+from hpo.service.attrs import (
+    ABLATED_COMPONENTS_ATTR,
+    ALPHA_ATTR,
+    STUDY_FILE_ATTR,
+    TRIAL_WEIGHTS_ATTR,
+    VAL_GROUPS_ATTR,
+)
 from hpo.service.storage import artifact_store
 from hpo.tasks import get_task
 
@@ -59,7 +65,7 @@ def load_trial_weights(
 ) -> dict[str, Any]:
     from optuna.artifacts import download_artifact
 
-    artifact_id = trial.user_attrs.get(TRIAL_WEIGHTS)
+    artifact_id = trial.user_attrs.get(TRIAL_WEIGHTS_ATTR)
     if not artifact_id:
         raise UserError(
             f"trial {trial.number} of study {study.study_name!r} has no stored weights "
@@ -87,18 +93,17 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
     now: dict[str, Any] = {**result.objectives, **result.errors}
     tols = {k: ACC_TOL for k in ("worst_group", "mean_group", "overall")}
     if result.edit is not None:
-        now["alpha"] = result.edit.alpha
+        now[ALPHA_ATTR] = result.edit.alpha
     out = []
     for key, value in now.items():
         tol = tols.get(key, ERR_TOL)
         if key in attrs and not math.isclose(attrs[key], value, **tol):
             out.append(f"{key}: recorded {attrs[key]:.6g}, re-scored {value:.6g}")
     components = None if result.edit is None else result.edit.components
-    if "ablated_components" in attrs and attrs["ablated_components"] != components:
-        out.append(
-            f"ablated_components: recorded {attrs['ablated_components']}, re-scored {components}"
-        )
-    for model, groups in (attrs.get("val_groups") or {}).items():
+    recorded = attrs.get(ABLATED_COMPONENTS_ATTR, components)
+    if recorded != components:
+        out.append(f"ablated_components: recorded {recorded}, re-scored {components}")
+    for model, groups in (attrs.get(VAL_GROUPS_ATTR) or {}).items():
         metric = result.metric(model, "val")
         for g, v in groups.items():
             w = None if metric is None else metric.groups.get(g)
@@ -109,7 +114,7 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
 
 def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
-    from hpo.service.runner import STUDY_FILE_ATTR, worker_context
+    from hpo.service.runner import worker_context
 
     study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
     payload = load_trial_weights(study, study_file, url, trial)

@@ -21,9 +21,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import StudyFile
 from hpo.errors import DivergedError, UserError
 from hpo.service import compat
+from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, STUDY_FILE_ATTR
 
-CONFIRMATION = "confirmation"  # trial user attr: what `confirm` measured
-CONFIRMED_BEST = "confirmed_best"  # study user attr: the trial chosen by mean val value
 SEED_OFFSET = 1000  # confirmation seeds never repeat a study's own seed (0, 1, ...)
 
 
@@ -115,7 +114,7 @@ def confirm(
     data_dir: str | None,
 ) -> list[dict[str, Any]]:
     from hpo.outputs.export import study_url
-    from hpo.service.runner import STUDY_FILE_ATTR, load_study, worker_context
+    from hpo.service.runner import load_study, worker_context
 
     if top < 1 or seeds < 1:
         raise UserError(f"--top and --seeds must be at least 1, got {top} and {seeds}")
@@ -136,13 +135,14 @@ def confirm(
             new_base_model=new_base_model,
             data_dir=data_dir,
         )
-        compat.storage_of(study).set_trial_user_attr(compat.trial_id(trial), CONFIRMATION, record)
+        storage = compat.storage_of(study)
+        storage.set_trial_user_attr(compat.trial_id(trial), CONFIRMATION_ATTR, record)
         rows.append({"trial": trial.number, "value": trial.values[0], **record})
     objective = study_file.study.objectives[0]
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
     best = max(rows, key=lambda r: (sign * r["val"][objective]["mean"], -r["trial"]))
     study.set_user_attr(
-        CONFIRMED_BEST,
+        CONFIRMED_BEST_ATTR,
         {
             "trial": best["trial"],
             "objective": objective,

@@ -19,6 +19,25 @@ from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
 from hpo.results import TrialResult
 from hpo.service import compat
+from hpo.service.attrs import (
+    ABLATED_COMPONENTS_ATTR,
+    ALPHA_ATTR,
+    ALPHA_CURVE_ATTR,
+    BASE_MODEL_ATTR,
+    DATA_SHA256_ATTR,
+    DEVICE_ATTR,
+    DIVERGED_ATTR,
+    LAYER_ATTR,
+    LOSS_HISTORY_ATTR,
+    PRUNED_AT_STEP_ATTR,
+    SEED_ATTR,
+    SELECTION_ATTR,
+    SURPLUS_ATTR,
+    TIMINGS_ATTR,
+    TRIAL_WEIGHTS_ATTR,
+    VAL_GROUPS_ATTR,
+    VERSIONS_ATTR,
+)
 from hpo.service.search_space import suggest
 from hpo.service.trial import run_trial
 from hpo.tasks import get_task
@@ -26,7 +45,6 @@ from hpo.tasks import get_task
 # Trials that count against the study-wide budget (a FAIL counts only if it diverged:
 # interrupted, surplus and heartbeat-failed trials are not results).
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-TRIAL_WEIGHTS = "trial_weights"
 
 
 class SurplusTrial(Exception):
@@ -35,13 +53,13 @@ class SurplusTrial(Exception):
 
 def counts_toward_budget(t: optuna.trial.FrozenTrial) -> bool:
     if t.state == optuna.trial.TrialState.FAIL:
-        return "diverged" in t.user_attrs
+        return DIVERGED_ATTR in t.user_attrs
     return True
 
 
 def is_result(t: optuna.trial.FrozenTrial) -> bool:
     return t.state in FINISHED or (
-        t.state == optuna.trial.TrialState.FAIL and "diverged" in t.user_attrs
+        t.state == optuna.trial.TrialState.FAIL and DIVERGED_ATTR in t.user_attrs
     )
 
 
@@ -67,9 +85,9 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self._check_budget(trial)
         params = suggest(trial, self.study_file)
-        trial.set_user_attr("seed", params.seed)
-        trial.set_user_attr("data_sha256", self.ctx.data_sha256)
-        trial.set_user_attr("base_model", self.ctx.bundle_key)
+        trial.set_user_attr(SEED_ATTR, params.seed)
+        trial.set_user_attr(DATA_SHA256_ATTR, self.ctx.data_sha256)
+        trial.set_user_attr(BASE_MODEL_ATTR, self.ctx.bundle_key)
         single = len(self.objectives) == 1
 
         def on_eval(step: int, sae: Any) -> None:
@@ -80,7 +98,7 @@ class Objective:
             value = result.value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():
-                trial.set_user_attr("pruned_at_step", step)
+                trial.set_user_attr(PRUNED_AT_STEP_ATTR, step)
                 raise optuna.TrialPruned(
                     f"pruned at step {step} ({self.objectives[0]}={value:.4f})"
                 )
@@ -90,7 +108,7 @@ class Objective:
                 self.study_file, self.ctx, params, with_test=False, on_eval=on_eval
             )
         except DivergedError as err:
-            trial.set_user_attr("diverged", str(err))
+            trial.set_user_attr(DIVERGED_ATTR, str(err))
             raise
         record(trial, result, trained.history)
         self._constrain(trial, result)
@@ -112,7 +130,7 @@ class Objective:
         earlier = trial.study.get_trials(deepcopy=False)
         used = sum(1 for t in earlier if t.number <= trial.number and counts_toward_budget(t))
         if used > self.budget:
-            trial.set_user_attr("surplus", f"budget of {self.budget} trials already taken")
+            trial.set_user_attr(SURPLUS_ATTR, f"budget of {self.budget} trials already taken")
             raise SurplusTrial(f"trial {trial.number}: budget of {self.budget} already taken")
 
     def _upload_weights(
@@ -132,7 +150,7 @@ class Objective:
             artifact_id = upload_artifact(
                 artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial
             )
-        trial.set_user_attr(TRIAL_WEIGHTS, artifact_id)
+        trial.set_user_attr(TRIAL_WEIGHTS_ATTR, artifact_id)
 
 
 def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -144,21 +162,21 @@ def record(trial: optuna.Trial, result: TrialResult, history: dict[str, list[flo
     for key, value in {**result.objectives, **result.errors}.items():
         trial.set_user_attr(key, value)
     if result.edit is not None:
-        trial.set_user_attr("layer", result.edit.layer)
-        trial.set_user_attr("alpha", result.edit.alpha)
-        trial.set_user_attr("ablated_components", result.edit.components)
-        trial.set_user_attr("selection", result.edit.selection)
-        trial.set_user_attr("alpha_curve", result.edit.alpha_curve)
+        trial.set_user_attr(LAYER_ATTR, result.edit.layer)
+        trial.set_user_attr(ALPHA_ATTR, result.edit.alpha)
+        trial.set_user_attr(ABLATED_COMPONENTS_ATTR, result.edit.components)
+        trial.set_user_attr(SELECTION_ATTR, result.edit.selection)
+        trial.set_user_attr(ALPHA_CURVE_ATTR, result.edit.alpha_curve)
     if result.models:
         trial.set_user_attr(
-            "val_groups",
+            VAL_GROUPS_ATTR,
             {name: result.models[name]["val"].groups for name in result.model_names()},
         )
-    trial.set_user_attr("timings", result.timings)
-    for key in ("versions", "device"):
+    trial.set_user_attr(TIMINGS_ATTR, result.timings)
+    for key in (VERSIONS_ATTR, DEVICE_ATTR):  # stored under the provenance's own names
         if key in result.provenance:
             trial.set_user_attr(key, result.provenance[key])
-    trial.set_user_attr("loss_history", downsample(history))
+    trial.set_user_attr(LOSS_HISTORY_ATTR, downsample(history))
 
 
 # ---- what optuna-dashboard shows ------------------------------------------------------

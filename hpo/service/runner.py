@@ -21,15 +21,11 @@ from hpo.config import StudyFile
 from hpo.data.cache import bundle_file
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
+from hpo.service.attrs import BASE_ARTIFACT_ATTR, BASE_MODEL_ATTR, BUDGET_ATTR, STUDY_FILE_ATTR
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
 from hpo.service.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
 from hpo.tasks import get_task
-
-STUDY_FILE_ATTR = "study_file"
-BUDGET_ATTR = "n_trials"
-BASE_MODEL_ATTR = "base_model"
-BASE_ARTIFACT_ATTR = "base_model_artifact"
 
 
 def _identity(study_file: StudyFile) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import optuna
 
 from hpo.errors import UserError
 from hpo.service import compat
+from hpo.service.attrs import BUDGET_ATTR
 from hpo.service.storage import DEFAULT_DIR, STORAGE_ENV, mask, open_storage
 
 
@@ -28,7 +29,7 @@ def storage_urls(cli_url: str | None) -> list[str]:
 
 
 def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
-    from hpo.service.runner import BUDGET_ATTR, best_value, trial_counts
+    from hpo.service.runner import best_value, trial_counts
 
     rows = []
     for url in storage_urls(cli_url):

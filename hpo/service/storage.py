@@ -30,6 +30,7 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
+from hpo.service.attrs import HEARTBEAT_ATTR
 from hpo.service.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
 
 STORAGE_ENV = "HPO_STORAGE_URL"
@@ -374,8 +375,6 @@ class ReconnectingRDBStorage(_Reconnecting, RDBStorage):
 
 
 # ---- the gRPC storage proxy -----------------------------------------------------------
-
-HEARTBEAT_ATTR = "hpo:heartbeat"
 
 
 def parse_grpc_url(url: str) -> tuple[str, int]:
