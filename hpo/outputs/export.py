@@ -16,9 +16,6 @@ import copy
 import datetime as dt
 import json
 import math
-import os
-import shutil
-import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -28,8 +25,8 @@ import torch
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyFile
-from hpo.data.cache import atomic_write_bytes
 from hpo.errors import UserError
+from hpo.files import atomic_folder
 from hpo.outputs.model_card import model_card
 from hpo.outputs.rescore import ACC_TOL, Rescored, rescore
 from hpo.service.attrs import (
@@ -271,13 +268,6 @@ def _is_export(path: Path) -> bool:
         return False
 
 
-def current_umask() -> int:
-    """The process umask (temp files are private; an export is not)."""
-    mask_ = os.umask(0)
-    os.umask(mask_)
-    return mask_
-
-
 def write_folder(out: Path, files: dict[str, bytes]) -> None:
     """Write every file into a temp folder beside `out`, then rename it into place: on
     any error nothing half-written is left, and an earlier export stays whole."""
@@ -285,23 +275,7 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
         raise UserError(
             f"--out {out}: exists and is not an earlier export; choose another folder or remove it"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        for name, data in files.items():
-            atomic_write_bytes(tmp / name, data)
-            (tmp / name).chmod(0o666 & ~current_umask())
-        tmp.chmod(0o777 & ~current_umask())
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_folder(out, files)
 
 
 def study_url(name: str, cli_url: str | None) -> str:

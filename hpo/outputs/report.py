@@ -428,13 +428,11 @@ def build_report(study: optuna.Study, url: str) -> str:
 
 
 def write_report(name: str, cli_url: str | None, out: str | None) -> Path:
-    from hpo.data.cache import atomic_write_bytes
-    from hpo.outputs.export import current_umask
+    from hpo.files import atomic_write_bytes
     from hpo.service.runner import load_study
 
     url = study_url(name, cli_url)
     study = load_study(name, url)
     target = Path(out) if out else Path(f"{name}-report.html")
-    atomic_write_bytes(target, build_report(study, url).encode())
-    target.chmod(0o666 & ~current_umask())
+    atomic_write_bytes(target, build_report(study, url).encode(), public=True)
     return target

@@ -21,6 +21,7 @@ from hpo.config import StudyFile
 from hpo.data.cache import bundle_file
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
+from hpo.files import atomic_path
 from hpo.service.attrs import BASE_ARTIFACT_ATTR, BASE_MODEL_ATTR, BUDGET_ATTR, STUDY_FILE_ATTR
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
@@ -104,19 +105,19 @@ def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
         from optuna.artifacts import download_artifact
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.part")
-        try:
-            download_artifact(
-                artifact_store=artifact_store(url, study_file.storage),
-                artifact_id=study.user_attrs[BASE_ARTIFACT_ATTR],
-                file_path=str(tmp),
-            )
-        except Exception as err:
-            raise UserError(
-                f"cannot fetch base model {key} from the study's artifact store ({err}); "
-                "set storage.artifacts to a shared folder or s3:// bucket every worker reaches"
-            ) from None
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            try:
+                download_artifact(
+                    artifact_store=artifact_store(url, study_file.storage),
+                    artifact_id=study.user_attrs[BASE_ARTIFACT_ATTR],
+                    file_path=str(tmp),
+                )
+            except Exception as err:
+                raise UserError(
+                    f"cannot fetch base model {key} from the study's artifact store ({err}); "
+                    "set storage.artifacts to a shared folder or s3:// bucket every worker "
+                    "reaches"
+                ) from None
     return task.load(study_file.task, path, resolve_device(study_file.params.device))
 
 
