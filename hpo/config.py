@@ -81,6 +81,7 @@ class TrialParams(Strict):
     ablate: Literal["conditioned", "attribution", "both"] = "conditioned"
     n_ablate: int = Field(2, ge=1)
     concept_latents: int = Field(1, ge=1)  # latents conditioned on each concept
+    ablate_bias: bool = False  # also move the layer's bias by the removed mean (see ablation)
     alpha: float | None = Field(None, ge=0)
     alpha_max: float = Field(1.2, gt=0)
     alpha_steps: int = Field(13, ge=2)

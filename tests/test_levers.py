@@ -57,7 +57,7 @@ def peaked_at(best: float):
 
 
 @pytest.mark.parametrize(
-    ("best", "extend", "chosen"), [(0.6, 3, 0.6), (2.0, 3, 2.0), (9.0, 1, 2.4)]
+    ("best", "extend", "chosen"), [(0.6, 3, 0.6), (2.0, 3, 2.0), (9.0, 1, 2.4), (9.0, 0, 1.2)]
 )
 def test_an_alpha_at_the_grids_edge_extends_the_grid(
     best: float, extend: int, chosen: float
@@ -89,3 +89,26 @@ def test_any_linear_layer_of_the_base_model_can_be_decomposed() -> None:
     assert ColoredMnistTask(base_model="mlp", layer="fc0").layer == "fc0"
     with pytest.raises(ValueError, match=r"'fc0' is not an nn.Linear of the cnn.*fc1, fc2"):
         ColoredMnistTask(base_model="cnn", layer="fc0")
+
+
+def test_ablate_bias_keeps_the_layers_mean_output_on_probe() -> None:
+    ctx = small_context()
+    sae = FaithfulSAE(6, 4, n_components=8, top_k=2)
+    task = get_task("colored_mnist")
+    with torch.no_grad():
+        ablated_t = sae.components([0, 1]).sum(0)
+    z = ctx.splits["probe"].z
+    layer = ctx.model.get_submodule("0")
+
+    def mean_output(edit: dict[str, torch.Tensor]) -> torch.Tensor:
+        bias = edit.get("0.bias", layer.bias)
+        return (z @ edit["0.weight"].T + bias).mean(0)
+
+    plain = task.layer_edit(ctx, ablated_t, 1.5, TrialParams())
+    moved = task.layer_edit(ctx, ablated_t, 1.5, TrialParams(ablate_bias=True))
+    assert set(plain) == {"0.weight"} and set(moved) == {"0.weight", "0.bias"}
+    torch.testing.assert_close(moved["0.weight"], plain["0.weight"])
+    with torch.no_grad():
+        original = layer(z).mean(0)
+    torch.testing.assert_close(mean_output(moved), original, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mean_output(plain), original, atol=1e-3)

@@ -16,7 +16,7 @@ from hpo.config import TrialParams
 from hpo.errors import DivergedError
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
-from hpo.sae.training import LOSS_NAMES, SAEData, train_sae
+from hpo.sae.training import LOSS_NAMES, LOSSES, SAEData, loss_weights, train_sae
 
 
 def seeded(seed: int = 0) -> torch.Generator:
@@ -229,6 +229,17 @@ def short_params(**changes: object) -> TrialParams:
         **changes,
     }
     return TrialParams(**fields)
+
+
+def test_every_loss_weight_field_has_one_table_entry() -> None:
+    """A loss is one LOSSES entry naming its TrialParams weight; no weight goes unused."""
+    fields = {name for name in TrialParams.model_fields if name.endswith("_weight")}
+    assert sorted(loss.weight for loss in LOSSES.values()) == sorted(fields)
+    params = TrialParams(faithful_ramp=True, steps=100)
+    weights = loss_weights(params, 50)
+    assert list(weights) == list(LOSS_NAMES)
+    assert weights["recon"] == params.recon_weight
+    assert weights["faithful"] == params.faithful_weight * losses.quadratic_ramp(50, 100)
 
 
 def test_train_sae_logs_every_loss_by_name() -> None:

@@ -21,6 +21,14 @@ def debiased_weight(weight: torch.Tensor, ablated_t: torch.Tensor, alpha: float)
     return weight - alpha * ablated_t.T
 
 
+def compensated_bias(
+    bias: torch.Tensor, ablated_t: torch.Tensor, mean_input: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """b + α·(μ·A): the removed components' average contribution stays in the output, so
+    the edit removes how the output varies with them, not its mean (LEACE's affine part)."""
+    return bias + alpha * (mean_input @ ablated_t)
+
+
 def conditioned_components(n_latents: int) -> list[int]:
     """The first latents were trained to fire for the concepts (SCAR): k per concept."""
     return list(range(n_latents))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -20,7 +21,62 @@ from hpo.errors import DivergedError
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
 
-LOSS_NAMES = ("recon", "faithful", "rank", "cond", "sparsity", "decorr")
+
+@dataclass(frozen=True)
+class Step:
+    """What a loss may read in one training step: the batch and the SAE's forward pass."""
+
+    sae: FaithfulSAE
+    pre: torch.Tensor  # [B, latents]: pre-activations
+    kept: Any  # the top-k latents in compact form (values, indices), or None (dense)
+    recon: torch.Tensor  # [B, out]: the reconstruction
+    target: torch.Tensor
+    concepts: torch.Tensor
+    weight_t: torch.Tensor
+    params: TrialParams
+    zero: torch.Tensor  # what a term that is not computed reports
+
+
+@dataclass(frozen=True)
+class Loss:
+    """One term of the training loss: how to compute it and which TrialParams field
+    weighs it. `always`: computed (and logged) even at weight zero; else skipped then.
+    `ramp`: a TrialParams flag that grows the weight quadratically over training."""
+
+    term: Callable[[Step], torch.Tensor]
+    weight: str
+    always: bool = False
+    ramp: str | None = None
+
+
+def _conditioning(s: Step) -> torch.Tensor:
+    return losses.conditioning(s.pre, s.concepts, s.sae.rank) if s.concepts.shape[1] else s.zero
+
+
+def _decorrelation(s: Step) -> torch.Tensor:
+    if s.kept is None:
+        return losses.decorrelation(s.pre)
+    return losses.decorrelation_topk(s.kept.values, s.kept.indices, s.sae.n_latents)
+
+
+# The training loss, by name, in the order the terms are computed, summed and logged. A
+# new loss is one entry here (and its weight field in hpo.config.TrialParams).
+LOSSES: dict[str, Loss] = {
+    "recon": Loss(lambda s: losses.reconstruction(s.recon, s.target), "recon_weight", always=True),
+    "faithful": Loss(
+        lambda s: losses.faithfulness(s.sae.effective_weight(), s.weight_t),
+        "faithful_weight",
+        always=True,
+        ramp="faithful_ramp",
+    ),
+    "rank": Loss(
+        lambda s: losses.schatten_rank(*s.sae.factors(), p=s.params.schatten_p), "rank_weight"
+    ),
+    "cond": Loss(_conditioning, "cond_weight"),
+    "sparsity": Loss(lambda s: losses.sparsity(s.pre), "sparsity_weight"),
+    "decorr": Loss(_decorrelation, "decorr_weight"),
+}
+LOSS_NAMES = tuple(LOSSES)
 
 
 @dataclass(frozen=True)
@@ -47,17 +103,14 @@ def optimizer(sae: FaithfulSAE, params: TrialParams) -> torch.optim.Adam:
 
 
 def loss_weights(params: TrialParams, step: int) -> dict[str, float]:
-    faithful = params.faithful_weight
-    if params.faithful_ramp:
-        faithful *= losses.quadratic_ramp(step, params.steps)
-    return {
-        "recon": params.recon_weight,
-        "faithful": faithful,
-        "rank": params.rank_weight,
-        "cond": params.cond_weight,
-        "sparsity": params.sparsity_weight,
-        "decorr": params.decorr_weight,
-    }
+    """Each loss's weight at `step`, from its TrialParams field (see LOSSES)."""
+    weights = {}
+    for name, loss in LOSSES.items():
+        weight = getattr(params, loss.weight)
+        if loss.ramp is not None and getattr(params, loss.ramp):
+            weight *= losses.quadratic_ramp(step, params.steps)
+        weights[name] = weight
+    return weights
 
 
 def loss_terms(
@@ -78,27 +131,11 @@ def loss_terms(
     pre = sae.pre_activations(x)
     kept = sae.select(pre)
     recon = pre @ sae.decoder if kept is None else sae.decode(kept)
-    zero = x.new_zeros(())
-    out = {
-        "recon": losses.reconstruction(recon, target),
-        "faithful": losses.faithfulness(sae.effective_weight(), weight_t),
-        "rank": zero,
-        "cond": zero,
-        "sparsity": zero,
-        "decorr": zero,
+    step = Step(sae, pre, kept, recon, target, concepts, weight_t, params, x.new_zeros(()))
+    return {
+        name: loss.term(step) if loss.always or weights[name] else step.zero
+        for name, loss in LOSSES.items()
     }
-    if weights["rank"]:
-        out["rank"] = losses.schatten_rank(*sae.factors(), p=params.schatten_p)
-    if weights["cond"] and concepts.shape[1]:
-        out["cond"] = losses.conditioning(pre, concepts, sae.rank)
-    if weights["sparsity"]:
-        out["sparsity"] = losses.sparsity(pre)
-    if weights["decorr"]:
-        if kept is None:
-            out["decorr"] = losses.decorrelation(pre)
-        else:
-            out["decorr"] = losses.decorrelation_topk(kept.values, kept.indices, sae.n_latents)
-    return out
 
 
 def train_sae(

@@ -73,11 +73,9 @@ class ClassifierTask:
             alphas = alpha_grid(params.alpha_max, params.alpha_steps)
         else:
             alphas = [params.alpha]
-        key = f"{ctx.layer}.weight"
-        weight = ctx.weight
 
         def edit(alpha: float) -> dict[str, torch.Tensor]:
-            return {key: ablation.debiased_weight(weight, ablated_t, alpha)}
+            return self.layer_edit(ctx, ablated_t, alpha, params)
 
         sweep = [ctx.scorer.metrics("val", edit(a)) for a in alphas]
         best = pick_alpha(sweep)
@@ -128,10 +126,22 @@ class ClassifierTask:
         assert result.edit is not None
         ablated_t = ablation.ablated_sum(sae, result.edit.components)
         state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-        state[f"{ctx.layer}.weight"] = ablation.debiased_weight(
-            ctx.weight.detach(), ablated_t, result.edit.alpha
-        )
+        state.update(self.layer_edit(ctx, ablated_t, result.edit.alpha, params))
         return state
+
+    def layer_edit(
+        self, ctx: ClassifierContext, ablated_t: torch.Tensor, alpha: float, params: TrialParams
+    ) -> dict[str, torch.Tensor]:
+        """The edited layer's new tensors: W − α·Aᵀ, and with `ablate_bias` the bias moved
+        by what the removed components contributed on average over probe."""
+        layer = ctx.model.get_submodule(ctx.layer)
+        out = {f"{ctx.layer}.weight": ablation.debiased_weight(layer.weight, ablated_t, alpha)}
+        if params.ablate_bias and getattr(layer, "bias", None) is not None:
+            mean_input = ctx.splits["probe"].z.mean(dim=0)
+            out[f"{ctx.layer}.bias"] = ablation.compensated_bias(
+                layer.bias, ablated_t, mean_input, alpha
+            )
+        return {k: v.detach() for k, v in out.items()}
 
     def model_card(self, ctx: ClassifierContext) -> dict[str, str]:
         return ctx.card
