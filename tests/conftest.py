@@ -6,7 +6,6 @@ gets its own cache and data folders, and every download source points at a close
 
 from __future__ import annotations
 
-import copy
 import gzip
 import hashlib
 from collections.abc import Callable, Iterator
@@ -16,8 +15,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import tomli_w
 import torch
+from helpers import tiny_study_dict, write_study
 
 import hpo.data.mnist_files as mf
 
@@ -107,39 +106,6 @@ def tiny_mnist_dir(tiny_mnist: TinyMnist) -> Path:
 
 
 # ----------------------------------------------------------------------- tiny study
-
-_TINY_STUDY: dict[str, Any] = {
-    "study": {"name": "tiny", "objectives": ["worst_group"], "n_trials": 2},
-    "task": {
-        "kind": "colored_mnist",
-        "colors": ["red", "green"],
-        "color_digits": [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]],
-        "bias": 0.9,
-        "train_per_digit": 24,
-        "probe_per_digit": 20,
-        "val_per_digit": 16,
-        "test_per_digit": 30,
-        "base_model": "mlp",
-        "base_epochs": 2,
-    },
-    "params": {
-        "n_components": 32,
-        "top_k": 4,
-        "steps": 60,
-        "eval_every": 20,
-        "batch_size": 64,
-    },
-}
-
-
-def tiny_study_dict() -> dict[str, Any]:
-    """A fresh copy of the tiny colored-MNIST study, to tweak before writing."""
-    return copy.deepcopy(_TINY_STUDY)
-
-
-def write_study(path: Path, study: dict[str, Any]) -> Path:
-    path.write_text(tomli_w.dumps(study))
-    return path
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_export import run_tiny_study
+from helpers import run_tiny_study
 
 from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART
 from hpo.outputs.dashboard import sync_best_notes

@@ -17,7 +17,7 @@ import numpy as np
 import optuna
 import pytest
 import torch
-from conftest import tiny_study_dict, write_study
+from helpers import run_tiny_study
 
 from hpo.cli import main
 from hpo.outputs.rescore import rescore
@@ -26,34 +26,6 @@ from hpo.outputs.rescore import rescore
 # --storage on SQLite. The password must never reach an exported file.
 SECRET = "s3cret-pw-in-study-file"
 FILES = {"config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md"}
-
-
-def run_tiny_study(
-    root: Path, data_dir: Path, name: str, n_trials: int = 3, **sections: dict[str, Any]
-) -> str:
-    """Launch the tiny study with a search space and run its trials, as `hpo launch`
-    does, but in this process (the tiny MNIST is only valid inside it)."""
-    from hpo.service.runner import launch, work
-
-    doc = tiny_study_dict()
-    doc["study"].update(name=name, n_trials=n_trials)
-    doc["pruner"] = {"name": "none"}
-    doc["search"] = {
-        "lr": {"low": 1e-3, "high": 1e-2, "log": True},
-        "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
-    }
-    for section, fields in sections.items():
-        doc.setdefault(section, {}).update(fields)
-    path = write_study(root / f"{name}.toml", doc)
-    url = f"sqlite:///{root / 'storage' / f'{name}.db'}"
-    assert (
-        launch(
-            str(path), workers=0, n_trials=None, storage_url=url, data_dir=str(data_dir), quiet=True
-        )
-        == 0
-    )
-    assert work(name, url, worker="test", threads=1) == 0
-    return url
 
 
 @pytest.fixture(scope="module")

@@ -23,9 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helpers
 import optuna
 import pytest
-import tomli_w
 
 from hpo.config import StorageSection
 from hpo.service import compat
@@ -37,42 +37,7 @@ NEEDS_PG = "needs PostgreSQL: run `bash .ci/run`, or start a server and set HPO_
 
 
 def toy_study(tmp: Path, name: str, **over: Any) -> Path:
-    """A toy-superposition study whose trials take about a second; `section__field=value`
-    changes one field, `section={...}` a whole section."""
-    doc: dict[str, Any] = {
-        "study": {"name": name, "objectives": ["mmcs"], "n_trials": 6},
-        "storage": {
-            "heartbeat_interval": 1,
-            "grace_period": 3,
-            "artifacts": str(tmp / "artifacts"),
-        },
-        "sampler": {"name": "tpe", "options": {"n_startup_trials": 2}},
-        "pruner": {"name": "none"},
-        "task": {"kind": "toy_superposition", "train_steps": 300, "n_samples": 2000},
-        "params": {
-            "n_components": 5,
-            "top_k": 1,
-            "steps": 150,
-            "eval_every": 50,
-            "batch_size": 256,
-            "cond_weight": 0.0,
-            "sparsity_weight": 0.0,
-            "decorr_weight": 0.0,
-        },
-        "search": {
-            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
-            "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
-        },
-    }
-    for key, value in over.items():
-        section, _, field = key.partition("__")
-        if field:
-            doc[section][field] = value
-        else:
-            doc[section] = value
-    path = tmp / f"{name}.toml"
-    path.write_bytes(tomli_w.dumps(doc).encode())
-    return path
+    return helpers.toy_study(tmp, name, storage={"artifacts": str(tmp / "artifacts")}, **over)
 
 
 @pytest.fixture(scope="module")
@@ -103,13 +68,7 @@ def name() -> str:
 
 
 def hpo(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpo", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return helpers.hpo(*args, env=env, timeout=timeout)
 
 
 _SPAWNED: list[subprocess.Popen] = []

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_export import run_tiny_study
+from helpers import run_tiny_study
 
 from hpo.cli import main
 from hpo.outputs.report import TITLES

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import helpers
 import optuna
 import pytest
-import tomli_w
+from helpers import hpo
 
 from hpo.cli import main
 from hpo.service.runner import work
@@ -27,41 +28,7 @@ TS = optuna.trial.TrialState
 
 
 def toy_study(tmp: Path, name: str = "svc", **over: Any) -> Path:
-    """A toy-superposition study whose trials take a fraction of a second."""
-    doc: dict[str, Any] = {
-        "study": {"name": name, "objectives": ["mmcs"], "n_trials": 6},
-        "storage": {
-            "url": f"sqlite:///{tmp / 'storage' / 'svc.db'}",
-            "heartbeat_interval": 1,
-            "grace_period": 3,
-        },
-        "sampler": {"name": "tpe", "options": {"n_startup_trials": 2}},
-        "pruner": {"name": "none"},
-        "task": {"kind": "toy_superposition", "train_steps": 300, "n_samples": 2000},
-        "params": {
-            "n_components": 5,
-            "top_k": 1,
-            "steps": 150,
-            "eval_every": 50,
-            "batch_size": 256,
-            "cond_weight": 0.0,
-            "sparsity_weight": 0.0,
-            "decorr_weight": 0.0,
-        },
-        "search": {
-            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
-            "faithful_weight": {"low": 0.1, "high": 10.0, "log": True},
-        },
-    }
-    for key, value in over.items():
-        section, _, field = key.partition("__")
-        if field:
-            doc[section][field] = value
-        else:
-            doc[section] = value
-    path = tmp / f"{name}.toml"
-    path.write_bytes(tomli_w.dumps(doc).encode())
-    return path
+    return helpers.toy_study(tmp, name, storage={"url": url_of(tmp)}, **over)
 
 
 @pytest.fixture
@@ -69,17 +36,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     return {**os.environ, "HPO_CACHE_DIR": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
-
-
-def hpo(*args: str, env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hpo", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        **kw,
-    )
 
 
 def url_of(tmp: Path) -> str:
