@@ -33,7 +33,7 @@ def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
 
     rows = []
     for url in storage_urls(cli_url):
-        storage = open_storage(url, heartbeat=False)
+        storage = open_storage(url, heartbeat=False, create=False)
         for name in optuna.study.get_all_study_names(storage):
             study = optuna.load_study(study_name=name, storage=storage)
             counts = trial_counts(study)

@@ -30,8 +30,10 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
+from hpo.paths import check_writable_dir
 from hpo.service.attrs import HEARTBEAT_ATTR
 from hpo.service.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
+from hpo.service.redact import mask_url, scrub, secrets_of, unredacted
 
 STORAGE_ENV = "HPO_STORAGE_URL"
 DEFAULT_DIR = Path("storage")
@@ -83,23 +85,100 @@ def resolve_url(section: StorageSection, study_name: str, cli_url: str | None = 
 
 
 def mask(url: str) -> str:
-    """The URL with its password replaced by ***: the only form that is ever printed."""
-    try:
-        from sqlalchemy.engine import make_url
+    """The URL with its password and secret query parameters replaced by ***: the only
+    form that is ever printed or stored (see hpo.service.redact)."""
+    return mask_url(url)
 
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a sqlite:/// URL; None for other URLs and in-memory databases."""
+    if not url.startswith("sqlite:///"):
+        return None
+    name = url.removeprefix("sqlite:///").split("?", 1)[0]
+    if name in ("", ":memory:") or name.startswith("file:"):
+        return None
+    return Path(name)
+
+
+def check_url(url: str) -> None:
+    """A URL SQLAlchemy can parse, with a port in range, a database kind it knows and, for
+    SQLite, a folder the file can be created in. Connects to nothing, creates nothing."""
+    if url.startswith("grpc://"):
+        parse_grpc_url(url)
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import NoSuchModuleError
+
+    example = "e.g. sqlite:///storage/study.db or postgresql+psycopg://user@host/db"
+    try:
         parsed = make_url(url)
-    except Exception:
-        return url.split("@")[-1] if "@" in url else url
-    if parsed.password is None:
-        return url
-    return parsed.render_as_string(hide_password=True)
+        port = parsed.port
+    except Exception as err:  # ArgumentError; ValueError for a port that is not a number
+        reason = scrub(_short(err), secrets_of(url))
+        raise UserError(f"storage {mask(url)}: not a database URL ({reason}); {example}") from None
+    if port is not None and not 0 < port < 65536:
+        raise UserError(f"storage {mask(url)}: port {port} is not in 1-65535")
+    try:
+        parsed.get_dialect()
+    except NoSuchModuleError:
+        raise UserError(
+            f"storage {mask(url)}: unknown database kind {parsed.drivername!r}; {example}"
+        ) from None
+    except ImportError as err:
+        raise UserError(
+            f"storage {mask(url)}: the database driver is missing ({err}); for PostgreSQL "
+            "install psycopg: pip install 'faithful-sae-hpo[postgres]'"
+        ) from None
+    path = sqlite_path(url)
+    if path is not None:
+        check_writable_dir(path.parent, f"storage {mask(url)}: folder")
+        if path.is_dir():
+            raise UserError(f"storage {mask(url)}: {path} is a folder, not a database file")
+
+
+def check_existing_sqlite(url: str) -> None:
+    """For commands that only read or join a study (status, worker, report, export, a
+    dashboard): the SQLite file must already be a study database. Opening a missing or
+    empty file would create it, or write a schema into it, and then report "no studies"."""
+    import sqlite3
+
+    path = sqlite_path(url)
+    if path is None:
+        return
+    where = f"storage {mask(url)}"
+    if not path.exists():
+        raise UserError(
+            f"{where}: {path} does not exist; nothing was launched there (hpo launch creates "
+            "it), or give the right --storage"
+        )
+    if path.is_dir():
+        raise UserError(f"{where}: {path} is a folder, not a database file")
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(16)
+    except OSError as err:
+        raise UserError(f"{where}: cannot read {path} ({err.strerror})") from None
+    if not header:
+        raise UserError(f"{where}: {path} is empty, not a study database (hpo launch creates one)")
+    if header != b"SQLite format 3\x00":
+        raise UserError(f"{where}: {path} is not a SQLite database")
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise UserError(f"{where}: cannot read {path} ({err})") from None
+    if "studies" not in tables:
+        raise UserError(f"{where}: {path} is a SQLite database without Optuna studies in it")
 
 
 def engine_kwargs(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """SQLAlchemy engine arguments: ours, then the study file's (its connect_args merge)."""
     from sqlalchemy.engine import make_url
 
-    extra = dict(extra or {})
+    extra = unredacted(dict(extra or {}))  # a stored study file's "***" is no password
     if url.startswith("sqlite"):
         kwargs: dict[str, Any] = {"connect_args": {"timeout": 120}}
     else:
@@ -119,7 +198,13 @@ def engine_kwargs(url: str, extra: dict[str, Any] | None = None) -> dict[str, An
 
 
 def _sqlite_wal(engine: Any) -> None:
-    """WAL lets readers and one writer proceed together: no 'database is locked'."""
+    """WAL lets readers and one writer proceed together: no 'database is locked'.
+
+    RDBStorage opens its engine and pools a connection (creating the schema) before we
+    see the engine, so a listener alone would never run on that pooled connection (and
+    the file stayed in journal mode "delete"). Hence: listen, drop the pool, and connect
+    once, which switches the file to WAL for good (the mode is stored in the file).
+    """
     from sqlalchemy import event
 
     @event.listens_for(engine, "connect")
@@ -130,15 +215,25 @@ def _sqlite_wal(engine: Any) -> None:
         cur.execute("PRAGMA busy_timeout=120000")
         cur.close()
 
+    engine.dispose()
+    with engine.connect():
+        pass
+
 
 def open_storage(
     url: str,
     section: StorageSection | None = None,
     *,
     heartbeat: bool = True,
+    create: bool = True,
 ) -> BaseStorage:
     """An Optuna storage with heartbeats (dead workers' trials fail and are retried) that
-    rides out a database restart: an RDBStorage, or a gRPC proxy client for grpc://."""
+    rides out a database restart: an RDBStorage, or a gRPC proxy client for grpc://.
+
+    `create=False` for commands that read or join: a SQLite file must exist already."""
+    check_url(url)
+    if not create:
+        check_existing_sqlite(url)
     section = section or StorageSection()
     beat: dict[str, Any] = {}
     if heartbeat:
@@ -151,8 +246,9 @@ def open_storage(
         }
     if url.startswith("grpc://"):
         return _grpc(url, beat)
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    path = sqlite_path(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     storage = _connect(url, engine_kwargs(url, section.engine_kwargs), beat)
     if url.startswith("sqlite"):
         _sqlite_wal(storage.engine)
@@ -165,6 +261,7 @@ def _connect(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBSto
 
     from sqlalchemy.exc import IntegrityError, OperationalError
 
+    secrets = secrets_of(url, engine)
     for attempt in range(5):
         try:
             with warnings.catch_warnings():
@@ -181,10 +278,12 @@ def _connect(url: str, engine: dict[str, Any], kwargs: dict[str, Any]) -> RDBSto
             text = str(err)
             racing = isinstance(err, IntegrityError) or "locked" in text or "already exists" in text
             if not racing or attempt == 4:
-                raise UserError(f"storage {mask(url)}: cannot connect: {_short(err)}") from None
+                reason = scrub(_short(err), secrets)
+                raise UserError(f"storage {mask(url)}: cannot connect: {reason}") from None
             time.sleep(0.2 * (attempt + 1))
         except Exception as err:  # sqlalchemy.exc.ArgumentError, a bad URL, ...
-            raise UserError(f"storage {mask(url)}: cannot connect: {_short(err)}") from None
+            reason = scrub(_short(err), secrets)
+            raise UserError(f"storage {mask(url)}: cannot connect: {reason}") from None
     raise AssertionError("unreachable")
 
 
@@ -279,7 +378,7 @@ def _with_retries(
                 _log.warning(
                     "storage %s: %s; retrying for up to %.0f s",
                     mask(storage.url),
-                    _reason(err),
+                    _reason(err, storage.url),
                     RECONNECT_WINDOW,
                 )
             elif now - started > RECONNECT_WINDOW:
@@ -306,9 +405,9 @@ def _state_already_set(
     )
 
 
-def _reason(err: BaseException) -> str:
+def _reason(err: BaseException, url: str) -> str:
     cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) else err
-    return _short(cause if isinstance(cause, Exception) else err)[:200]
+    return scrub(_short(cause if isinstance(cause, Exception) else err)[:200], secrets_of(url))
 
 
 def _beat(storage: Any, record: Callable[[], None]) -> None:
@@ -325,7 +424,11 @@ def _beat(storage: Any, record: Callable[[], None]) -> None:
             if storage._transient(err):
                 storage._last_unreachable = time.monotonic()
             if not storage._transient(err) or time.monotonic() >= deadline:
-                _log.warning("storage %s: heartbeat missed (%s)", mask(storage.url), _reason(err))
+                _log.warning(
+                    "storage %s: heartbeat missed (%s)",
+                    mask(storage.url),
+                    _reason(err, storage.url),
+                )
                 return
             time.sleep(0.25)
 
@@ -385,7 +488,7 @@ def parse_grpc_url(url: str) -> tuple[str, int]:
         port = None
     if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
         raise UserError(
-            f"storage {url}: a gRPC storage URL is grpc://HOST:PORT (the address of "
+            f"storage {mask(url)}: a gRPC storage URL is grpc://HOST:PORT (the address of "
             "`hpo storage-proxy`), e.g. grpc://10.0.0.5:13000"
         )
     return parts.hostname, port
@@ -475,12 +578,11 @@ class GrpcHeartbeatStorage(_Reconnecting, optuna.storages.GrpcStorageProxy, Base
         return self._stale_callback
 
 
-def artifact_store(url: str, section: StorageSection | None = None) -> Any:
+def artifact_target(url: str, section: StorageSection | None = None) -> str:
     """Where base models and plots go: a folder beside a SQLite file, or what the study
     names (a path, or s3://bucket/prefix through Optuna's Boto3 store). Through a gRPC
-    proxy the study must name one: workers on other machines cannot share a default."""
-    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
-
+    proxy the study must name one: workers on other machines cannot share a default.
+    A folder must be one we can write into (checked, not created)."""
     target = section.artifacts if section and section.artifacts else None
     if target is None:
         if url.startswith("sqlite:///"):
@@ -494,6 +596,16 @@ def artifact_store(url: str, section: StorageSection | None = None) -> Any:
             )
         else:
             target = str(DEFAULT_DIR / "artifacts")
+    if not target.startswith("s3://"):
+        check_writable_dir(target, "storage.artifacts:")
+    return target
+
+
+def artifact_store(url: str, section: StorageSection | None = None) -> Any:
+    """The study's artifact store (see `artifact_target`), its folder created if need be."""
+    from optuna.artifacts import Boto3ArtifactStore, FileSystemArtifactStore
+
+    target = artifact_target(url, section)
     if target.startswith("s3://"):
         bucket, _, prefix = target.removeprefix("s3://").partition("/")
         store = Boto3ArtifactStore(bucket)

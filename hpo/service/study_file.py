@@ -21,16 +21,35 @@ _TAGS = {"floatrange", "intrange", "choice", "fixed"}
 
 def load_study_file(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
     """Parse and validate a study file, applying `section.key=value` overrides first."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such study file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"{path}: not valid TOML: {err}") from None
+    raw = read_toml(Path(path))
     for item in overrides or []:
         apply_override(raw, item, path)
     return parse_study(raw, path)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document in `path`, or a UserError saying why it cannot be read."""
+    from hpo.paths import readable
+
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; give a study file, e.g. {path / 'study.toml'}")
+    if path.exists() and not readable(path):
+        raise UserError(f"{path}: cannot read the study file (permission denied)")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such study file") from None
+    except UnicodeDecodeError as err:
+        raise UserError(
+            f"{path}: not a text file in UTF-8 (byte {err.start}: {err.object[err.start]:#04x}); "
+            "a study file is TOML, saved as UTF-8"
+        ) from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the study file ({err.strerror})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UserError(f"{path}: not valid TOML: {err}") from None
 
 
 def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
