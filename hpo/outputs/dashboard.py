@@ -43,6 +43,7 @@ from hpo.service.attrs import (
 from hpo.service.storage import artifact_store, mask, open_storage
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+WILDCARD = ("0.0.0.0", "::", "")
 SAFE_METHODS = ("GET", "HEAD")
 BEST_HEADING = "### ★ Best trial"
 FRONT_HEADING = "### ★ On the Pareto front"
@@ -262,6 +263,75 @@ class ReadOnly:
         return [body]
 
 
+def _refuse(start_response: Callable[..., Any], status: str, reason: str) -> list[bytes]:
+    body = json.dumps({"reason": reason}).encode()
+    start_response(
+        status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
+def served_hosts(host: str, port: int) -> frozenset[str]:
+    """The Host headers a browser sends to this server: `host:port` as bound, and by any
+    loopback name when bound to loopback. Bound to a wildcard (0.0.0.0, ::), also the
+    machine's own names and addresses."""
+    names = {host}
+    if host in LOOPBACK or host in WILDCARD:
+        names |= set(LOOPBACK)
+    if host in WILDCARD:
+        names |= {socket.gethostname(), socket.getfqdn()}
+        try:
+            names |= {str(a[4][0]) for a in socket.getaddrinfo(socket.gethostname(), None)}
+        except OSError:
+            pass
+    hosts = set()
+    for name in names - set(WILDCARD):
+        shown = f"[{name}]" if ":" in name else name
+        hosts.add(f"{shown}:{port}".lower())
+        if port == 80:
+            hosts.add(shown.lower())
+    return frozenset(hosts)
+
+
+class HostCheck:
+    """WSGI middleware against DNS rebinding and cross-site requests.
+
+    A page on evil.example can point its own name at 127.0.0.1 and then talk to a
+    loopback-bound dashboard from the victim's browser: the request then carries
+    `Host: evil.example:PORT`, never one of ours, and is refused (HTTP 421). A page on any
+    other site can also send a POST or DELETE straight to 127.0.0.1:PORT: the browser then
+    says where it comes from in `Origin`, and a write from a foreign origin is refused
+    (HTTP 403). Both in read-only and read-write mode.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], hosts: Iterable[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(h.lower() for h in hosts)
+
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST", "").strip().lower()
+        if host not in self.hosts:
+            return _refuse(
+                start_response,
+                "421 Misdirected Request",
+                f"Host {host or '(none)'!r} is not this dashboard's address; open it as "
+                f"http://{min(self.hosts)}/dashboard/",
+            )
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        origin = environ.get("HTTP_ORIGIN")
+        if method not in SAFE_METHODS and origin is not None:
+            if origin.strip().lower().rstrip("/") not in {f"http://{h}" for h in self.hosts}:
+                return _refuse(
+                    start_response,
+                    "403 Forbidden",
+                    f"{method} from origin {origin!r} refused: only pages of this dashboard "
+                    "may change studies",
+                )
+        return self.app(environ, start_response)
+
+
 class _AnyStore:
     """Several studies in one storage may name different artifact stores: read from the
     one that has the artifact, write new ones to the first."""
@@ -350,22 +420,25 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-def make_app(url: str, *, read_only: bool) -> Any:
-    """The dashboard's WSGI app over `url`, with the studies' artifact store attached."""
+def make_app(url: str, *, read_only: bool, host: str = "127.0.0.1", port: int = 8080) -> Any:
+    """The dashboard's WSGI app over `url` as served at `host:port`, with the studies'
+    artifact store attached: requests for another Host are refused (`HostCheck`), and
+    with `read_only` every change. The storage must exist: a dashboard never creates one."""
     import optuna_dashboard
 
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url, heartbeat=False, create=False)
     app = optuna_dashboard.wsgi(storage, artifact_store=storage_artifact_store(url, storage))
     if read_only:
-        return ReadOnly(app)
-    for name in optuna.study.get_all_study_names(storage):
-        sync_best_notes(optuna.load_study(study_name=name, storage=storage))
-    return app
+        app = ReadOnly(app)
+    else:
+        for name in optuna.study.get_all_study_names(storage):
+            sync_best_notes(optuna.load_study(study_name=name, storage=storage))
+    return HostCheck(app, served_hosts(host, port))
 
 
 def serve(cli_url: str | None, *, host: str, port: int, read_only: bool) -> int:
     url = dashboard_url(cli_url)
-    app = make_app(url, read_only=read_only)
+    app = make_app(url, read_only=read_only, host=host, port=port)
     if host not in LOOPBACK:
         print(
             f"warning: binding to {host}: the dashboard has no authentication, and anyone "
@@ -386,6 +459,8 @@ def serve(cli_url: str | None, *, host: str, port: int, read_only: bool) -> int:
         raise UserError(
             f"cannot listen on {host}:{port} ({err.strerror}); pick another --port or --host"
         ) from None
+    if server.server_port != port:  # --port 0: the Host check learns the port it got
+        app.hosts = served_hosts(host, server.server_port)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"optuna-dashboard on http://{shown}:{server.server_port}/dashboard/ over {mask(url)}"
