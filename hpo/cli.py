@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from hpo.errors import UserError
+from hpo.errors import DivergedError, UserError
 
 
 def _add_trial(sub: argparse._SubParsersAction) -> None:
@@ -48,11 +48,19 @@ def cmd_trial(args: argparse.Namespace) -> int:
     if args.seed is not None:
         overrides += [f"params.seed={args.seed}", f"task.seed={args.seed}"]
     study = load_study_file(path, overrides)
-    progress = not args.json or sys.stderr.isatty()
-    _say(f"task {study.task.kind}: preparing data and base model", quiet=args.json)
+    # Progress goes to a terminal only: on a pipe, stderr is the error line or nothing.
+    progress = sys.stderr.isatty()
+    _say(f"task {study.task.kind}: preparing data and base model", quiet=not progress)
     ctx = prepare_task(study, data_dir=args.data_dir, progress=progress)
-    _say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=args.json)
-    result, _ = run_trial(study, ctx, study.params, with_test=not args.no_test, progress=progress)
+    _say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=not progress)
+    try:
+        result, _ = run_trial(
+            study, ctx, study.params, with_test=not args.no_test, progress=progress
+        )
+    except DivergedError as err:
+        raise UserError(
+            f"{path}: the trial diverged: {err}; lower params.lr or the loss weights"
+        ) from None
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -119,6 +127,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from hpo.service.runner import work
     from hpo.service.storage import STORAGE_ENV
 
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads: must be 1 or more, got {args.threads}")
     url = args.storage or os.environ.get(STORAGE_ENV)
     if not url:
         raise UserError(f"hpo worker: give --storage URL or set {STORAGE_ENV}")
@@ -278,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        # One line, whatever the message: scripts and people read the first line.
+        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -27,6 +27,14 @@ def cache_dir() -> Path:
     return Path(base) / "faithful-sae-hpo"
 
 
+def writable_cache_dir() -> Path:
+    """`cache_dir()`, checked before the work: an unwritable cache is one line now, not a
+    traceback after the data download and the base model's training."""
+    from hpo.paths import check_writable_dir
+
+    return check_writable_dir(cache_dir(), "cache folder (HPO_CACHE_DIR)")
+
+
 def bundle_file(kind: str, key: str) -> Path:
     """Where a task's base-model bundle with this content hash lives in the local cache."""
     return cache_dir() / "base_models" / f"{kind}-{key}.pt"

@@ -186,17 +186,10 @@ def _verify_model(r: Rescored, state: dict[str, torch.Tensor]) -> None:
 
 
 def _secrets(url: str, study_file: StudyFile) -> list[str]:
-    from sqlalchemy.engine import make_url
+    from hpo.service.redact import secrets_of
 
-    found = []
-    for candidate in (url, study_file.storage.url):
-        try:
-            password = make_url(candidate).password if candidate else None
-        except Exception:
-            password = None
-        if password:
-            found.append(str(password))
-    return found
+    section = study_file.storage
+    return secrets_of(url) + secrets_of(section.url, section.engine_kwargs)
 
 
 def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
@@ -268,25 +261,38 @@ def _is_export(path: Path) -> bool:
         return False
 
 
-def write_folder(out: Path, files: dict[str, bytes]) -> None:
-    """Write every file into a temp folder beside `out`, then rename it into place: on
-    any error nothing half-written is left, and an earlier export stays whole."""
+def check_target(out: Path) -> Path:
+    """`out` may receive an export: new, or an earlier export, in a folder we can write."""
+    from hpo.paths import check_writable_dir
+
     if out.exists() and (not out.is_dir() or not _is_export(out)):
         raise UserError(
             f"--out {out}: exists and is not an earlier export; choose another folder or remove it"
         )
+    check_writable_dir(out.parent, f"--out {out}: folder")
+    return out
+
+
+def write_folder(out: Path, files: dict[str, bytes]) -> None:
+    """Write every file into a temp folder beside `out`, then rename it into place: on
+    any error nothing half-written is left, and an earlier export stays whole."""
+    check_target(out)
     atomic_folder(out, files)
 
 
 def study_url(name: str, cli_url: str | None) -> str:
     """--storage, else $HPO_STORAGE_URL, else storage/<study>.db: where launch put it."""
     from hpo.config import StorageSection
-    from hpo.service.storage import DEFAULT_DIR, resolve_url
+    from hpo.service.storage import DEFAULT_DIR, check_existing_sqlite, resolve_url
 
     url = resolve_url(StorageSection(), name, cli_url)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         found = []
         for db in sorted(Path(DEFAULT_DIR).glob("*.db")):
+            try:
+                check_existing_sqlite(f"sqlite:///{db}")
+            except UserError:
+                continue  # empty or not a study database: nothing to list, nothing to write
             storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
             found += [f"{n} ({db})" for n in optuna.study.get_all_study_names(storage)]
             storage.engine.dispose()
@@ -300,10 +306,10 @@ def study_url(name: str, cli_url: str | None) -> str:
 def export(name: str, cli_url: str | None, *, trial: int | None, out: str | None) -> Path:
     from hpo.service.runner import load_study
 
+    target = check_target(Path(out) if out else Path("models") / name)
     url = study_url(name, cli_url)
     study = load_study(name, url)
     chosen = pick_trial(study, trial)
-    target = Path(out) if out else Path("models") / name
     r = rescore(study, url, chosen)
     write_folder(target, export_files(r, url, target))
     return target

@@ -17,7 +17,8 @@ import torch
 from tqdm import tqdm
 
 from hpo.config import TrialParams
-from hpo.errors import DivergedError
+from hpo.device import available_bytes, gib
+from hpo.errors import DivergedError, UserError
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
 
@@ -138,6 +139,30 @@ def loss_terms(
     }
 
 
+def training_bytes(d_in: int, d_out: int, params: TrialParams, n: int) -> int:
+    """At least this much memory (float32) trains the SAE: encoder and decoder with their
+    gradients and Adam's two moments, and one batch's latents (pre- and post-top-k) with
+    their gradients. A lower bound, enough to refuse what cannot fit."""
+    latents = params.n_components * params.rank
+    batch = min(params.batch_size, n)
+    return 4 * (4 * (d_in + d_out) * latents + 4 * batch * latents)
+
+
+def check_fits(
+    d_in: int, d_out: int, params: TrialParams, n: int, device: torch.device, what: str = "params"
+) -> None:
+    """A UserError, before anything is allocated, when the SAE cannot fit on `device`."""
+    need = training_bytes(d_in, d_out, params, n)
+    have = available_bytes(device)
+    if have is not None and need > have:
+        raise UserError(
+            f"{what}: an SAE with n_components = {params.n_components}, rank = {params.rank} "
+            f"and batch_size = {min(params.batch_size, n)} on a {d_in} -> {d_out} layer needs "
+            f"at least {gib(need)} of memory, but {device} has {gib(have)} available; "
+            "lower n_components, rank or batch_size"
+        )
+
+
 def train_sae(
     data: SAEData,
     params: TrialParams,
@@ -152,6 +177,7 @@ def train_sae(
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
     torch.manual_seed(params.seed)
     d_in, d_out = data.weight_t.shape
+    check_fits(d_in, d_out, params, data.inputs.shape[0], device)
     top_k = min(params.top_k, params.n_components)
     sae = FaithfulSAE(d_in, d_out, params.n_components, top_k, params.rank).to(device)
     if params.init == "tied":

@@ -13,17 +13,19 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 
 from hpo.config import StudyFile
-from hpo.data.cache import bundle_file
+from hpo.data.cache import bundle_file, writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
 from hpo.files import atomic_path
 from hpo.service.attrs import BASE_ARTIFACT_ATTR, BASE_MODEL_ATTR, BUDGET_ATTR, STUDY_FILE_ATTR
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
+from hpo.service.redact import redact
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
 from hpo.service.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
 from hpo.tasks import get_task
@@ -38,12 +40,23 @@ def _identity(study_file: StudyFile) -> dict[str, Any]:
 
 
 def storable(study_file: StudyFile) -> dict[str, Any]:
-    """The study file as stored in the study: its storage URL with the password masked
-    (workers get the URL from --storage or the environment, never from the study)."""
+    """The study file as stored in the study: its storage section redacted (the URL's
+    password and secret query parameters, and secret-looking keys of engine_kwargs, as
+    ***). Workers get the URL from --storage or the environment, never from the study;
+    a redacted engine_kwargs entry is left out when they connect."""
     dump = study_file.model_dump(mode="json")
-    if dump["storage"]["url"]:
-        dump["storage"]["url"] = mask(dump["storage"]["url"])
+    dump["storage"] = redact(dump["storage"])
     return dump
+
+
+def check_resumable(study_file: StudyFile, stored: dict[str, Any]) -> None:
+    """A relaunch resumes only the same study (its stored file is what launch stored)."""
+    if _identity(StudyFile.model_validate(stored)) != _identity(study_file):
+        raise UserError(
+            f"study {study_file.study.name!r} already exists in this storage with a different "
+            "task, params, search space, sampler or pruner; rename study.name to start a new "
+            "study, or launch it with its original file to resume"
+        )
 
 
 def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) -> optuna.Study:
@@ -57,31 +70,34 @@ def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) ->
     stored = study.user_attrs.get(STUDY_FILE_ATTR)
     if stored is None:
         study.set_user_attr(STUDY_FILE_ATTR, storable(study_file))
-    elif _identity(StudyFile.model_validate(stored)) != _identity(study_file):
-        raise UserError(
-            f"study {name!r} already exists in this storage with a different task, params, "
-            "search space, sampler or pruner; rename study.name to start a new study, or "
-            "launch it with its original file to resume"
-        )
+    else:
+        check_resumable(study_file, stored)
     if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
         study.set_user_attr(BUDGET_ATTR, n_trials or study_file.study.n_trials)
     return study
 
 
 def prepare_base_model(
-    study: optuna.Study, study_file: StudyFile, url: str, data_dir: str | None
+    study: optuna.Study,
+    study_file: StudyFile,
+    url: str,
+    data_dir: str | None,
+    bundle: Path | None = None,
 ) -> None:
     """Train (or reuse) the study's base model once, before any worker starts.
 
     A study that has one keeps it: resuming never rebuilds it (a user's factory need not
-    be deterministic), and workers fetch it from the artifact store as usual.
+    be deterministic), and workers fetch it from the artifact store as usual. `bundle`:
+    the one `hpo.service.preflight` built already.
     """
     if study.user_attrs.get(BASE_MODEL_ATTR) is None:
         from optuna.artifacts import upload_artifact
 
-        task = get_task(study_file.task.kind)
-        device = resolve_device(study_file.params.device)
-        path, _ = task.build(study_file.task, data_dir=data_dir, device=device, progress=True)
+        path = bundle
+        if path is None:
+            task = get_task(study_file.task.kind)
+            device = resolve_device(study_file.params.device)
+            path, _ = task.build(study_file.task, data_dir=data_dir, device=device, progress=True)
         key = path.stem.split("-", 1)[1]
 
         store = artifact_store(url, study_file.storage)
@@ -104,6 +120,7 @@ def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
     if not path.exists():
         from optuna.artifacts import download_artifact
 
+        writable_cache_dir()
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             try:
@@ -146,7 +163,7 @@ def best_value(study: optuna.Study) -> float | None:
 
 
 def load_study(name: str, url: str, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
-    storage = open_storage(url, heartbeat=False)
+    storage = open_storage(url, heartbeat=False, create=False)
     try:
         return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
     except KeyError:
@@ -201,15 +218,14 @@ def launch(
     overrides: list[str] | None = None,
     quiet: bool = False,
 ) -> int:
+    from hpo.service.preflight import check_launch
     from hpo.service.study_file import load_study_file
 
     study_file = load_study_file(path, overrides)
-    try:  # bad sampler or pruner options fail here, before anything is created
-        make_sampler(study_file.sampler, seed=study_file.sampler.seed, parallel=workers > 1)
-        make_pruner(study_file.pruner)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
     url = resolve_url(study_file.storage, study_file.study.name, storage_url)
+    # Everything that can be checked is (options, paths, data, base model, memory)
+    # before the database or the study is created.
+    bundle = check_launch(path, study_file, url, workers=workers, data_dir=data_dir)
     storage = open_storage(url, study_file.storage)
     study = create_or_load(study_file, storage, n_trials)
     budget = int(study.user_attrs[BUDGET_ATTR])
@@ -217,7 +233,7 @@ def launch(
         f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)",
         quiet,
     )
-    prepare_base_model(study, study_file, url, data_dir)
+    prepare_base_model(study, study_file, url, data_dir, bundle)
     if workers == 0:
         _say(
             f"study ready; add workers with: hpo worker --study {study.study_name} "

@@ -9,7 +9,7 @@ from typing import Any
 
 import optuna
 
-from hpo.config import PrunerSection, SamplerSection
+from hpo.config import PrunerSection, SamplerSection, StudyFile
 from hpo.errors import UserError
 
 
@@ -69,7 +69,7 @@ def make_sampler(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return factory(seed, parallel, opts)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:
         raise UserError(f"sampler.options: {err} (sampler {section.name})") from None
 
 
@@ -82,3 +82,44 @@ def make_pruner(section: PrunerSection) -> optuna.pruners.BasePruner:
         return cls(**opts)
     except (TypeError, ValueError) as err:
         raise UserError(f"pruner.options: {err} (pruner {section.name})") from None
+
+
+def check_options(study_file: StudyFile, *, parallel: bool) -> None:
+    """Build the sampler and the pruner, and run a few throwaway trials through each in
+    memory: an option Optuna accepts but chokes on at the first trial (a string for a
+    count, say) fails here, as one line, instead of in every worker."""
+    from pydantic import ValidationError
+
+    from hpo.service.search_space import suggest
+
+    sampler = make_sampler(study_file.sampler, seed=study_file.sampler.seed, parallel=parallel)
+    pruner = make_pruner(study_file.pruner)
+    directions = study_file.directions
+    startup = study_file.sampler.options.get("n_startup_trials")
+    n = startup + 2 if type(startup) is int and 0 <= startup <= 20 else 3
+    runs = (
+        ("sampler", study_file.sampler.name, sampler, optuna.pruners.NopPruner(), n),
+        ("pruner", study_file.pruner.name, optuna.samplers.RandomSampler(0), pruner, 3),
+    )
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        for section, name, smp, prn, trials in runs:
+            study = optuna.create_study(directions=directions, sampler=smp, pruner=prn)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    for i in range(trials):
+                        trial = study.ask()
+                        try:
+                            suggest(trial, study_file)
+                        except ValidationError:
+                            pass  # a combination the schema refuses: not the options' fault
+                        if len(directions) == 1:
+                            trial.report(0.1 * i, 1)
+                            trial.should_prune()
+                        study.tell(trial, [0.1 * i] * len(directions))
+            except (TypeError, ValueError, ArithmeticError) as err:
+                raise UserError(f"{section}.options: {err} ({section} {name})") from None
+    finally:
+        optuna.logging.set_verbosity(verbosity)

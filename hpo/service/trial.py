@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from hpo.config import StudyFile, TrialParams
+from hpo.data.cache import writable_cache_dir
 from hpo.device import resolve_device
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
@@ -27,6 +28,7 @@ def prepare_task(
     study: StudyFile, *, data_dir: str | Path | None, progress: bool, device: str | None = None
 ) -> Any:
     """The task's context (its bundle built or taken from the cache), with phase timings."""
+    writable_cache_dir()
     task = get_task(study.task.kind)
     dev = resolve_device(device or study.params.device)
     path, timings = task.build(study.task, data_dir=data_dir, device=dev, progress=progress)

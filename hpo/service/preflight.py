@@ -1,0 +1,91 @@
+"""What `hpo launch` checks before it writes anything to a storage.
+
+A launch that fails after it created the database and the study leaves a half-made study
+behind (no base model, no workers) for the next launch to trip on. So everything that can
+be known first is: the sampler and pruner options (a dry run), the storage URL, the SQLite
+file's folder and the artifact store (writable, nothing created), the cache folder, and,
+for a study that has no base model yet, the data and the base model themselves (built
+into the local cache, which is where the launch would put them anyway) and whether the
+largest SAE the search can sample fits in memory. Only then is the study created.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from hpo.config import StudyFile, TrialParams, spec_extremes
+from hpo.data.cache import writable_cache_dir
+from hpo.device import resolve_device
+from hpo.errors import UserError
+from hpo.sae.training import check_fits
+from hpo.service.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
+from hpo.service.samplers import check_options
+from hpo.service.storage import artifact_target, check_url, open_storage, sqlite_path
+from hpo.tasks import get_task
+
+# The fields that size the SAE in memory (see hpo.sae.training.training_bytes).
+SIZE_FIELDS = ("n_components", "rank", "batch_size")
+
+
+def check_launch(
+    path: str | Path, study_file: StudyFile, url: str, *, workers: int, data_dir: str | None
+) -> Path | None:
+    """A UserError for anything wrong that can be known before the study exists. Returns
+    the base model's bundle file when the study will need one (built here), else None."""
+    try:
+        check_options(study_file, parallel=workers > 1)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
+    check_url(url)
+    artifact_target(url, study_file.storage)
+    writable_cache_dir()
+    device = resolve_device(study_file.params.device)
+    existing = existing_study(url, study_file)
+    if existing is not None and existing.user_attrs.get(BASE_MODEL_ATTR) is not None:
+        return None  # resuming: the study keeps the base model it has
+    task = get_task(study_file.task.kind)
+    bundle, _ = task.build(
+        study_file.task, data_dir=data_dir, device=device, progress=sys.stderr.isatty()
+    )
+    data = task.sae_data(task.load(study_file.task, bundle, device))
+    d_in, d_out = data.weight_t.shape
+    searched = [n for n in SIZE_FIELDS if n in study_file.search]
+    what = f"{path}: " + (f"search ({', '.join(searched)} at most)" if searched else "params")
+    check_fits(d_in, d_out, largest(study_file), data.inputs.shape[0], device, what)
+    return bundle
+
+
+def existing_study(url: str, study_file: StudyFile) -> optuna.Study | None:
+    """The study if the storage has it already (checked to be the same study), else None.
+    A SQLite file that does not exist yet is not created here."""
+    from hpo.service.runner import check_resumable
+
+    path = sqlite_path(url)
+    if path is not None and (not path.exists() or path.stat().st_size == 0):
+        return None
+    storage = open_storage(url, study_file.storage, heartbeat=False)
+    try:
+        study = optuna.load_study(study_name=study_file.study.name, storage=storage)
+    except KeyError:
+        return None
+    stored = study.user_attrs.get(STUDY_FILE_ATTR)
+    if stored is not None:
+        check_resumable(study_file, stored)
+    return study
+
+
+def largest(study_file: StudyFile) -> TrialParams:
+    """The fixed params with each size field at the largest value the search can give."""
+    update: dict[str, Any] = {}
+    for name in SIZE_FIELDS:
+        spec = study_file.search.get(name)
+        if spec is None:
+            continue
+        values = [v for v in spec_extremes(spec) if type(v) is int]
+        if values:
+            update[name] = max(values)
+    return study_file.params.model_copy(update=update)
