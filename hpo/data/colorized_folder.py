@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hpo.data.colored_mnist import ORACLE_SPLIT, Split, balanced_colors, biased_colors
-from hpo.data.mnist_files import load_colorized_folder
+from hpo.data.colorized_files import load_colorized_folder
 from hpo.errors import UserError
 
 if TYPE_CHECKING:

@@ -3,14 +3,14 @@
 plotly.js is inlined once (with the first figure), so the file opens with no network.
 Study-level figures come from Optuna's own visualisation module; the best trial's
 figures read its recorded validation numbers and its re-scored test numbers
-(`hpo.outputs.rescore`: computed here, after the study, never fed to the sampler).
+(`hpo.outputs.rescore`: computed here, after the study, never fed to the sampler). The
+figures themselves are drawn in `hpo.outputs.report_figures`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import html
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,216 +19,22 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UserError
 from hpo.outputs.export import study_url
-from hpo.outputs.rescore import Rescored, rescore
-from hpo.service.attrs import (
-    ALPHA_ATTR,
-    ALPHA_CURVE_ATTR,
-    BUDGET_ATTR,
-    DATA_SHA256_ATTR,
-    SEED_ATTR,
-    STUDY_FILE_ATTR,
+from hpo.outputs.report_figures import (
+    TITLES,
+    alpha_figure,
+    groups_figure,
+    history_figures,
+    importance_figure,
+    objective_names,
+    parallel_figure,
+    pareto_figure,
+    states_figure,
 )
+from hpo.outputs.rescore import Rescored, rescore
+from hpo.service.attrs import BUDGET_ATTR, DATA_SHA256_ATTR, SEED_ATTR
 from hpo.service.storage import mask
 
-TEMPLATE = "plotly_white"
-STATE_COLORS = {
-    "COMPLETE": "#54a24b",
-    "PRUNED": "#eeca3b",
-    "FAIL": "#e45756",
-    "RUNNING": "#4c78a8",
-    "WAITING": "#9aa5b1",
-}
-MODEL_COLORS = {
-    "original": "#9aa5b1",
-    "debiased": "#4c78a8",
-    "oracle": "#54a24b",
-    "last_layer": "#f58518",
-    "retrain_head": "#b279a2",
-    "leace": "#72b7b2",
-}
-TITLES = {
-    "history": "Optimization history",
-    "parallel": "Parallel coordinates of the sampled parameters",
-    "importance": "Parameter importances",
-    "states": "Trial states",
-    "alpha": "Worst-group accuracy vs alpha (best trial, validation)",
-    "groups": "Per-group accuracy: original vs debiased (best trial, val and test)",
-    "pareto": "Pareto front",
-}
 MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective study
-
-
-def _objectives(study: optuna.Study) -> list[str]:
-    names = study.user_attrs.get(STUDY_FILE_ATTR, {}).get("study", {}).get("objectives")
-    return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
-
-
-def _titled(fig: Any, title: str) -> Any:
-    fig.update_layout(
-        title=title, template=TEMPLATE, height=460, margin={"l": 60, "r": 30, "t": 60, "b": 50}
-    )
-    return fig
-
-
-def _safe(make: Callable[[], Any], why: str) -> Any | str:
-    """A figure, or one sentence saying why there is none (too few trials, ...)."""
-    import warnings
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return make()
-    except (ValueError, RuntimeError, ZeroDivisionError) as err:
-        return f"{why} ({err})"
-
-
-def history_figures(study: optuna.Study, complete: list[FrozenTrial]) -> list[Any | str]:
-    from optuna.visualization import plot_optimization_history
-
-    if not complete:
-        return ["No complete trial yet."]
-    names = _objectives(study)
-    if len(names) == 1:
-        fig = _safe(lambda: plot_optimization_history(study, target_name=names[0]), "no history")
-        return [fig if isinstance(fig, str) else _titled(fig, TITLES["history"])]
-    out = []
-    for i, name in enumerate(names):
-        fig = _safe(
-            lambda i=i, name=name: plot_optimization_history(
-                study, target=lambda t: t.values[i], target_name=name
-            ),
-            "no history",
-        )
-        out.append(fig if isinstance(fig, str) else _titled(fig, f"{TITLES['history']}: {name}"))
-    return out
-
-
-def parallel_figure(study: optuna.Study, complete: list[FrozenTrial]) -> Any | str:
-    from optuna.visualization import plot_parallel_coordinate
-
-    if not any(t.params for t in complete):
-        return "No sampled parameters (the study file has no [search]) or no complete trial."
-    names = _objectives(study)
-    target = None if len(names) == 1 else (lambda t: t.values[0])
-    fig = _safe(
-        lambda: plot_parallel_coordinate(study, target=target, target_name=names[0]),
-        "no parallel coordinates",
-    )
-    return fig if isinstance(fig, str) else _titled(fig, TITLES["parallel"])
-
-
-def importance_figure(study: optuna.Study, complete: list[FrozenTrial]) -> Any | str:
-    from optuna.visualization import plot_param_importances
-
-    if len(complete) < 2 or not any(t.params for t in complete):
-        return (
-            f"Parameter importances need at least two complete trials with sampled "
-            f"parameters; this study has {len(complete)} complete."
-        )
-    names = _objectives(study)
-    fig = _safe(
-        lambda: (
-            plot_param_importances(study, target_name=names[0])
-            if len(names) == 1
-            else plot_param_importances(study)
-        ),
-        "importances could not be computed",
-    )
-    return fig if isinstance(fig, str) else _titled(fig, TITLES["importance"])
-
-
-def states_figure(trials: list[FrozenTrial]) -> Any:
-    import plotly.graph_objects as go
-
-    counts = {s.name: 0 for s in TrialState}
-    for t in trials:
-        counts[t.state.name] += 1
-    names = [n for n in STATE_COLORS if counts.get(n)] or ["COMPLETE"]
-    fig = go.Figure(
-        go.Bar(
-            x=names,
-            y=[counts.get(n, 0) for n in names],
-            marker_color=[STATE_COLORS[n] for n in names],
-            text=[counts.get(n, 0) for n in names],
-            textposition="auto",
-        )
-    )
-    fig.update_yaxes(title="trials")
-    return _titled(fig, TITLES["states"])
-
-
-def alpha_figure(trial: FrozenTrial) -> Any | str:
-    import plotly.graph_objects as go
-
-    curve = trial.user_attrs.get(ALPHA_CURVE_ATTR)
-    if not curve:
-        return "This task has no ablation strength α to sweep."
-    fig = go.Figure()
-    fig.add_scatter(
-        x=curve["alphas"],
-        y=curve["val_worst_group"],
-        mode="lines+markers",
-        name="worst group (val)",
-        line_color="#4c78a8",
-    )
-    fig.add_scatter(
-        x=curve["alphas"],
-        y=curve["val_mean_group"],
-        mode="lines+markers",
-        name="mean group (val)",
-        line_color="#f58518",
-    )
-    alpha = trial.user_attrs.get(ALPHA_ATTR)
-    if alpha is not None:
-        fig.add_vline(
-            x=alpha,
-            line_dash="dash",
-            line_color="#d62728",
-            annotation_text=f"chosen α = {alpha:.2f}",
-        )
-    fig.update_xaxes(title="α (ablation strength)")
-    fig.update_yaxes(title="accuracy", range=[0, 1.02])
-    return _titled(fig, f"{TITLES['alpha']}: trial {trial.number}")
-
-
-def groups_figure(r: Rescored) -> Any | str:
-    from plotly.subplots import make_subplots
-
-    if not r.result.models:
-        return "This task has no groups."
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("validation", "test"), shared_yaxes=True)
-    for col, split in enumerate(("val", "test"), start=1):
-        for name in r.result.model_names():
-            metrics = r.result.metric(name, split)
-            if metrics is None:
-                continue
-            groups = list(metrics.groups)
-            fig.add_bar(
-                x=groups,
-                y=[metrics.groups[g] for g in groups],
-                name=name.replace("_", " "),
-                marker_color=MODEL_COLORS.get(name),
-                legendgroup=name,
-                showlegend=col == 1,
-                visible=True if name in ("original", "debiased") else "legendonly",
-                text=[f"{100 * (metrics.groups[g] or 0):.0f}" for g in groups],
-                textposition="outside",
-                row=1,
-                col=col,
-            )
-    fig.update_yaxes(range=[0, 1.1], title="accuracy", row=1, col=1)
-    fig.update_layout(barmode="group")
-    return _titled(fig, f"{TITLES['groups']}: trial {r.trial.number}")
-
-
-def pareto_figure(study: optuna.Study) -> Any | str:
-    from optuna.visualization import plot_pareto_front
-
-    names = _objectives(study)
-    if len(names) not in (2, 3):
-        return f"A Pareto front plot needs 2 or 3 objectives; this study has {len(names)}."
-    fig = _safe(lambda: plot_pareto_front(study, target_names=names), "no Pareto front")
-    return fig if isinstance(fig, str) else _titled(fig, TITLES["pareto"])
 
 
 # ---- the page -------------------------------------------------------------------------
@@ -247,7 +53,7 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def _summary(study: optuna.Study, url: str, trials: list[FrozenTrial]) -> str:
     counts = {s.name: sum(1 for t in trials if t.state == s) for s in TrialState}
-    names = _objectives(study)
+    names = objective_names(study)
     directions = [d.name.lower() for d in study.directions]
     rows = [
         ["study", html.escape(study.study_name)],
@@ -275,7 +81,7 @@ def _best_table(r: Rescored) -> str:
             html.escape(
                 ", ".join(
                     f"{n} = {v:.4g}"
-                    for n, v in zip(_objectives(r.study), r.trial.values, strict=False)
+                    for n, v in zip(objective_names(r.study), r.trial.values, strict=False)
                 )
             ),
         ],
@@ -322,7 +128,7 @@ def _best_table(r: Rescored) -> str:
 
 
 def _front_table(rescored: list[Rescored | str], study: optuna.Study) -> str:
-    names = _objectives(study)
+    names = objective_names(study)
     rows = []
     for r in rescored:
         if isinstance(r, str):
