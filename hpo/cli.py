@@ -125,13 +125,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
     from hpo.service.runner import work
-    from hpo.service.storage import STORAGE_ENV
+    from hpo.service.storage_url import given_url
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads: must be 1 or more, got {args.threads}")
-    url = args.storage or os.environ.get(STORAGE_ENV)
-    if not url:
-        raise UserError(f"hpo worker: give --storage URL or set {STORAGE_ENV}")
+    url = given_url(args.storage, "hpo worker")
     worker = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
     return work(args.study, url, worker=worker, threads=args.threads, timeout=args.timeout)
 
@@ -242,14 +240,10 @@ def _add_storage_proxy(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    import os
-
-    from hpo.service.storage import STORAGE_ENV
     from hpo.service.storage_proxy import serve
+    from hpo.service.storage_url import given_url
 
-    url = args.storage or os.environ.get(STORAGE_ENV)
-    if not url:
-        raise UserError(f"hpo storage-proxy: give --storage URL or set {STORAGE_ENV}")
+    url = given_url(args.storage, "hpo storage-proxy")
     return serve(url, host=args.host, port=args.port)
 
 

@@ -41,6 +41,7 @@ from hpo.service.attrs import (
     VAL_GROUPS_ATTR,
 )
 from hpo.service.storage import artifact_store, mask, open_storage
+from hpo.service.storage_url import single_storage_url
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::", "")
@@ -390,21 +391,6 @@ def storage_artifact_store(url: str, storage: Any) -> Any:
     return stores[0] if len(stores) == 1 else _AnyStore(stores)
 
 
-def dashboard_url(cli_url: str | None) -> str:
-    """--storage, else $HPO_STORAGE_URL, else the one SQLite file under storage/."""
-    from hpo.service.status import storage_urls
-
-    urls = storage_urls(cli_url)
-    if len(urls) > 1:
-        raise UserError(
-            "several storages under storage/ ("
-            + ", ".join(u.removeprefix("sqlite:///") for u in urls)
-            + "); pick one with --storage, e.g. --storage "
-            + urls[0]
-        )
-    return urls[0]
-
-
 class _Server(ThreadingMixIn, WSGIServer):
     """wsgiref's server, one thread per request: a slow plot must not stall the page."""
 
@@ -437,7 +423,7 @@ def make_app(url: str, *, read_only: bool, host: str = "127.0.0.1", port: int = 
 
 
 def serve(cli_url: str | None, *, host: str, port: int, read_only: bool) -> int:
-    url = dashboard_url(cli_url)
+    url = single_storage_url(cli_url)
     app = make_app(url, read_only=read_only, host=host, port=port)
     if host not in LOOPBACK:
         print(

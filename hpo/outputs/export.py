@@ -38,6 +38,7 @@ from hpo.service.attrs import (
     VERSIONS_ATTR,
 )
 from hpo.service.storage import mask
+from hpo.service.storage_url import study_url
 from hpo.tasks import get_task
 
 FILES = ("config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md")
@@ -278,29 +279,6 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
     any error nothing half-written is left, and an earlier export stays whole."""
     check_target(out)
     atomic_folder(out, files)
-
-
-def study_url(name: str, cli_url: str | None) -> str:
-    """--storage, else $HPO_STORAGE_URL, else storage/<study>.db: where launch put it."""
-    from hpo.config import StorageSection
-    from hpo.service.storage import DEFAULT_DIR, check_existing_sqlite, resolve_url
-
-    url = resolve_url(StorageSection(), name, cli_url)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        found = []
-        for db in sorted(Path(DEFAULT_DIR).glob("*.db")):
-            try:
-                check_existing_sqlite(f"sqlite:///{db}")
-            except UserError:
-                continue  # empty or not a study database: nothing to list, nothing to write
-            storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-            found += [f"{n} ({db})" for n in optuna.study.get_all_study_names(storage)]
-            storage.engine.dispose()
-        raise UserError(
-            f"no study named {name!r}: {url.removeprefix('sqlite:///')} does not exist; "
-            f"studies under {DEFAULT_DIR}/: {', '.join(found) or 'none'} (or pass --storage)"
-        )
-    return url
 
 
 def export(name: str, cli_url: str | None, *, trial: int | None, out: str | None) -> Path:

@@ -18,7 +18,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UserError
-from hpo.outputs.export import study_url
 from hpo.outputs.report_figures import (
     TITLES,
     alpha_figure,
@@ -33,6 +32,7 @@ from hpo.outputs.report_figures import (
 from hpo.outputs.rescore import Rescored, rescore
 from hpo.service.attrs import BUDGET_ATTR, DATA_SHA256_ATTR, SEED_ATTR
 from hpo.service.storage import mask
+from hpo.service.storage_url import study_url
 
 MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective study
 

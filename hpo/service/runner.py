@@ -27,7 +27,8 @@ from hpo.service.attrs import BASE_ARTIFACT_ATTR, BASE_MODEL_ATTR, BUDGET_ATTR, 
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
 from hpo.service.redact import redact
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
-from hpo.service.storage import STORAGE_ENV, artifact_store, mask, open_storage, resolve_url
+from hpo.service.storage import artifact_store, mask, open_storage
+from hpo.service.storage_url import STORAGE_ENV, resolve_url
 from hpo.tasks import get_task
 
 

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from hpo.errors import UserError
 from hpo.service import compat
 from hpo.service.attrs import BUDGET_ATTR
-from hpo.service.storage import DEFAULT_DIR, STORAGE_ENV, mask, open_storage
-
-
-def storage_urls(cli_url: str | None) -> list[str]:
-    if cli_url:
-        return [cli_url]
-    if os.environ.get(STORAGE_ENV):
-        return [os.environ[STORAGE_ENV]]
-    files = sorted(Path(DEFAULT_DIR).glob("*.db"))
-    if not files:
-        raise UserError(
-            f"no storage given and no studies under {DEFAULT_DIR}/; pass --storage URL "
-            f"or set {STORAGE_ENV}"
-        )
-    return [f"sqlite:///{f}" for f in files]
+from hpo.service.storage import mask, open_storage
+from hpo.service.storage_url import storage_urls
 
 
 def collect_status(cli_url: str | None) -> list[dict[str, Any]]:

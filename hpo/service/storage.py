@@ -34,9 +34,8 @@ from hpo.paths import check_writable_dir
 from hpo.service.attrs import HEARTBEAT_ATTR
 from hpo.service.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
 from hpo.service.redact import mask_url, scrub, secrets_of, unredacted
+from hpo.service.storage_url import DEFAULT_DIR
 
-STORAGE_ENV = "HPO_STORAGE_URL"
-DEFAULT_DIR = Path("storage")
 GRPC_PORT = 13000
 # Pool sizes per engine. A worker process opens two engines: a read-only probe of the
 # study (held while it runs; opening an RDBStorage leaves 2 connections idle in its pool)
@@ -64,24 +63,6 @@ PG_CONNECT = {
 RECONNECT_WINDOW = 120.0
 
 _log = logging.getLogger("hpo.service.storage")
-
-
-def resolve_url(section: StorageSection, study_name: str, cli_url: str | None = None) -> str:
-    """--storage, else the env var the study names, else $HPO_STORAGE_URL, else its url,
-    else the embedded SQLite file storage/<study>.db."""
-    if cli_url:
-        return cli_url
-    if section.url_env:
-        url = os.environ.get(section.url_env)
-        if not url:
-            raise UserError(
-                f"storage.url_env: environment variable {section.url_env} is not set; "
-                "export it with the storage URL, or pass --storage"
-            )
-        return url
-    if os.environ.get(STORAGE_ENV):
-        return os.environ[STORAGE_ENV]
-    return section.url or f"sqlite:///{DEFAULT_DIR / (study_name + '.db')}"
 
 
 def mask(url: str) -> str:
