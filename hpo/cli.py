@@ -247,6 +247,41 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
     return serve(url, host=args.host, port=args.port)
 
 
+def _add_confirm(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "confirm", help="re-run the best configurations with fresh seeds (mean ± std on val)"
+    )
+    p.add_argument("study", help="study name")
+    p.add_argument(
+        "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/<study>.db)"
+    )
+    p.add_argument("--top", type=int, default=3, help="how many of the best trials (default 3)")
+    p.add_argument("--seeds", type=int, default=3, help="fresh seeds per trial (default 3)")
+    p.add_argument(
+        "--new-base-model",
+        action="store_true",
+        help="also a new base model (and data split) per seed, not only a new SAE",
+    )
+    p.add_argument("--data-dir", help="folder with the MNIST IDX files (--new-base-model)")
+    p.set_defaults(func=cmd_confirm)
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from hpo.service.confirm import confirm, format_rows
+
+    rows = confirm(
+        args.study,
+        args.storage,
+        top=args.top,
+        seeds=args.seeds,
+        new_base_model=args.new_base_model,
+        data_dir=args.data_dir,
+    )
+    objective = next(iter(rows[0]["val"]))
+    print(format_rows(rows, objective))
+    return 0
+
+
 def _say(msg: str, quiet: bool = False) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
@@ -260,6 +295,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_dashboard,
     _add_report,
     _add_export,
+    _add_confirm,
     _add_storage_proxy,
 ]
 

@@ -155,6 +155,21 @@ def test_best_note_follows_the_best_and_leaves_a_persons_note_alone() -> None:
     assert sync_best_notes(study) == []  # idempotent
 
 
+def test_an_infeasible_trial_never_gets_the_best_note() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr("study_file", {"study": {"objectives": ["worst_group"]}})
+    for worst, faithfulness in ((0.5, 0.01), (0.9, 0.8)):  # the better one is unfaithful
+        trial = study.ask()
+        for key, value in _attrs(worst).items():
+            trial.set_user_attr(key, value)
+        trial.set_constraint("faithfulness_error", faithfulness - 0.1)
+        study.tell(trial, worst)
+    sync_best_notes(study)
+    assert note(study, study.trials[0]).startswith("### ★ Best trial (worst_group = 0.5)")
+    assert not note(study, study.trials[1])
+    assert study.best_trial.number == 0  # Optuna agrees: the best feasible trial
+
+
 def test_pareto_notes_mark_the_front_and_trials_that_leave_it() -> None:
     study = optuna.create_study(directions=["maximize", "minimize"])
     study.set_user_attr("study_file", {"study": {"objectives": ["worst_group", "faith"]}})

@@ -152,13 +152,14 @@ def superseded_note(body: str, by: int | None) -> str:
 def leaders(
     trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
 ) -> list[FrozenTrial]:
-    """The best complete trial (one objective) or the Pareto front (several)."""
+    """The best feasible complete trial (one objective) or the Pareto front (several)."""
     done = [
         t
         for t in trials
         if t.state == TrialState.COMPLETE
         and t.values is not None
         and all(math.isfinite(v) for v in t.values)
+        and all(c <= 0 for c in t.constraints.values())
     ]
     if not done:
         return []
@@ -196,7 +197,7 @@ def sync_best_notes(
             params=trial.params,
             distributions=trial.distributions,
             user_attrs=trial.user_attrs,
-            system_attrs={},
+            system_attrs=trial.system_attrs,  # its constraints: only feasible trials lead
             intermediate_values=trial.intermediate_values,
             trial_id=compat.trial_id(trial),
         )

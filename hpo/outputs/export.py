@@ -16,6 +16,7 @@ import copy
 import datetime as dt
 import json
 import math
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from hpo.outputs.model_card import model_card
 from hpo.outputs.rescore import ACC_TOL, Rescored, rescore
 from hpo.service.attrs import (
     BASE_MODEL_ATTR,
+    CONFIRMED_BEST_ATTR,
     DATA_SHA256_ATTR,
     SEED_ATTR,
     STUDY_FILE_ATTR,
@@ -81,13 +83,30 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
             )
         return complete[number]
     if number is None:
-        return study.best_trial
+        confirmed = study.user_attrs.get(CONFIRMED_BEST_ATTR)
+        if confirmed is not None and confirmed["trial"] in complete:
+            _say(
+                f"exporting trial {confirmed['trial']}: the confirmed best by mean validation "
+                f"{confirmed['objective']} ({confirmed['mean']:.4f}) over {confirmed['seeds']} "
+                f"fresh seeds among the top {confirmed['top']} trials (hpo confirm)"
+            )
+            return complete[confirmed["trial"]]
+        best = study.best_trial
+        _say(
+            f"exporting trial {best.number}: the best by validation value ({best.value:.4f}); "
+            "run hpo confirm first to choose by mean over fresh seeds"
+        )
+        return best
     if number not in complete:
         raise UserError(
             f"--trial {number}: study {study.study_name!r} has no complete trial {number}; "
             f"complete trials: {', '.join(str(n) for n in sorted(complete))}"
         )
     return complete[number]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
 
 
 # ---- the files ------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 The best of many trials on one validation split is optimistic: some of its lead is the
 luck of its seed. Confirmation re-runs the top N feasible configurations with S new SAE
 seeds (and, as an option, new base-model seeds: a new base model, new data split), and
-records mean ± std of every objective on validation in the trial (user attr
-`confirmation`). The test numbers are recorded beside them for reporting only; the
+records mean ± std of every objective on validation in the study (user attr
+`confirmation`, by trial number). The test numbers are recorded beside them for reporting only; the
 confirmed best is chosen by mean validation value. `hpo export` then exports it.
 """
 
@@ -20,7 +20,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyFile
 from hpo.errors import DivergedError, UserError
-from hpo.service import compat
 from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, STUDY_FILE_ATTR
 
 SEED_OFFSET = 1000  # confirmation seeds never repeat a study's own seed (0, 1, ...)
@@ -135,8 +134,10 @@ def confirm(
             new_base_model=new_base_model,
             data_dir=data_dir,
         )
-        storage = compat.storage_of(study)
-        storage.set_trial_user_attr(compat.trial_id(trial), CONFIRMATION_ATTR, record)
+        # A finished trial cannot change: confirmations live in the study, by trial number.
+        done = dict(study.user_attrs.get(CONFIRMATION_ATTR, {}))
+        done[str(trial.number)] = record
+        study.set_user_attr(CONFIRMATION_ATTR, done)
         rows.append({"trial": trial.number, "value": trial.values[0], **record})
     objective = study_file.study.objectives[0]
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
