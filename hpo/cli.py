@@ -215,7 +215,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from hpo.outputs.export import export
 
-    path = export(args.study, args.storage, trial=args.trial, out=args.out)
+    path, why = export(args.study, args.storage, trial=args.trial, out=args.out)
+    _say(f"exported {why}")
     print(path)
     return 0
 

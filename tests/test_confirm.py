@@ -40,5 +40,5 @@ def test_confirm_stores_mean_and_std_and_export_takes_the_confirmed_best(
     out = tmp_path / "model"
     assert main(["export", "conf", "--storage", url, "--out", str(out)]) == 0
     said = capsys.readouterr().err
-    assert f"exporting trial {best['trial']}: the confirmed best" in said
+    assert f"exported trial {best['trial']}: the confirmed best" in said
     assert (out / "model.pt").is_file()

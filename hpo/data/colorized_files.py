@@ -56,7 +56,7 @@ def load_colorized_folder(root: str | Path) -> ColorizedFolder:
     except ImportError:
         raise DataError(
             f"{root}: reading the colorized-MNIST PNG folder needs Pillow; "
-            "run `pip install pillow` and try again."
+            "run `pip install 'faithful-sae-hpo[colorized]'` (or pip install pillow) and try again."
         ) from None
     root = Path(root).expanduser()
     splits = {split: _list_pngs(root, split) for split in ("training", "testing")}

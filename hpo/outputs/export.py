@@ -16,7 +16,6 @@ import copy
 import datetime as dt
 import json
 import math
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,7 @@ def _front_text(front: list[FrozenTrial], objectives: list[str]) -> str:
     )
 
 
-def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+def pick_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, str]:
     """The best trial, or trial `number`; on a multi-objective study, one of the front."""
     objectives = (
         study.user_attrs.get(STUDY_FILE_ATTR, {})
@@ -81,32 +80,28 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
                 f"--trial {number}: not on the Pareto front of study "
                 f"{study.study_name!r}; the front: {listing}"
             )
-        return complete[number]
+        return complete[number], f"trial {number}: chosen with --trial from the Pareto front"
     if number is None:
         confirmed = study.user_attrs.get(CONFIRMED_BEST_ATTR)
         if confirmed is not None and confirmed["trial"] in complete:
-            _say(
-                f"exporting trial {confirmed['trial']}: the confirmed best by mean validation "
+            why = (
+                f"trial {confirmed['trial']}: the confirmed best by mean validation "
                 f"{confirmed['objective']} ({confirmed['mean']:.4f}) over {confirmed['seeds']} "
                 f"fresh seeds among the top {confirmed['top']} trials (hpo confirm)"
             )
-            return complete[confirmed["trial"]]
+            return complete[confirmed["trial"]], why
         best = study.best_trial
-        _say(
-            f"exporting trial {best.number}: the best by validation value ({best.value:.4f}); "
-            "run hpo confirm first to choose by mean over fresh seeds"
+        why = (
+            f"trial {best.number}: the best feasible trial by validation value "
+            f"({best.value:.4f}); hpo confirm would choose by the mean over fresh seeds"
         )
-        return best
+        return best, why
     if number not in complete:
         raise UserError(
             f"--trial {number}: study {study.study_name!r} has no complete trial {number}; "
             f"complete trials: {', '.join(str(n) for n in sorted(complete))}"
         )
-    return complete[number]
-
-
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    return complete[number], f"trial {number}: chosen with --trial"
 
 
 # ---- the files ------------------------------------------------------------------------
@@ -300,13 +295,16 @@ def write_folder(out: Path, files: dict[str, bytes]) -> None:
     atomic_folder(out, files)
 
 
-def export(name: str, cli_url: str | None, *, trial: int | None, out: str | None) -> Path:
+def export(
+    name: str, cli_url: str | None, *, trial: int | None, out: str | None
+) -> tuple[Path, str]:
+    """Export one trial; returns the folder and which trial was chosen and why."""
     from hpo.service.runner import load_study
 
     target = check_target(Path(out) if out else Path("models") / name)
     url = study_url(name, cli_url)
     study = load_study(name, url)
-    chosen = pick_trial(study, trial)
+    chosen, why = pick_trial(study, trial)
     r = rescore(study, url, chosen)
     write_folder(target, export_files(r, url, target))
-    return target
+    return target, why
