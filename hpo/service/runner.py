@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,23 @@ from hpo.data.cache import bundle_file, writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
 from hpo.files import atomic_path
-from hpo.service.attrs import BASE_ARTIFACT_ATTR, BASE_MODEL_ATTR, BUDGET_ATTR, STUDY_FILE_ATTR
+from hpo.service.attrs import (
+    BASE_ARTIFACT_ATTR,
+    BASE_MODEL_ATTR,
+    BUDGET_ATTR,
+    INTERRUPTED_ATTR,
+    STUDY_FILE_ATTR,
+    SURPLUS_ATTR,
+)
+from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
 from hpo.service.redact import redact
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
 from hpo.service.storage import artifact_store, mask, open_storage
 from hpo.service.storage_url import STORAGE_ENV, resolve_url
 from hpo.tasks import get_task
+
+WORKER_STOP_GRACE = 30.0  # seconds launch waits for its workers after Ctrl-C, then kills
 
 
 def _identity(study_file: StudyFile) -> dict[str, Any]:
@@ -140,13 +151,18 @@ def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Trials by state. A FAIL is "interrupted" (Ctrl-C), surplus (not counted: it never
+    ran) or "failed" (diverged, crashed, or its worker died)."""
     trials = study.get_trials(deepcopy=False)
     states = [t.state for t in trials]
     ts = optuna.trial.TrialState
+    fails = [t for t in trials if t.state == ts.FAIL and SURPLUS_ATTR not in t.user_attrs]
+    interrupted = sum(1 for t in fails if INTERRUPTED_ATTR in t.user_attrs)
     return {
         "complete": states.count(ts.COMPLETE),
         "pruned": states.count(ts.PRUNED),
-        "failed": sum(1 for t in trials if t.state == ts.FAIL and "diverged" in t.user_attrs),
+        "failed": len(fails) - interrupted,
+        "interrupted": interrupted,
         "running": states.count(ts.RUNNING),
         "waiting": states.count(ts.WAITING),
         "finished": sum(1 for t in trials if is_result(t)),
@@ -177,7 +193,27 @@ def load_study(name: str, url: str, *, sampler: Any = None, pruner: Any = None) 
 def work(
     name: str, url: str, *, worker: str, threads: int | None, timeout: float | None = None
 ) -> int:
-    """One worker: run trials until the study-wide budget is reached."""
+    """One worker: run trials until the study-wide budget is reached, or Ctrl-C (exit
+    code 130, the trial in progress stored as FAIL with the "interrupted" user attr)."""
+    with GracefulStop() as stop:
+        try:
+            code = _work(stop, name, url, worker=worker, threads=threads, timeout=timeout)
+        except KeyboardInterrupt:
+            code = 130
+    if stop.requested:
+        skip_final_collection()
+    return code
+
+
+def _work(
+    stop: GracefulStop,
+    name: str,
+    url: str,
+    *,
+    worker: str,
+    threads: int | None,
+    timeout: float | None,
+) -> int:
     import torch
 
     if threads:
@@ -191,10 +227,13 @@ def work(
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(study_file.pruner)
     )
-    ctx = worker_context(study, study_file, url)
+    ctx = stop.call(worker_context, study, study_file, url)
     store = artifact_store(url, study_file.storage)
+
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
+        if stop.requested:
+            return 130
         budget = int(study.user_attrs.get(BUDGET_ATTR, study_file.study.n_trials))
         optuna.storages.fail_stale_trials(study)
         counts = trial_counts(study)
@@ -202,11 +241,35 @@ def work(
             break
         if counts["counted"] >= budget and counts["waiting"] == 0:
             # The rest are running elsewhere; wait in case a dead worker's trial is retried.
-            time.sleep(min(2.0, study_file.storage.heartbeat_interval))
+            stop.sleep(min(2.0, study_file.storage.heartbeat_interval))
             continue
-        objective = Objective(study_file, ctx, budget, store)
-        study.optimize(objective, n_trials=1, catch=(DivergedError, SurplusTrial))
-    return 0
+        interrupted: list[int] = []
+        objective = _interruptible(Objective(study_file, ctx, budget, store), stop, interrupted)
+        try:
+            study.optimize(objective, n_trials=1, catch=(DivergedError, SurplusTrial))
+        except KeyboardInterrupt:
+            # One write per line (workers share launch's stderr), after the ^C or the bar.
+            for number in interrupted:
+                sys.stderr.write(f"\ntrial {number} interrupted (worker {worker})\n")
+            return 130
+    return 130 if stop.requested else 0
+
+
+def _interruptible(
+    objective: Callable[[optuna.Trial], Any], stop: GracefulStop, interrupted: list[int]
+) -> Callable[[optuna.Trial], Any]:
+    """The objective, interrupted by Ctrl-C; an interrupted trial says so in a user attr
+    before Optuna stores it as FAIL, and its number goes to `interrupted`."""
+
+    def run(trial: optuna.Trial) -> Any:
+        try:
+            return stop.call(objective, trial)
+        except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED_ATTR, True)
+            interrupted.append(trial.number)
+            raise
+
+    return run
 
 
 def launch(
@@ -244,57 +307,77 @@ def launch(
         return 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, STORAGE_ENV: url}  # the URL travels by env, not argv (ps shows argv)
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "hpo",
-                "worker",
-                "--study",
-                study.study_name,
-                "--worker-id",
-                f"{os.uname().nodename}-{os.getpid()}-{i}",
-                "--threads",
-                str(threads),
-            ]
-            + (["--timeout", str(study_file.study.timeout)] if study_file.study.timeout else []),
-            env=env,
-            # Own session: a terminal Ctrl-C reaches only this process, which forwards
-            # exactly one SIGINT; a second one could land while Optuna records the trial.
-            start_new_session=True,
-        )
-        for i in range(workers)
-    ]
-    try:
-        _monitor(study, procs, budget, quiet)
-    except KeyboardInterrupt:
+    procs: list[subprocess.Popen] = []
+
+    def forward() -> None:  # in the signal handler: each worker stops its own trial
         for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        counts = trial_counts(study)
+            if p.returncode is None:
+                try:  # SIGTERM: one still starting up ends at once (hpo.service.interrupt)
+                    os.kill(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    with GracefulStop(on_request=forward) as stop:
+        for i in range(workers):
+            if stop.requested:
+                break
+            procs.append(_spawn(study.study_name, i, threads, study_file.study.timeout, env))
+        _monitor(study, procs, budget, quiet, stop)
+        if stop.requested:
+            _wait_or_kill(procs, WORKER_STOP_GRACE)
+    counts = trial_counts(study)
+    if stop.requested:
+        interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
         _say(
-            f"\ninterrupted: {counts['finished']}/{budget} trials finished; run the same "
-            "command again to resume",
+            f"\ninterrupted: {counts['finished']}/{budget} trials finished{interrupted} "
+            "(interrupted trials are stored as FAIL and not counted in the budget); "
+            "run the same command again to resume",
             quiet=False,
         )
+        skip_final_collection()
         return 130
     codes = [p.returncode for p in procs]
-    counts = trial_counts(study)
     _say(_summary(study, counts, budget), quiet)
     return 0 if all(c == 0 for c in codes) else 1
 
 
-def _monitor(study: optuna.Study, procs: list[subprocess.Popen], budget: int, quiet: bool) -> None:
+def _spawn(
+    name: str, i: int, threads: int, timeout: float | None, env: dict[str, str]
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", "worker", "--study", name]
+        + ["--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}", "--threads", str(threads)]
+        + (["--timeout", str(timeout)] if timeout else []),
+        env=env,
+        # Own session: a terminal Ctrl-C reaches only this process, which forwards it.
+        start_new_session=True,
+    )
+
+
+def _wait_or_kill(procs: list[subprocess.Popen], grace: float) -> None:
+    """Workers stop within a second or two of Ctrl-C (see hpo.service.interrupt); one
+    that does not (a storage call retrying while the database is away) is killed, and
+    its trial is failed by heartbeat and retried when the study resumes."""
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _monitor(
+    study: optuna.Study,
+    procs: list[subprocess.Popen],
+    budget: int,
+    quiet: bool,
+    stop: GracefulStop,
+) -> None:
     from tqdm import tqdm
 
     with tqdm(total=budget, desc="trials", disable=quiet, unit="trial", dynamic_ncols=True) as bar:
-        while True:
+        while not stop.requested:
             alive = any(p.poll() is None for p in procs)
             counts = trial_counts(study)
             bar.n = min(counts["finished"], budget)
@@ -310,14 +393,16 @@ def _monitor(study: optuna.Study, procs: list[subprocess.Popen], budget: int, qu
             bar.refresh()
             if not alive:
                 return
-            time.sleep(1.0)
+            stop.sleep(1.0)
 
 
 def _summary(study: optuna.Study, counts: dict[str, int], budget: int) -> str:
     best = best_value(study)
     text = (
         f"study {study.study_name}: {counts['finished']}/{budget} trials "
-        f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed)"
+        f"({counts['complete']} complete, {counts['pruned']} pruned, {counts['failed']} failed"
+        + (f", {counts['interrupted']} interrupted" if counts["interrupted"] else "")
+        + ")"
     )
     if best is not None:
         text += f"; best value {best:.4f} (trial {study.best_trial.number})"

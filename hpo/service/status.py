@@ -27,7 +27,15 @@ def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
                     "study": name,
                     "budget": study.user_attrs.get(BUDGET_ATTR),
                     **{
-                        k: counts[k] for k in ("complete", "pruned", "failed", "running", "waiting")
+                        k: counts[k]
+                        for k in (
+                            "complete",
+                            "pruned",
+                            "failed",
+                            "interrupted",
+                            "running",
+                            "waiting",
+                        )
                     },
                     "best_value": best_value(study),
                     "workers_alive": _alive(storage, study),
@@ -52,14 +60,15 @@ def format_status(rows: list[dict[str, Any]]) -> str:
         return "no studies"
     head = (
         f"{'study':<24} {'budget':>6} {'done':>5} {'pruned':>6} {'failed':>6} "
-        f"{'running':>7} {'alive':>5}  best"
+        f"{'interrupted':>11} {'running':>7} {'alive':>5}  best"
     )
     lines = [head]
     for r in rows:
         best = "-" if r["best_value"] is None else f"{r['best_value']:.4f}"
         lines.append(
             f"{r['study']:<24} {r['budget'] or '-':>6} {r['complete']:>5} {r['pruned']:>6} "
-            f"{r['failed']:>6} {r['running']:>7} {r['workers_alive']:>5}  {best}"
+            f"{r['failed']:>6} {r['interrupted']:>11} {r['running']:>7} "
+            f"{r['workers_alive']:>5}  {best}"
         )
     lines.append(f"storage: {', '.join(sorted({r['storage'] for r in rows}))}")
     return "\n".join(lines)
