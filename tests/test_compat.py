@@ -77,7 +77,7 @@ def test_grpc_make_server_keeps_its_signature() -> None:
 
 
 def test_heartbeat_base_class_asks_for_what_our_grpc_storage_implements() -> None:
-    from hpo.service.storage import GrpcHeartbeatStorage
+    from hpo.service.reconnect import GrpcHeartbeatStorage
 
     base = internal("optuna.storages._heartbeat:BaseHeartbeat")
     assert base is compat.BaseHeartbeat
@@ -96,7 +96,7 @@ def test_heartbeat_base_class_asks_for_what_our_grpc_storage_implements() -> Non
 
 def test_cached_storage_calls_are_the_private_ones_it_makes() -> None:
     """Optuna's _CachedStorage calls these RDBStorage methods directly; ours retry them."""
-    from hpo.service.storage import ReconnectingRDBStorage
+    from hpo.service.reconnect import ReconnectingRDBStorage
 
     cached = internal("optuna.storages._cached_storage:_CachedStorage")
     source = inspect.getsource(cached)  # type: ignore[arg-type]

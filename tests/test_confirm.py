@@ -10,6 +10,7 @@ import pytest
 from helpers import run_tiny_study
 
 from hpo.cli import main
+from hpo.outputs.summary import study_summary
 from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR
 
 pytestmark = pytest.mark.slow
@@ -36,6 +37,12 @@ def test_confirm_stores_mean_and_std_and_export_takes_the_confirmed_best(
     best = study.user_attrs[CONFIRMED_BEST_ATTR]
     means = {int(n): r["val"]["worst_group"]["mean"] for n, r in confirmed.items()}
     assert best["trial"] == max(means, key=lambda n: (means[n], -n))
+
+    summary = "\n".join(study_summary(study))  # what hpo launch prints at the end
+    assert "validation worst-group accuracy: original" in summary
+    assert "references on the same split: oracle" in summary and "leace" in summary
+    assert f"confirmed best: trial {best['trial']}" in summary
+    assert "hpo export conf" in summary and "hpo report conf" in summary
 
     out = tmp_path / "model"
     assert main(["export", "conf", "--storage", url, "--out", str(out)]) == 0

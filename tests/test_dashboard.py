@@ -27,7 +27,7 @@ import pytest
 from helpers import run_tiny_study
 
 from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART
-from hpo.outputs.dashboard import sync_best_notes
+from hpo.outputs.notes import sync_best_notes
 from hpo.service import compat
 
 CHROMIUM = "/usr/bin/chromium"

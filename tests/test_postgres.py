@@ -29,7 +29,8 @@ import pytest
 
 from hpo.config import StorageSection
 from hpo.service import compat
-from hpo.service.storage import CONNECTIONS_PER_WORKER, HEARTBEAT_ATTR, open_storage
+from hpo.service.attrs import HEARTBEAT_ATTR
+from hpo.service.storage import CONNECTIONS_PER_WORKER, open_storage
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState

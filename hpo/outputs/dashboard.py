@@ -6,231 +6,35 @@ middleware in front that lets only GET and HEAD through. Every API call the dash
 own pages make while browsing is a GET; every POST, PUT, PATCH and DELETE it has changes
 the storage or the artifact store (or calls an LLM provider, which we never configure).
 
-Per-trial charts are uploaded by the worker (`hpo.service.objective`). The note on the best
-trial is written here, by `sync_best_notes`: the worker calls it as each trial ends, so
-the note follows the study live, and `hpo dashboard` calls it once at start (unless
-read-only) to repair the one case a worker cannot see: two trials finishing at once.
+Per-trial charts are uploaded by the worker (`hpo.service.objective`); the note on the
+best trial is hpo.outputs.notes'.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import socket
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import optuna
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
-from hpo.service import compat
+from hpo.outputs.notes import sync_best_notes
+from hpo.service.artifacts import artifact_store
 from hpo.service.attrs import (
-    ABLATED_COMPONENTS_ATTR,
-    ALPHA_ATTR,
-    BEST_NOTES_ATTR,
-    LAYER_ATTR,
-    SEED_ATTR,
-    SELECTION_ATTR,
     STUDY_FILE_ATTR,
-    VAL_GROUPS_ATTR,
 )
-from hpo.service.storage import artifact_store, mask, open_storage
+from hpo.service.storage import mask, open_storage
 from hpo.service.storage_url import single_storage_url
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::", "")
 SAFE_METHODS = ("GET", "HEAD")
-BEST_HEADING = "### ★ Best trial"
-FRONT_HEADING = "### ★ On the Pareto front"
-SUPERSEDED_HEADING = "### Was best until trial"
-LEFT_FRONT_HEADING = "### Left the Pareto front"
-
-
-# ---- the best trial's note -----------------------------------------------------------
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _gain(before: float | None, after: float | None) -> str:
-    if before is None or after is None:
-        return "–"
-    return f"{100 * (after - before):+.1f} pts"
-
-
-def _summary(groups: Mapping[str, float | None]) -> tuple[float | None, float | None]:
-    present = [v for v in groups.values() if v is not None]
-    if not present:
-        return None, None
-    return min(present), sum(present) / len(present)
-
-
-def _values_text(objectives: Sequence[str], values: Sequence[float]) -> str:
-    return ", ".join(f"{name} = {v:.4g}" for name, v in zip(objectives, values, strict=False))
-
-
-def best_note(
-    attrs: Mapping[str, Any],
-    values: Sequence[float],
-    objectives: Sequence[str],
-    task: Mapping[str, Any],
-    *,
-    pareto: bool = False,
-) -> str:
-    """Markdown: what the trial ablated and what it gained on validation."""
-    heading = FRONT_HEADING if pareto else BEST_HEADING
-    lines = [f"{heading} ({_values_text(objectives, values)})", ""]
-    groups = attrs.get(VAL_GROUPS_ATTR)
-    if groups and ALPHA_ATTR in attrs:
-        comps = ", ".join(str(c) for c in attrs.get(ABLATED_COMPONENTS_ATTR, []))
-        how = (
-            "conditioned on the concept labels (SCAR)"
-            if attrs.get(SELECTION_ATTR, attrs.get("ablate", "conditioned")) == "conditioned"
-            else "attribution (the components whose contribution differs most by concept)"
-        )
-        lines += [  # short lines: the dashboard's note box does not wrap wide content
-            f"- **Removed** Faithful-SAE component(s) **{comps}** "
-            f"of the `{attrs.get(LAYER_ATTR, task.get('layer', '?'))}` weight",
-            f"- picked by: {how}",
-            f"- **α = {attrs[ALPHA_ATTR]:.2f}**, chosen on validation",
-            "",
-            "| validation | original | debiased | gain |",
-            "|---|---:|---:|---:|",
-        ]
-        o_worst, o_mean = _summary(groups["original"])
-        d_worst, d_mean = _summary(groups["debiased"])
-        lines.append(
-            f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | "
-            f"**{_gain(o_worst, d_worst)}** |"
-        )
-        lines.append(f"| mean group | {_pct(o_mean)} | {_pct(d_mean)} | {_gain(o_mean, d_mean)} |")
-        for g, before in groups["original"].items():
-            after = groups["debiased"].get(g)
-            lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
-        refs = [m for m in groups if m not in ("original", "debiased")]
-        if refs:
-            worst = ", ".join(f"{m.replace('_', ' ')} {_pct(_summary(groups[m])[0])}" for m in refs)
-            lines += ["", f"References, worst group on validation: {worst}."]
-        lines.append("")
-    else:
-        shown = [k for k in ("mmcs", "ml2r") if k in attrs]
-        if shown:
-            lines += [" · ".join(f"{k.upper()} {attrs[k]:.4f}" for k in shown), ""]
-    tail = [
-        f"{label} {attrs[k]:.2e}"
-        for k, label in (
-            ("faithfulness_error", "faithfulness error"),
-            ("reconstruction_error", "reconstruction error"),
-        )
-        if isinstance(attrs.get(k), (int, float))
-    ]
-    if SEED_ATTR in attrs:
-        tail.append(f"seed {attrs[SEED_ATTR]}")
-    if tail:
-        lines += [" · ".join(tail) + ".", ""]
-    if groups:
-        lines.append("Test numbers: `hpo report`, `hpo export` (never shown to the sampler).")
-    return "\n".join(lines)
-
-
-def superseded_note(body: str, by: int | None) -> str:
-    """The note of a trial that no longer leads (`by`: the trial that took over, None when
-    it left a Pareto front): kept, with a heading that says so."""
-    first, _, rest = body.partition("\n")
-    was = first.split("(", 1)[1].rstrip(")") if "(" in first else ""
-    heading = LEFT_FRONT_HEADING if by is None else f"{SUPERSEDED_HEADING} {by}"
-    return f"{heading} ({was})\n{rest}"
-
-
-def leaders(
-    trials: Sequence[FrozenTrial], directions: Sequence[StudyDirection]
-) -> list[FrozenTrial]:
-    """The best feasible complete trial (one objective) or the Pareto front (several)."""
-    done = [
-        t
-        for t in trials
-        if t.state == TrialState.COMPLETE
-        and t.values is not None
-        and all(math.isfinite(v) for v in t.values)
-        and all(c <= 0 for c in t.constraints.values())
-    ]
-    if not done:
-        return []
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
-    scores = {t.number: [s * v for s, v in zip(signs, t.values, strict=True)] for t in done}
-    if len(directions) == 1:
-        return [max(done, key=lambda t: (scores[t.number][0], -t.number))]
-
-    def dominates(a: list[float], b: list[float]) -> bool:
-        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-    return [t for t in done if not any(dominates(scores[o.number], scores[t.number]) for o in done)]
-
-
-def sync_best_notes(
-    study: optuna.Study, pending: tuple[int, Sequence[float]] | None = None
-) -> list[int]:
-    """Note the leading trial(s); mark trials we noted earlier that no longer lead.
-
-    `pending` is (trial_id, values) of a trial whose objective is about to return: the
-    worker counts it as complete already. A note a person wrote or edited is never
-    overwritten. Returns the numbers of the trials whose note changed.
-    """
-    storage, study_id = compat.storage_of(study), compat.study_id(study)
-    trials = list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-    if pending is not None:
-        trial = storage.get_trial(pending[0])
-        trial = FrozenTrial(
-            number=trial.number,
-            state=TrialState.COMPLETE,
-            value=None,
-            values=list(pending[1]),
-            datetime_start=trial.datetime_start,
-            datetime_complete=trial.datetime_start,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs=trial.user_attrs,
-            system_attrs=trial.system_attrs,  # its constraints: only feasible trials lead
-            intermediate_values=trial.intermediate_values,
-            trial_id=compat.trial_id(trial),
-        )
-        trials = [t for t in trials if compat.trial_id(t) != pending[0]] + [trial]
-    front = leaders(trials, study.directions)
-    if not front:
-        return []
-    study_file = study.user_attrs.get(STUDY_FILE_ATTR, {})
-    objectives = study_file.get("study", {}).get("objectives", ["value"])
-    task = study_file.get("task", {})
-    pareto = len(study.directions) > 1
-    by_id = {compat.trial_id(t): t for t in trials}
-    desired: dict[int, str] = {}
-    for t in front:
-        attrs = {**study_file.get("params", {}), **t.params, **t.user_attrs}
-        desired[compat.trial_id(t)] = best_note(attrs, t.values, objectives, task, pareto=pareto)
-    system_attrs = storage.get_study_system_attrs(study_id)
-    ours: dict[str, str] = dict(system_attrs.get(BEST_NOTES_ATTR, {}))
-    for key, body in ours.items():
-        tid = int(key)
-        if tid not in desired and tid in by_id and body.startswith((BEST_HEADING, FRONT_HEADING)):
-            desired[tid] = superseded_note(body, None if pareto else front[0].number)
-    changed = []
-    for tid, body in desired.items():
-        note = compat.get_note(system_attrs, tid)
-        if note["body"] == body or (note["body"] and note["body"] != ours.get(str(tid))):
-            continue  # up to date, or a person's own note
-        compat.save_note(storage, study_id, tid, note["version"] + 1, body)
-        ours[str(tid)] = body
-        changed.append(by_id[tid].number)
-    if changed:
-        storage.set_study_system_attr(study_id, BEST_NOTES_ATTR, ours)
-    return changed
 
 
 # ---- the server ----------------------------------------------------------------------

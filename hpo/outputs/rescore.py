@@ -22,6 +22,7 @@ from hpo.data.cache import load_tensors
 from hpo.errors import UserError
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
+from hpo.service.artifacts import artifact_store
 from hpo.service.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
@@ -29,7 +30,6 @@ from hpo.service.attrs import (
     TRIAL_WEIGHTS_ATTR,
     VAL_GROUPS_ATTR,
 )
-from hpo.service.storage import artifact_store
 from hpo.tasks import get_task
 
 # Accuracies are exact fractions of a split: a single changed prediction moves them by

@@ -9,6 +9,7 @@ weights it scored so that export can hand over exactly those.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ import torch
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
 from hpo.results import TrialResult
-from hpo.service import compat
 from hpo.service.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
@@ -73,12 +73,18 @@ def downsample(history: dict[str, list[float]], points: int = 60) -> dict[str, l
 
 class Objective:
     def __init__(
-        self, study_file: StudyFile, ctx: Any, budget: int, artifact_store: Any | None = None
+        self,
+        study_file: StudyFile,
+        ctx: Any,
+        budget: int,
+        artifact_store: Any | None = None,
+        on_complete: Callable[[optuna.Trial, tuple[float, ...]], None] | None = None,
     ) -> None:
         self.study_file = study_file
         self.ctx = ctx
         self.budget = budget
         self.artifact_store = artifact_store
+        self.on_complete = on_complete  # e.g. charts and notes for the dashboard
         self.task = get_task(study_file.task.kind)
         self.objectives = study_file.study.objectives
 
@@ -115,8 +121,8 @@ class Objective:
         if self.artifact_store is not None:
             self._upload_weights(trial, trained.sae, params, result)
         values = tuple(float(result.value(name)) for name in self.objectives)
-        if self.artifact_store is not None:
-            publish_for_dashboard(trial, self.artifact_store, values)
+        if self.on_complete is not None:
+            self.on_complete(trial, values)
         return values[0] if single else values
 
     def _constrain(self, trial: optuna.Trial, result: TrialResult) -> None:
@@ -177,22 +183,3 @@ def record(trial: optuna.Trial, result: TrialResult, history: dict[str, list[flo
         if key in result.provenance:
             trial.set_user_attr(key, result.provenance[key])
     trial.set_user_attr(LOSS_HISTORY_ATTR, downsample(history))
-
-
-# ---- what optuna-dashboard shows ------------------------------------------------------
-
-
-def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, ...]) -> None:
-    """The trial's charts as SVG artifacts (the dashboard previews image/* inline), and
-    the note on the best trial, kept current as each trial ends (see hpo.outputs.dashboard)."""
-    from optuna.artifacts import upload_artifact
-
-    from hpo.outputs.charts import trial_charts
-    from hpo.outputs.dashboard import sync_best_notes
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, svg in trial_charts(trial.user_attrs, trial.number).items():
-            path = Path(tmp) / name
-            path.write_text(svg)
-            upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
-    sync_best_notes(trial.study, pending=(compat.trial_id(trial), values))

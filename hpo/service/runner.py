@@ -19,11 +19,14 @@ from typing import Any
 
 import optuna
 
-from hpo.config import StudyFile
+from hpo.config import StorageSection, StudyFile
+from hpo.cpus import OPENMP_ENV, set_torch_threads, threads_per_worker, usable_cpus
 from hpo.data.cache import bundle_file, writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
 from hpo.files import atomic_path
+from hpo.outputs.summary import study_summary
+from hpo.service.artifacts import artifact_store
 from hpo.service.attrs import (
     BASE_ARTIFACT_ATTR,
     BASE_MODEL_ATTR,
@@ -36,7 +39,7 @@ from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
 from hpo.service.redact import redact
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
-from hpo.service.storage import artifact_store, mask, open_storage
+from hpo.service.storage import mask, open_storage
 from hpo.service.storage_url import STORAGE_ENV, resolve_url
 from hpo.tasks import get_task
 
@@ -214,10 +217,7 @@ def _work(
     threads: int | None,
     timeout: float | None,
 ) -> int:
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
+    set_torch_threads(threads_per_worker(1, threads))
     probe = load_study(name, url)
     study_file = StudyFile.model_validate(probe.user_attrs[STUDY_FILE_ATTR])
     storage = open_storage(url, study_file.storage)
@@ -229,6 +229,11 @@ def _work(
     )
     ctx = stop.call(worker_context, study, study_file, url)
     store = artifact_store(url, study_file.storage)
+
+    def publish(trial: optuna.Trial, values: tuple[float, ...]) -> None:
+        from hpo.outputs.notes import publish_for_dashboard
+
+        publish_for_dashboard(trial, store, values)
 
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
@@ -244,7 +249,9 @@ def _work(
             stop.sleep(min(2.0, study_file.storage.heartbeat_interval))
             continue
         interrupted: list[int] = []
-        objective = _interruptible(Objective(study_file, ctx, budget, store), stop, interrupted)
+        objective = _interruptible(
+            Objective(study_file, ctx, budget, store, on_complete=publish), stop, interrupted
+        )
         try:
             study.optimize(objective, n_trials=1, catch=(DivergedError, SurplusTrial))
         except KeyboardInterrupt:
@@ -281,10 +288,16 @@ def launch(
     data_dir: str | None,
     overrides: list[str] | None = None,
     quiet: bool = False,
+    threads: int | None = None,
 ) -> int:
+    """Create or resume the study, build its base model here (on the usable cores, or
+    `threads`), then run `workers` local workers with `threads` torch threads each
+    (default: the usable cores shared out; see hpo.cpus)."""
     from hpo.service.preflight import check_launch
     from hpo.service.study_file import load_study_file
 
+    per_worker = threads_per_worker(max(1, workers), threads)
+    set_torch_threads(threads or usable_cpus())
     study_file = load_study_file(path, overrides)
     url = resolve_url(study_file.storage, study_file.study.name, storage_url)
     # Everything that can be checked is (options, paths, data, base model, memory)
@@ -305,8 +318,9 @@ def launch(
             quiet,
         )
         return 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    env = {**os.environ, STORAGE_ENV: url}  # the URL travels by env, not argv (ps shows argv)
+    # The URL travels by env, not argv (ps shows argv); OpenMP's settings must be in the
+    # environment before a worker loads torch.
+    env = {**OPENMP_ENV, **os.environ, STORAGE_ENV: url}
     procs: list[subprocess.Popen] = []
 
     def forward() -> None:  # in the signal handler: each worker stops its own trial
@@ -321,7 +335,7 @@ def launch(
         for i in range(workers):
             if stop.requested:
                 break
-            procs.append(_spawn(study.study_name, i, threads, study_file.study.timeout, env))
+            procs.append(_spawn(study.study_name, i, per_worker, study_file.study.timeout, env))
         _monitor(study, procs, budget, quiet, stop)
         if stop.requested:
             _wait_or_kill(procs, WORKER_STOP_GRACE)
@@ -338,6 +352,12 @@ def launch(
         return 130
     codes = [p.returncode for p in procs]
     _say(_summary(study, counts, budget), quiet)
+    hint = (
+        ""
+        if url == resolve_url(StorageSection(), study.study_name)
+        else f" --storage '{mask(url)}'"
+    )
+    _say("\n".join(study_summary(study, hint)), quiet)
     return 0 if all(c == 0 for c in codes) else 1
 
 

@@ -1,0 +1,71 @@
+"""What a person reads when a study stops: how far the best trial got, against what.
+
+The original model's validation worst-group accuracy, the best feasible trial's, the
+references beside it (last-layer retraining, LEACE, the oracle), a confirmed best if
+`hpo confirm` ran, and the next commands. `hpo launch` prints it at the end, `hpo status`
+on request. Validation numbers only: test belongs to the report and the export.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, VAL_GROUPS_ATTR
+
+
+def worst(groups: Mapping[str, float | None]) -> float | None:
+    present = [v for v in groups.values() if v is not None]
+    return min(present) if present else None
+
+
+def best_feasible(study: optuna.Study) -> FrozenTrial | None:
+    if len(study.directions) > 1:
+        return None
+    try:
+        return study.best_trial  # Optuna's: feasible trials only
+    except ValueError:
+        return None
+
+
+def study_summary(study: optuna.Study, storage_hint: str = "") -> list[str]:
+    """Lines: the best trial against the original and the references, then what next."""
+    name = study.study_name
+    lines: list[str] = []
+    best = best_feasible(study)
+    if best is not None and VAL_GROUPS_ATTR in best.user_attrs:
+        by_model = {m: worst(g) for m, g in best.user_attrs[VAL_GROUPS_ATTR].items()}
+        original, debiased = by_model.pop("original", None), by_model.pop("debiased", None)
+        lines.append(
+            f"validation worst-group accuracy: original {_pct(original)} → best debiased "
+            f"{_pct(debiased)} (trial {best.number})"
+        )
+        if by_model:
+            refs = ", ".join(f"{m.replace('_', ' ')} {_pct(v)}" for m, v in by_model.items())
+            lines.append(f"references on the same split: {refs}")
+    elif best is not None:
+        lines.append(f"best value {best.value:.4f} (trial {best.number})")
+    confirmed = study.user_attrs.get(CONFIRMED_BEST_ATTR)
+    if confirmed is not None:
+        record = study.user_attrs.get(CONFIRMATION_ATTR, {}).get(str(confirmed["trial"]), {})
+        spread = record.get("val", {}).get(confirmed["objective"], {})
+        lines.append(
+            f"confirmed best: trial {confirmed['trial']}, {confirmed['objective']} "
+            f"{spread.get('mean', confirmed['mean']):.4f} ± {spread.get('std', 0.0):.4f} over "
+            f"{confirmed['seeds']} fresh seeds"
+        )
+    if best is not None or len(study.directions) > 1:
+        lines += [
+            "next:",
+            f"  hpo report {name}{storage_hint}      # one HTML file: val and test, figures",
+            f"  hpo dashboard{storage_hint}          # browse trials, charts and notes",
+            f"  hpo confirm {name}{storage_hint}     # re-run the best with fresh seeds",
+            f"  hpo export {name}{storage_hint}      # best config + debiased weights -> models/",
+        ]
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"

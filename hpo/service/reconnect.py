@@ -1,0 +1,328 @@
+"""Riding out a database restart: storage classes whose calls retry while it is away.
+
+A database that goes away for a moment (a restart, a failover, a dropped connection) must
+not kill a worker that has been training for an hour: every storage call retries while
+the database is unreachable, for up to RECONNECT_WINDOW seconds, and the heartbeat thread
+skips a beat instead of dying. `ReconnectingRDBStorage` is Optuna's RDBStorage so made;
+`GrpcHeartbeatStorage` is its gRPC proxy client, with heartbeats Optuna's lacks.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage
+
+from hpo.errors import UserError
+from hpo.service.attrs import HEARTBEAT_ATTR
+from hpo.service.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
+from hpo.service.redact import mask_url, scrub, secrets_of
+
+GRPC_PORT = 13000
+# How long a storage call keeps retrying while the database is unreachable: longer than a
+# restart or a managed database's failover, shorter than a silent hang.
+RECONNECT_WINDOW = 120.0
+
+_log = logging.getLogger("hpo.storage")
+
+
+def mask(url: str) -> str:
+    return mask_url(url)
+
+
+def short_error(err: Exception) -> str:
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return text[:300]
+
+
+# ---- riding out a database restart ----------------------------------------------------
+#
+# What happens without this (PostgreSQL restarted while a worker trains): pool_pre_ping
+# replaces connections that died while idle in the pool, but any storage call made while
+# the server is down or starting (trial.report, the final tell, the worker loop's
+# get_trials) fails: RDBStorage turns the OperationalError into StorageInternalError,
+# Optuna's _run_trial then fails the trial or raises from its cleanup, and the worker
+# exits. The heartbeat thread is worse: an exception kills it silently, the trial trains
+# on without heartbeats, and another worker fails it as stale and retries it.
+#
+# So each storage method retries while the failure is a lost or refused connection (or a
+# locked SQLite file), never on bad data; nested calls retry only at the outermost level.
+# For a grace period after the database was last seen away, no trial is judged stale:
+# nobody could beat meanwhile, and live trials would be failed and retried for nothing.
+# A write whose reply was lost may already have happened: a repeated upsert is harmless,
+# and a repeated state change is recognised below. (An insert whose commit reply is lost,
+# create_new_trial, could leave an extra trial; the window is the commit's round trip.)
+
+_RETRIED = (
+    *(
+        name
+        for name, member in vars(BaseStorage).items()
+        if callable(member)
+        and not name.startswith("_")
+        and name not in ("remove_session", "check_trial_is_updatable")
+    ),
+    *CACHED_STORAGE_CALLS,  # what optuna's _CachedStorage calls on RDBStorage directly
+)
+_outermost = threading.local()
+
+
+class _Reconnecting:
+    """Mixin for a storage class: retry its calls while the database is unreachable."""
+
+    url: str
+    _last_unreachable: float | None = None  # time.monotonic() of the last failed attempt
+
+    def _transient(self, err: BaseException) -> bool:
+        raise NotImplementedError
+
+    def _recently_unreachable(self) -> bool:
+        """Whether the database was away less than a grace period (and a beat) ago. No
+        worker could record a heartbeat meanwhile: judging trials stale now would fail
+        every live trial whose worker has not beaten again yet."""
+        interval = getattr(self, "heartbeat_interval", None) or 0
+        grace = getattr(self, "grace_period", None) or 2 * interval
+        last = self._last_unreachable
+        return last is not None and time.monotonic() - last < grace + interval
+
+
+def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(_outermost, "active", False):
+            return method(self, *args, **kwargs)
+        _outermost.active = True
+        try:
+            return _with_retries(self, name, lambda: method(self, *args, **kwargs), args, kwargs)
+        finally:
+            _outermost.active = False
+
+    return call
+
+
+def _with_retries(
+    storage: Any, name: str, call: Callable[[], Any], args: tuple, kwargs: dict[str, Any]
+) -> Any:
+    started: float | None = None
+    delay = 0.25
+    while True:
+        try:
+            result = call()
+        except optuna.exceptions.UpdateFinishedTrialError:
+            if started is not None and name == "set_trial_state_values":
+                return _state_already_set(storage, *args, **kwargs)
+            raise
+        except Exception as err:
+            if not storage._transient(err):
+                raise
+            now = time.monotonic()
+            storage._last_unreachable = now
+            if started is None:
+                started = now
+                _log.warning(
+                    "storage %s: %s; retrying for up to %.0f s",
+                    mask(storage.url),
+                    _reason(err, storage.url),
+                    RECONNECT_WINDOW,
+                )
+            elif now - started > RECONNECT_WINDOW:
+                raise
+            time.sleep(delay)
+            delay = min(2 * delay, 4.0)
+            continue
+        if started is not None:
+            _log.warning(
+                "storage %s reconnected after %.1f s", mask(storage.url), time.monotonic() - started
+            )
+        return result
+
+
+def _state_already_set(
+    storage: Any, trial_id: int, state: optuna.trial.TrialState, values: Any = None
+) -> bool:
+    """The attempt before the outage finished the trial and only the reply was lost."""
+    trial = storage.get_trial(trial_id)
+    if trial.state == state and (values is None or list(trial.values or []) == list(values)):
+        return True
+    raise optuna.exceptions.UpdateFinishedTrialError(
+        f"trial {trial.number} is already {trial.state.name}"
+    )
+
+
+def _reason(err: BaseException, url: str) -> str:
+    cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) else err
+    return scrub(short_error(cause if isinstance(cause, Exception) else err)[:200], secrets_of(url))
+
+
+def _beat(storage: Any, record: Callable[[], None]) -> None:
+    """One heartbeat, retried for up to one interval; a missed beat is logged, and the
+    heartbeat thread lives on (a dead one would get a live trial failed as stale)."""
+    deadline = time.monotonic() + (storage.get_heartbeat_interval() or 1)
+    while True:
+        try:
+            record()
+            return
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # the trial is over (failed as stale elsewhere, or just told)
+        except Exception as err:
+            if storage._transient(err):
+                storage._last_unreachable = time.monotonic()
+            if not storage._transient(err) or time.monotonic() >= deadline:
+                _log.warning(
+                    "storage %s: heartbeat missed (%s)",
+                    mask(storage.url),
+                    _reason(err, storage.url),
+                )
+                return
+            time.sleep(0.25)
+
+
+def _reconnecting(cls: type) -> type:
+    for name in _RETRIED:
+        if hasattr(cls, name):
+            setattr(cls, name, _retrying(name, getattr(cls, name)))
+    return cls
+
+
+@_reconnecting
+class ReconnectingRDBStorage(_Reconnecting, RDBStorage):
+    """Optuna's RDBStorage whose calls survive a database restart (see above)."""
+
+    def _transient(self, err: BaseException) -> bool:
+        from sqlalchemy.exc import (
+            DBAPIError,
+            DisconnectionError,
+            InterfaceError,
+            OperationalError,
+            PendingRollbackError,
+        )
+
+        cause = err.__cause__ if isinstance(err, optuna.exceptions.StorageInternalError) else err
+        # A session whose connection died mid-transaction says PendingRollbackError until
+        # it is rolled back, which Optuna's session scope does before raising.
+        if isinstance(cause, PendingRollbackError | DisconnectionError):
+            return True
+        if not isinstance(cause, DBAPIError):
+            return False
+        if cause.connection_invalidated:
+            return True
+        if self.url.startswith("sqlite"):
+            return isinstance(cause, OperationalError) and (
+                "locked" in str(cause) or "busy" in str(cause)
+            )
+        return isinstance(cause, OperationalError | InterfaceError)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        _beat(self, lambda: RDBStorage.record_heartbeat(self, trial_id))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self._recently_unreachable():
+            return []
+        return super()._get_stale_trial_ids(study_id)
+
+
+# ---- the gRPC storage proxy -----------------------------------------------------------
+
+
+def parse_grpc_url(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or GRPC_PORT
+    except ValueError:
+        port = None
+    if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise UserError(
+            f"storage {mask(url)}: a gRPC storage URL is grpc://HOST:PORT (the address of "
+            "`hpo storage-proxy`), e.g. grpc://10.0.0.5:13000"
+        )
+    return parts.hostname, port
+
+
+def grpc_storage(url: str, beat: dict[str, Any]) -> BaseStorage:
+    import warnings
+
+    host, port = parse_grpc_url(url)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            storage = GrpcHeartbeatStorage(host=host, port=port, **beat)
+            storage.wait_server_ready(timeout=30)
+    except ImportError as err:
+        raise UserError(
+            f"storage {url}: gRPC needs grpcio ({err}); pip install 'faithful-sae-hpo[grpc]'"
+        ) from None
+    except ConnectionError:
+        raise UserError(
+            f"storage {url}: no storage proxy answers at {host}:{port} within 30 s; start "
+            f"one next to the database with: hpo storage-proxy --storage DATABASE_URL "
+            f"--host {host} --port {port}"
+        ) from None
+    return storage
+
+
+@_reconnecting
+class GrpcHeartbeatStorage(_Reconnecting, optuna.storages.GrpcStorageProxy, BaseHeartbeat):
+    """Optuna's gRPC proxy client, with the heartbeats it lacks.
+
+    GrpcStorageProxy is not a BaseHeartbeat, so through it a killed worker's trial would
+    stay RUNNING for ever (and the budget would wait on it). Here a worker's heartbeat
+    thread writes the time into a trial system attribute, and a trial is stale once an
+    observer has seen that attribute unchanged for `grace_period` seconds of its own
+    clock: no clocks need to agree across machines. Optuna's own fail_stale_trials and
+    RetryHeartbeatStaleTrialCallback then work unchanged.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        heartbeat_interval: int | None = None,
+        grace_period: int | None = None,
+        heartbeat_stale_trial_callback: Callable[..., None] | None = None,
+    ) -> None:
+        super().__init__(host=host, port=port)
+        self.url = f"grpc://{host}:{port}"
+        self.heartbeat_interval = heartbeat_interval
+        self.grace_period = grace_period or 2 * (heartbeat_interval or 0)
+        self._stale_callback = heartbeat_stale_trial_callback
+        self._seen: dict[int, tuple[Any, float]] = {}
+
+    def _transient(self, err: BaseException) -> bool:
+        import grpc
+
+        return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAVAILABLE
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        set_attr = optuna.storages.GrpcStorageProxy.set_trial_system_attr
+        _beat(self, lambda: set_attr(self, trial_id, HEARTBEAT_ATTR, time.time()))
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        if self._recently_unreachable():
+            return []
+        now = time.monotonic()
+        running = self.get_all_trials(
+            study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+        )
+        stale, seen = [], {}
+        for t in running:
+            beat = t.system_attrs.get(HEARTBEAT_ATTR)
+            previous = self._seen.get(trial_id(t))
+            since = previous[1] if previous and previous[0] == beat else now
+            seen[trial_id(t)] = (beat, since)
+            if now - since > self.grace_period:
+                stale.append(trial_id(t))
+        self._seen = seen
+        return stale
+
+    def get_heartbeat_interval(self) -> int | None:
+        return self.heartbeat_interval
+
+    def get_heartbeat_stale_trial_callback(self) -> Callable[..., None] | None:
+        return self._stale_callback
