@@ -57,7 +57,7 @@ def test_last_layer_refits_only_the_final_linear_layer() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
     x, c = concept_data()
-    assert final_linear(model) == "2"
+    assert final_linear(model, x) == "2"
 
     fitted = LastLayer().fit(source(model, "0", x, c))
 
@@ -65,6 +65,14 @@ def test_last_layer_refits_only_the_final_linear_layer() -> None:
     before = (model(x).argmax(-1) == c).float().mean()
     after = (functional_call(model, dict(fitted.overrides), (x,)).argmax(-1) == c).float().mean()
     assert after > max(before, 0.6)  # it learned to predict the labels it was fitted on
+
+
+def test_the_final_layer_is_the_last_one_called_not_the_last_defined() -> None:
+    from hpo.models.classifiers import ColorMnistMLP
+
+    model = ColorMnistMLP().eval()  # defines fc0 (its first layer) after fc1 and fc2
+    assert [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1] == "fc0"
+    assert final_linear(model, torch.rand(2, 3, 28, 28)) == "fc2"
 
 
 def test_every_reference_says_why_it_cannot_run() -> None:

@@ -53,10 +53,19 @@ class Reference(Protocol):
     def fit(self, source: ReferenceSource) -> Fitted: ...
 
 
-def final_linear(model: nn.Module) -> str | None:
-    """The last nn.Linear in the model's module order: its classifier layer."""
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1] if names else None
+@torch.no_grad()
+def final_linear(model: nn.Module, x: torch.Tensor) -> str | None:
+    """The nn.Linear the model calls last on `x`: its classifier layer. Call order, not
+    definition order: a subclass may define its first layer after its head."""
+    linear = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    called: list[str] = []
+    hooks = [m.register_forward_hook(lambda mod, *_: called.append(linear[mod])) for m in linear]
+    try:
+        model(x[:2])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return called[-1] if called else None
 
 
 def fit_linear(
@@ -95,15 +104,16 @@ class LastLayer:
     description: ClassVar[str] = "final linear layer retrained on the balanced probe split"
 
     def unavailable(self, source: ReferenceSource) -> str | None:
-        if final_linear(source.model) is None:
-            return "the model has no nn.Linear layer"
         if source.probe.x is None:
             return "the probe split has no model inputs"
+        if final_linear(source.model, source.probe.x) is None:
+            return "the model calls no nn.Linear layer"
         return None
 
     def fit(self, source: ReferenceSource) -> Fitted:
-        name = final_linear(source.model)
-        assert name is not None and source.probe.x is not None
+        assert source.probe.x is not None
+        name = final_linear(source.model, source.probe.x)
+        assert name is not None
         layer = source.model.get_submodule(name)
         with torch.enable_grad():
             features = source.inputs_of(name, source.probe.x)
