@@ -33,10 +33,21 @@ def _add_trial(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.add_argument("--no-test", action="store_true", help="do not score the test split")
+    _add_threads(p, "torch CPU threads (default: the cores this process may use)")
     p.set_defaults(func=cmd_trial)
 
 
+def _add_threads(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument(
+        "--threads",
+        type=int,
+        help=f"{text}; the cores it may use are the least of its CPU affinity, its cgroup "
+        "CPU quota and SLURM_CPUS_PER_TASK",
+    )
+
+
 def cmd_trial(args: argparse.Namespace) -> int:
+    from hpo.cpus import threads_per_worker, torch_threads
     from hpo.outputs.trial_table import format_result
     from hpo.service.study_file import load_study_file
     from hpo.service.trial import prepare_task, run_trial
@@ -47,20 +58,22 @@ def cmd_trial(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.seed is not None:
         overrides += [f"params.seed={args.seed}", f"task.seed={args.seed}"]
+    threads = threads_per_worker(1, args.threads)
     study = load_study_file(path, overrides)
     # Progress goes to a terminal only: on a pipe, stderr is the error line or nothing.
     progress = sys.stderr.isatty()
-    _say(f"task {study.task.kind}: preparing data and base model", quiet=not progress)
-    ctx = prepare_task(study, data_dir=args.data_dir, progress=progress)
-    _say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=not progress)
-    try:
-        result, _ = run_trial(
-            study, ctx, study.params, with_test=not args.no_test, progress=progress
-        )
-    except DivergedError as err:
-        raise UserError(
-            f"{path}: the trial diverged: {err}; lower params.lr or the loss weights"
-        ) from None
+    with torch_threads(threads):
+        _say(f"task {study.task.kind}: preparing data and base model", quiet=not progress)
+        ctx = prepare_task(study, data_dir=args.data_dir, progress=progress)
+        _say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=not progress)
+        try:
+            result, _ = run_trial(
+                study, ctx, study.params, with_test=not args.no_test, progress=progress
+            )
+        except DivergedError as err:
+            raise UserError(
+                f"{path}: the trial diverged: {err}; lower params.lr or the loss weights"
+            ) from None
     if args.json:
         print(json.dumps(result.to_json()))
     else:
@@ -91,16 +104,19 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
         metavar="SECTION.KEY=VALUE",
         help="override a field of the study file",
     )
+    _add_threads(p, "torch CPU threads per worker (default: the usable cores / workers)")
     p.set_defaults(func=cmd_launch)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
+    from hpo.cpus import check_threads
     from hpo.service.runner import launch
 
     if args.workers < 0:
         raise UserError(f"--workers: must be 0 or more, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    check_threads(args.threads)
     return launch(
         args.study_file,
         workers=args.workers,
@@ -108,6 +124,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
         storage_url=args.storage,
         data_dir=args.data_dir,
         overrides=args.overrides,
+        threads=args.threads,
     )
 
 
@@ -116,7 +133,7 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL)")
     p.add_argument("--worker-id", help="a name for this worker (default: host-pid)")
-    p.add_argument("--threads", type=int, help="torch CPU threads for this worker")
+    _add_threads(p, "torch CPU threads for this worker (default: the cores it may use)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.set_defaults(func=cmd_worker)
 
@@ -124,11 +141,11 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     import os
 
+    from hpo.cpus import check_threads
     from hpo.service.runner import work
     from hpo.service.storage_url import given_url
 
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads: must be 1 or more, got {args.threads}")
+    check_threads(args.threads)
     url = given_url(args.storage, "hpo worker")
     worker = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
     return work(args.study, url, worker=worker, threads=args.threads, timeout=args.timeout)
@@ -328,4 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
+    """The `hpo` command. OpenMP's settings go into the environment first: the OpenMP
+    runtime reads them once, when torch loads it (see hpo.cpus)."""
+    from hpo.cpus import set_openmp_env
+
+    set_openmp_env()
     sys.exit(main())

@@ -20,7 +20,7 @@ from typing import Any
 import optuna
 
 from hpo.config import StorageSection, StudyFile
-from hpo.cpus import OPENMP_ENV, set_torch_threads, threads_per_worker, usable_cpus
+from hpo.cpus import OPENMP_ENV, threads_per_worker, torch_threads, usable_cpus
 from hpo.data.cache import bundle_file, writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import DivergedError, UserError
@@ -198,9 +198,9 @@ def work(
 ) -> int:
     """One worker: run trials until the study-wide budget is reached, or Ctrl-C (exit
     code 130, the trial in progress stored as FAIL with the "interrupted" user attr)."""
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, torch_threads(threads_per_worker(1, threads)):
         try:
-            code = _work(stop, name, url, worker=worker, threads=threads, timeout=timeout)
+            code = _work(stop, name, url, worker=worker, timeout=timeout)
         except KeyboardInterrupt:
             code = 130
     if stop.requested:
@@ -214,10 +214,8 @@ def _work(
     url: str,
     *,
     worker: str,
-    threads: int | None,
     timeout: float | None,
 ) -> int:
-    set_torch_threads(threads_per_worker(1, threads))
     probe = load_study(name, url)
     study_file = StudyFile.model_validate(probe.user_attrs[STUDY_FILE_ATTR])
     storage = open_storage(url, study_file.storage)
@@ -293,11 +291,24 @@ def launch(
     """Create or resume the study, build its base model here (on the usable cores, or
     `threads`), then run `workers` local workers with `threads` torch threads each
     (default: the usable cores shared out; see hpo.cpus)."""
+    with torch_threads(threads or usable_cpus()):
+        return _launch(path, workers, n_trials, storage_url, data_dir, overrides, quiet, threads)
+
+
+def _launch(
+    path: str,
+    workers: int,
+    n_trials: int | None,
+    storage_url: str | None,
+    data_dir: str | None,
+    overrides: list[str] | None,
+    quiet: bool,
+    threads: int | None,
+) -> int:
     from hpo.service.preflight import check_launch
     from hpo.service.study_file import load_study_file
 
     per_worker = threads_per_worker(max(1, workers), threads)
-    set_torch_threads(threads or usable_cpus())
     study_file = load_study_file(path, overrides)
     url = resolve_url(study_file.storage, study_file.study.name, storage_url)
     # Everything that can be checked is (options, paths, data, base model, memory)
