@@ -32,7 +32,7 @@ from pathlib import Path
 import optuna
 
 from hpo.outputs.rescore import rescore
-from hpo.service.runner import load_study
+from hpo.service.studies import load_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "colored_mnist.toml"
 HPO = [sys.executable, "-m", "hpo"]

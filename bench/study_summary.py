@@ -12,8 +12,8 @@ import optuna
 
 from hpo.outputs.rescore import rescore
 from hpo.service.attrs import PRUNED_AT_STEP_ATTR
-from hpo.service.runner import load_study, trial_counts
 from hpo.service.storage_url import study_url
+from hpo.service.studies import load_study, trial_counts
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ from hpo.cli import main
 from hpo.config import StudyFile
 from hpo.outputs.dashboard import make_app
 from hpo.service.redact import mask_url, redact, secrets_of
-from hpo.service.runner import storable
 from hpo.service.storage import engine_kwargs
+from hpo.service.studies import storable
 
 PASSWORD = "pw@in-user-info-S1"  # an unencoded @: SQLAlchemy would split it
 QUERY = "query-pw-S2"

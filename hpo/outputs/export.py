@@ -299,7 +299,7 @@ def export(
     name: str, cli_url: str | None, *, trial: int | None, out: str | None
 ) -> tuple[Path, str]:
     """Export one trial; returns the folder and which trial was chosen and why."""
-    from hpo.service.runner import load_study
+    from hpo.service.studies import load_study
 
     target = check_target(Path(out) if out else Path("models") / name)
     url = study_url(name, cli_url)

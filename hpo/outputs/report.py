@@ -236,7 +236,7 @@ def build_report(study: optuna.Study, url: str) -> str:
 def write_report(name: str, cli_url: str | None, out: str | None) -> Path:
     from hpo.files import atomic_write_bytes
     from hpo.paths import check_writable_file
-    from hpo.service.runner import load_study
+    from hpo.service.studies import load_study
 
     target = check_writable_file(Path(out) if out else Path(f"{name}-report.html"), "--out")
     url = study_url(name, cli_url)

@@ -114,7 +114,7 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
 
 def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
-    from hpo.service.runner import worker_context
+    from hpo.service.studies import worker_context
 
     study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
     payload = load_trial_weights(study, study_file, url, trial)

@@ -112,8 +112,8 @@ def confirm(
     new_base_model: bool,
     data_dir: str | None,
 ) -> list[dict[str, Any]]:
-    from hpo.service.runner import load_study, worker_context
     from hpo.service.storage_url import study_url
+    from hpo.service.studies import load_study, worker_context
 
     if top < 1 or seeds < 1:
         raise UserError(f"--top and --seeds must be at least 1, got {top} and {seeds}")

@@ -63,7 +63,7 @@ def check_launch(
 def existing_study(url: str, study_file: StudyFile) -> optuna.Study | None:
     """The study if the storage has it already (checked to be the same study), else None.
     A SQLite file that does not exist yet is not created here."""
-    from hpo.service.runner import check_resumable
+    from hpo.service.studies import check_resumable
 
     path = sqlite_path(url)
     if path is not None and (not path.exists() or path.stat().st_size == 0):

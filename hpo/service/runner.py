@@ -1,4 +1,4 @@
-"""Launching studies and running workers.
+"""Launching studies and running workers (the study in storage: hpo.service.studies).
 
 `launch` creates or resumes a study, trains the base model once (recorded in the study by
 content hash and uploaded to its artifact store), then runs N local `hpo worker`
@@ -14,183 +14,35 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 
 from hpo.config import StorageSection, StudyFile
 from hpo.cpus import OPENMP_ENV, threads_per_worker, torch_threads, usable_cpus
-from hpo.data.cache import bundle_file, writable_cache_dir
-from hpo.device import resolve_device
-from hpo.errors import DivergedError, UserError
-from hpo.files import atomic_path
+from hpo.errors import DivergedError
 from hpo.outputs.summary import study_summary
 from hpo.service.artifacts import artifact_store
 from hpo.service.attrs import (
-    BASE_ARTIFACT_ATTR,
-    BASE_MODEL_ATTR,
     BUDGET_ATTR,
     INTERRUPTED_ATTR,
     STUDY_FILE_ATTR,
-    SURPLUS_ATTR,
 )
 from hpo.service.interrupt import GracefulStop, skip_final_collection
-from hpo.service.objective import Objective, SurplusTrial, counts_toward_budget, is_result
-from hpo.service.redact import redact
+from hpo.service.objective import Objective, SurplusTrial
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
 from hpo.service.storage import mask, open_storage
 from hpo.service.storage_url import STORAGE_ENV, resolve_url
-from hpo.tasks import get_task
+from hpo.service.studies import (
+    best_value,
+    create_or_load,
+    load_study,
+    prepare_base_model,
+    trial_counts,
+    worker_context,
+)
 
 WORKER_STOP_GRACE = 30.0  # seconds launch waits for its workers after Ctrl-C, then kills
-
-
-def _identity(study_file: StudyFile) -> dict[str, Any]:
-    """What must match for a relaunch to resume the same study."""
-    dump = study_file.model_dump(mode="json")
-    return {k: dump[k] for k in ("task", "params", "search", "sampler", "pruner")} | {
-        "objectives": dump["study"]["objectives"]
-    }
-
-
-def storable(study_file: StudyFile) -> dict[str, Any]:
-    """The study file as stored in the study: its storage section redacted (the URL's
-    password and secret query parameters, and secret-looking keys of engine_kwargs, as
-    ***). Workers get the URL from --storage or the environment, never from the study;
-    a redacted engine_kwargs entry is left out when they connect."""
-    dump = study_file.model_dump(mode="json")
-    dump["storage"] = redact(dump["storage"])
-    return dump
-
-
-def check_resumable(study_file: StudyFile, stored: dict[str, Any]) -> None:
-    """A relaunch resumes only the same study (its stored file is what launch stored)."""
-    if _identity(StudyFile.model_validate(stored)) != _identity(study_file):
-        raise UserError(
-            f"study {study_file.study.name!r} already exists in this storage with a different "
-            "task, params, search space, sampler or pruner; rename study.name to start a new "
-            "study, or launch it with its original file to resume"
-        )
-
-
-def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) -> optuna.Study:
-    name = study_file.study.name
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        directions=study_file.directions,
-        load_if_exists=True,
-    )
-    stored = study.user_attrs.get(STUDY_FILE_ATTR)
-    if stored is None:
-        study.set_user_attr(STUDY_FILE_ATTR, storable(study_file))
-    else:
-        check_resumable(study_file, stored)
-    if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
-        study.set_user_attr(BUDGET_ATTR, n_trials or study_file.study.n_trials)
-    return study
-
-
-def prepare_base_model(
-    study: optuna.Study,
-    study_file: StudyFile,
-    url: str,
-    data_dir: str | None,
-    bundle: Path | None = None,
-) -> None:
-    """Train (or reuse) the study's base model once, before any worker starts.
-
-    A study that has one keeps it: resuming never rebuilds it (a user's factory need not
-    be deterministic), and workers fetch it from the artifact store as usual. `bundle`:
-    the one `hpo.service.preflight` built already.
-    """
-    if study.user_attrs.get(BASE_MODEL_ATTR) is None:
-        from optuna.artifacts import upload_artifact
-
-        path = bundle
-        if path is None:
-            task = get_task(study_file.task.kind)
-            device = resolve_device(study_file.params.device)
-            path, _ = task.build(study_file.task, data_dir=data_dir, device=device, progress=True)
-        key = path.stem.split("-", 1)[1]
-
-        store = artifact_store(url, study_file.storage)
-        artifact_id = upload_artifact(
-            artifact_store=store, file_path=str(path), study_or_trial=study
-        )
-        study.set_user_attr(BASE_ARTIFACT_ATTR, artifact_id)
-        study.set_user_attr(BASE_MODEL_ATTR, key)
-
-
-def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
-    """The trial context from the local cache, or downloaded from the artifact store."""
-    task = get_task(study_file.task.kind)
-    key = study.user_attrs.get(BASE_MODEL_ATTR)
-    if key is None:
-        raise UserError(
-            f"study {study.study_name!r} has no base model yet: start it with hpo launch"
-        )
-    path = bundle_file(study_file.task.kind, key)
-    if not path.exists():
-        from optuna.artifacts import download_artifact
-
-        writable_cache_dir()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            try:
-                download_artifact(
-                    artifact_store=artifact_store(url, study_file.storage),
-                    artifact_id=study.user_attrs[BASE_ARTIFACT_ATTR],
-                    file_path=str(tmp),
-                )
-            except Exception as err:
-                raise UserError(
-                    f"cannot fetch base model {key} from the study's artifact store ({err}); "
-                    "set storage.artifacts to a shared folder or s3:// bucket every worker "
-                    "reaches"
-                ) from None
-    return task.load(study_file.task, path, resolve_device(study_file.params.device))
-
-
-def trial_counts(study: optuna.Study) -> dict[str, int]:
-    """Trials by state. A FAIL is "interrupted" (Ctrl-C), surplus (not counted: it never
-    ran) or "failed" (diverged, crashed, or its worker died)."""
-    trials = study.get_trials(deepcopy=False)
-    states = [t.state for t in trials]
-    ts = optuna.trial.TrialState
-    fails = [t for t in trials if t.state == ts.FAIL and SURPLUS_ATTR not in t.user_attrs]
-    interrupted = sum(1 for t in fails if INTERRUPTED_ATTR in t.user_attrs)
-    return {
-        "complete": states.count(ts.COMPLETE),
-        "pruned": states.count(ts.PRUNED),
-        "failed": len(fails) - interrupted,
-        "interrupted": interrupted,
-        "running": states.count(ts.RUNNING),
-        "waiting": states.count(ts.WAITING),
-        "finished": sum(1 for t in trials if is_result(t)),
-        "counted": sum(1 for t in trials if counts_toward_budget(t)),
-    }
-
-
-def best_value(study: optuna.Study) -> float | None:
-    if len(study.directions) > 1:
-        return None
-    try:
-        return study.best_value
-    except ValueError:
-        return None
-
-
-def load_study(name: str, url: str, *, sampler: Any = None, pruner: Any = None) -> optuna.Study:
-    storage = open_storage(url, heartbeat=False, create=False)
-    try:
-        return optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
-    except KeyError:
-        names = optuna.study.get_all_study_names(storage)
-        raise UserError(
-            f"no study named {name!r} in {mask(url)}; studies there: {', '.join(names) or 'none'}"
-        ) from None
 
 
 def work(

@@ -13,7 +13,7 @@ from hpo.service.storage_url import storage_urls
 
 
 def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
-    from hpo.service.runner import best_value, trial_counts
+    from hpo.service.studies import best_value, trial_counts
 
     rows = []
     for url in storage_urls(cli_url):
