@@ -13,20 +13,24 @@ from collections.abc import Callable, Sequence
 from hpo.errors import DivergedError, UserError
 
 
-def _add_trial(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("trial", help="run one trial with the study's fixed parameters")
-    p.add_argument(
-        "study_file", nargs="?", help="a study file (studies/*.toml) or an exported config"
-    )
-    p.add_argument("--config", help="an exported config.toml (same as giving it as STUDY_FILE)")
+def _add_overrides(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override a field, e.g. --set params.steps=500 --set task.bias=0.9",
+        help="override a field of the study file, e.g. --set params.steps=500 --set task.bias=0.9",
     )
+
+
+def _add_trial(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trial", help="run one trial with the study's fixed parameters")
+    p.add_argument(
+        "study_file", nargs="?", help="a study file (studies/*.toml) or an exported config"
+    )
+    p.add_argument("--config", help="an exported config.toml (same as giving it as STUDY_FILE)")
+    _add_overrides(p)
     p.add_argument("--seed", type=int, help="seed for the data split, base model and SAE")
     p.add_argument(
         "--data-dir", help="folder with the MNIST IDX files (else $HPO_DATA_DIR, else the cache)"
@@ -96,14 +100,7 @@ def _add_launch(sub: argparse._SubParsersAction) -> None:
         "--storage", help="SQLAlchemy URL (default: the file's, else storage/<study>.db)"
     )
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override a field of the study file",
-    )
+    _add_overrides(p)
     _add_threads(p, "torch CPU threads per worker (default: the usable cores / workers)")
     p.set_defaults(func=cmd_launch)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -23,13 +22,6 @@ from hpo.errors import DivergedError, UserError
 from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, STUDY_FILE_ATTR
 
 SEED_OFFSET = 1000  # confirmation seeds never repeat a study's own seed (0, 1, ...)
-
-
-@dataclass(frozen=True)
-class Summary:
-    mean: float
-    std: float
-    values: list[float]
 
 
 def summarize(values: list[float]) -> dict[str, Any]:
