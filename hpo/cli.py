@@ -151,6 +151,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="studies, trial counts, best values, workers alive")
     p.add_argument(
+        "study",
+        nargs="?",
+        help="also this study's summary: best against the original and the references, "
+        "its confirmation, next commands (given by itself when the storage holds one study)",
+    )
+    p.add_argument(
         "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else storage/*.db)"
     )
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -160,7 +166,7 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     from hpo.service.status import collect_status, format_status
 
-    rows = collect_status(args.storage)
+    rows = collect_status(args.storage, args.study)
     print(json.dumps(rows) if args.json else format_status(rows))
     return 0
 

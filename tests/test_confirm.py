@@ -11,6 +11,7 @@ from helpers import run_tiny_study
 
 from hpo.cli import main
 from hpo.outputs.summary import study_summary
+from hpo.service import compat
 from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR
 
 pytestmark = pytest.mark.slow
@@ -38,14 +39,41 @@ def test_confirm_stores_mean_and_std_and_export_takes_the_confirmed_best(
     means = {int(n): r["val"]["worst_group"]["mean"] for n, r in confirmed.items()}
     assert best["trial"] == max(means, key=lambda n: (means[n], -n))
 
+    for record in confirmed.values():  # each run with its own references, gap and errors
+        assert [run["seed"] for run in record["runs"]] == [1000, 1001]
+        for run in record["runs"]:
+            assert {"original", "debiased", "leace", "oracle"} <= set(run["test_worst_group"])
+            assert run["errors"]["faithfulness_error"] >= 0
+
     summary = "\n".join(study_summary(study))  # what hpo launch prints at the end
     assert "validation worst-group accuracy: original" in summary
     assert "references on the same split: oracle" in summary and "leace" in summary
     assert f"confirmed best: trial {best['trial']}" in summary
     assert "hpo export conf" in summary and "hpo report conf" in summary
 
+    assert main(["status", "conf", "--storage", url]) == 0  # the summary, on request
+    status = capsys.readouterr().out
+    assert f"confirmed best: trial {best['trial']}" in status and "hpo report conf" in status
+
+    notes = study_notes(study)  # the dashboard note says it too
+    assert "**Confirmed** over 2 fresh seeds" in notes[best["trial"]]
+
+    report = tmp_path / "report.html"
+    assert main(["report", "conf", "--storage", url, "--out", str(report)]) == 0
+    page = report.read_text()
+    assert "Confirmation over fresh seeds" in page and "leace (test)" in page
+
     out = tmp_path / "model"
     assert main(["export", "conf", "--storage", url, "--out", str(out)]) == 0
     said = capsys.readouterr().err
     assert f"exported trial {best['trial']}: the confirmed best" in said
     assert (out / "model.pt").is_file()
+
+
+def study_notes(study: optuna.Study) -> dict[int, str]:
+    """Trial number -> the body of its dashboard note."""
+    attrs = compat.storage_of(study).get_study_system_attrs(compat.study_id(study))
+    return {
+        t.number: compat.get_note(attrs, compat.trial_id(t))["body"]
+        for t in study.get_trials(deepcopy=False)
+    }

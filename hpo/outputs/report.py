@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,13 @@ from hpo.outputs.report_figures import (
     states_figure,
 )
 from hpo.outputs.rescore import Rescored, rescore
-from hpo.service.attrs import BUDGET_ATTR, DATA_SHA256_ATTR, SEED_ATTR
+from hpo.service.attrs import (
+    BUDGET_ATTR,
+    CONFIRMATION_ATTR,
+    CONFIRMED_BEST_ATTR,
+    DATA_SHA256_ATTR,
+    SEED_ATTR,
+)
 from hpo.service.storage import mask
 from hpo.service.storage_url import study_url
 
@@ -91,8 +98,8 @@ def _best_table(r: Rescored) -> str:
         for k, v in sorted(r.trial.params.items())
     ]
     if res.edit is not None:
-        rows.append(["edited layer", html.escape(res.edit.layer)])
-        rows.append(["ablated components", html.escape(str(res.edit.components))])
+        for layer, comps in res.edit.components.items():
+            rows.append([f"ablated components of {html.escape(layer)}", html.escape(str(comps))])
         rows.append(["α (chosen on val)", f"{res.edit.alpha:.3g}"])
     for key, value in {**res.objectives, **res.errors}.items():
         rows.append([key.replace("_", " ") + " (val)", f"{value:.3g}"])
@@ -167,6 +174,61 @@ def _rescore_or_reason(study: optuna.Study, url: str, trial: FrozenTrial) -> Res
         return f"trial {trial.number}: not re-scored ({err})"
 
 
+def _confirmation_table(study: optuna.Study) -> str:
+    """One row per confirmed trial: mean ± std over its fresh seeds, validation first;
+    test and the references (each run's own) for reporting only."""
+    records = study.user_attrs.get(CONFIRMATION_ATTR, {})
+    if not records:
+        return ""
+    objective = objective_names(study)[0]
+    best = study.user_attrs.get(CONFIRMED_BEST_ATTR, {}).get("trial")
+    models = sorted(
+        {m for r in records.values() for run in r.get("runs", []) for m in run["test_worst_group"]}
+    )
+
+    def spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+        if not values:
+            return "–"
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
+
+    rows = []
+    for number, r in sorted(records.items(), key=lambda kv: int(kv[0])):
+        runs = r.get("runs", [])
+        val = r["val"][objective]
+        gaps = [run["gap_closed"]["fraction"] for run in runs if run.get("gap_closed")]
+        errors = [run["errors"]["faithfulness_error"] for run in runs if run.get("errors")]
+        rows.append(
+            [
+                f"{number}{' ★' if str(best) == number else ''}",
+                f"{len(r['seeds'])}{' (new base model)' if r.get('new_base_model') else ''}",
+                f"{val['mean']:.4f} ± {val['std']:.4f}",
+                *(
+                    spread(
+                        [run["test_worst_group"][m] for run in runs if m in run["test_worst_group"]]
+                    )
+                    for m in models
+                ),
+                spread(errors, 1.0, 3),
+                spread(gaps, 100.0, 0) + ("%" if gaps else ""),
+            ]
+        )
+    head = [
+        "trial",
+        "seeds",
+        f"{objective} (val)",
+        *(f"{m.replace('_', ' ')} (test)" for m in models),
+        "faithfulness error",
+        "gap closed (test)",
+    ]
+    note = (
+        "<p class='note'>★ the confirmed best, by mean validation value: what hpo export "
+        "exports. Test worst-group accuracy in %, mean ± std over the seeds; each run's "
+        "references are its own (a new base model has new ones).</p>"
+    )
+    return _table(head, rows) + note
+
+
 def build_report(study: optuna.Study, url: str) -> str:
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -216,6 +278,9 @@ def build_report(study: optuna.Study, url: str) -> str:
         parts.append(_best_table(best))
     if front_html:
         parts += ["<h2>Pareto front trials (re-scored)</h2>", front_html]
+    confirmed = _confirmation_table(study)
+    if confirmed:
+        parts += ["<h2>Confirmation over fresh seeds (hpo confirm)</h2>", confirmed]
     plotly_js = True
     for title, figures in sections:
         parts.append(f"<h2>{html.escape(title)}</h2>")

@@ -62,6 +62,7 @@ def confirm_trial(
     objectives = list(study_file.study.objectives)
     val: dict[str, list[float]] = {name: [] for name in objectives}
     test: list[float] = []
+    runs: list[dict[str, Any]] = []
     diverged = 0
     for seed in seeds:
         params = base.model_copy(update={"seed": seed})
@@ -80,6 +81,7 @@ def confirm_trial(
         metric = result.metric("debiased", "test")
         if metric is not None:
             test.append(metric.worst_group)
+        runs.append(run_record(seed, result))
         _say(
             f"trial {trial.number} seed {seed}: "
             + ", ".join(f"{n} {result.value(n):.4f}" for n in objectives)
@@ -92,6 +94,24 @@ def confirm_trial(
         "diverged": diverged,
         "val": {name: summarize(v) for name, v in val.items()},
         "test_worst_group": summarize(test) if test else None,
+        "runs": runs,
+    }
+
+
+def run_record(seed: int, result: Any) -> dict[str, Any]:
+    """One confirmation run as the report reads it: test worst-group of every model (the
+    references are the run's own: a new base model has new ones), errors, gap closed."""
+    gap = result.gap_closed("test")
+    return {
+        "seed": seed,
+        "val": dict(result.objectives),
+        "errors": dict(result.errors),
+        "test_worst_group": {
+            name: m.worst_group
+            for name in result.model_names()
+            if (m := result.metric(name, "test")) is not None
+        },
+        "gap_closed": None if gap is None else {"fraction": gap[0], "towards": gap[1]},
     }
 
 
@@ -145,6 +165,9 @@ def confirm(
             "new_base_model": new_base_model,
         },
     )
+    from hpo.outputs.notes import sync_best_notes
+
+    sync_best_notes(study)  # the dashboard notes show the confirmation
     return rows
 
 

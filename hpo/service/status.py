@@ -6,19 +6,33 @@ from typing import Any
 
 import optuna
 
+from hpo.errors import UserError
 from hpo.service import compat
 from hpo.service.attrs import BUDGET_ATTR
 from hpo.service.storage import mask, open_storage
 from hpo.service.storage_url import storage_urls
 
 
-def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
+def collect_status(cli_url: str | None, summary_of: str | None = None) -> list[dict[str, Any]]:
+    """One row per study; `summary_of` (or the only study) also gets its summary lines."""
+    from hpo.outputs.summary import study_summary
     from hpo.service.studies import best_value, trial_counts
 
     rows = []
-    for url in storage_urls(cli_url):
+    urls = storage_urls(cli_url)
+    named = {
+        u: optuna.study.get_all_study_names(open_storage(u, heartbeat=False, create=False))
+        for u in urls
+    }
+    if summary_of is not None and not any(summary_of in names for names in named.values()):
+        known = sorted({n for names in named.values() for n in names})
+        raise UserError(
+            f"no study {summary_of!r} in storage; studies: {', '.join(known) or 'none'}"
+        )
+    only = sum(len(names) for names in named.values()) == 1
+    for url in urls:
         storage = open_storage(url, heartbeat=False, create=False)
-        for name in optuna.study.get_all_study_names(storage):
+        for name in named[url]:
             study = optuna.load_study(study_name=name, storage=storage)
             counts = trial_counts(study)
             rows.append(
@@ -39,6 +53,11 @@ def collect_status(cli_url: str | None) -> list[dict[str, Any]]:
                     },
                     "best_value": best_value(study),
                     "workers_alive": _alive(storage, study),
+                    "summary": (
+                        study_summary(study, "" if cli_url is None else f" --storage '{mask(url)}'")
+                        if only or name == summary_of
+                        else []
+                    ),
                 }
             )
     return rows
@@ -71,4 +90,7 @@ def format_status(rows: list[dict[str, Any]]) -> str:
             f"{r['workers_alive']:>5}  {best}"
         )
     lines.append(f"storage: {', '.join(sorted({r['storage'] for r in rows}))}")
+    for r in rows:
+        if r["summary"]:
+            lines += ["", f"{r['study']}:", *r["summary"]]
     return "\n".join(lines)
