@@ -143,7 +143,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     study = load_study_file(STUDY, [])
     ctx = prepare_task(study, data_dir=args.data_dir, progress=True, device="cpu")
-    data = colored_mnist.sae_data(ctx)
+    data = colored_mnist.sae_data(ctx, ctx.layer)
     params = study.params
     assert params.batch_size == 512 and params.n_components == 1024 and params.top_k == 32
     runs: dict[str, list[float]] = {"seed-style": [], "ours": []}

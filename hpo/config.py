@@ -88,10 +88,26 @@ class TrialParams(Strict):
     # An α chosen at the grid's upper edge extends the grid by its own length, at most
     # this many times (0: never), instead of stopping where the best may lie beyond.
     alpha_extend: int = Field(3, ge=0)
+    # Which layers to decompose and edit: one nn.Linear, or several joined by "+"
+    # ("fc1+fc2"), each decomposed on its own inputs and edited with the same α;
+    # None: the task's layer. A layer may be the task's or any called after it.
+    layers: str | None = None
     # Bookkeeping.
     eval_every: int = Field(500, ge=1)
     seed: int = 0
     device: str = "auto"
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_names(cls, layers: str | None) -> str | None:
+        if layers is None:
+            return None
+        names = layers.split("+")
+        if any(not n.strip() or n != n.strip() for n in names):
+            raise ValueError(f"{layers!r}: give layer names joined by '+', e.g. 'fc1+fc2'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{layers!r} names a layer twice")
+        return layers
 
     @model_validator(mode="after")
     def _k_fits(self) -> TrialParams:

@@ -43,12 +43,12 @@ class GroupMetrics:
 
 @dataclass(frozen=True)
 class Edit:
-    """The debiasing edit a trial made: W ← W − α · Σ components, on one layer."""
+    """The debiasing edit a trial made: W ← W − α · Σ components, in each edited layer."""
 
-    layer: str
-    components: list[int]
+    layer: str  # the edited layer, or several joined by "+" ("fc1+fc2")
+    components: dict[str, list[int]]  # layer -> its ablated components
     alpha: float
-    selection: str  # how the components were chosen: "conditioned" or "attribution"
+    selection: str  # how the components were chosen: "conditioned", "attribution", "both"
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -102,7 +102,7 @@ class TrialResult:
             out.update(
                 layer=self.edit.layer,
                 alpha=self.edit.alpha,
-                ablated_components=list(self.edit.components),
+                ablated_components={k: list(v) for k, v in self.edit.components.items()},
                 selection=self.edit.selection,
                 alpha_curve=self.edit.alpha_curve,
             )

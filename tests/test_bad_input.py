@@ -337,6 +337,26 @@ def launch_int_range_step_does_not_divide(w: World) -> list[str]:
 
 
 @case
+def launch_search_layers_names_a_missing_layer(w: World) -> list[str]:
+    return _launch_with(w, search={"layers": {"choices": ["W", "fc9"]}})
+
+
+@case
+def trial_params_layers_names_a_missing_layer(w: World) -> list[str]:
+    return ["trial", w.study(params__layers="fc9")]
+
+
+@case
+def trial_params_layers_repeats_a_layer(w: World) -> list[str]:
+    return ["trial", w.study(params__layers="W+W")]
+
+
+@case
+def status_of_a_study_the_storage_lacks(w: World) -> list[str]:
+    return ["status", "nosuch", "--storage", w.existing]
+
+
+@case
 def trial_params_lr_infinite(w: World) -> list[str]:
     return ["trial", w.study(params__lr=float("inf"))]
 

@@ -117,9 +117,12 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
     assert metrics["ablated_components"] == trial.user_attrs["ablated_components"]
 
     sae_doc = torch.load(exported / "sae.pt", weights_only=True)
-    sae = FaithfulSAE(**sae_doc["sae_config"])
-    sae.load_state_dict(sae_doc["sae"], strict=True)
-    assert sae_doc["ablated_components"] == trial.user_attrs["ablated_components"]
+    assert sae_doc["alpha"] == pytest.approx(trial.user_attrs["alpha"])
+    (layer, stored), *_ = sae_doc["layers"].items()
+    assert layer == trial.user_attrs["layer"] == "fc1" and len(sae_doc["layers"]) == 1
+    sae = FaithfulSAE(**stored["sae_config"])
+    sae.load_state_dict(stored["sae"], strict=True)
+    assert {layer: stored["ablated_components"]} == trial.user_attrs["ablated_components"]
 
 
 def test_exported_config_reruns_the_trial(
@@ -160,7 +163,8 @@ def test_exported_config_reruns_the_trial(
 def test_model_card_says_what_was_removed_and_how_to_load_it(exported: Path) -> None:
     card = (exported / "README.md").read_text()
     metrics = json.loads((exported / "metrics.json").read_text())
-    assert "`fc1` weight" in card and "**Removed:** component(s) 0, 1" in card
+    assert "the `fc1` weight" in card and "removed component(s) 0, 1." in card
+    assert "conditioned during training to fire for the concepts red, green" in card
     assert f"α = {metrics['alpha']:.3g}" in card
     assert "from hpo.models.classifiers import ColorMnistMLP" in card
     assert 'model.load_state_dict(torch.load("model.pt", weights_only=True), strict=True)' in card
@@ -183,7 +187,8 @@ def test_weights_that_do_not_rescore_are_refused_and_nothing_is_written(
     backup = tmp_path / "weights.bak"
     shutil.copy(stored, backup)
     payload = torch.load(stored, weights_only=True)
-    payload["sae"]["decoder"] = payload["sae"]["decoder"] * 0.0  # other weights, same keys
+    (stored_sae,) = payload["saes"].values()
+    stored_sae["sae"]["decoder"] = stored_sae["sae"]["decoder"] * 0.0  # other weights, same keys
     torch.save(payload, stored)
     out = tmp_path / "models" / "tiny"
     try:

@@ -49,7 +49,7 @@ def peaked_at(best: float):
 
     ctx = small_context()
     sae = FaithfulSAE(6, 4, n_components=8, top_k=2)
-    base = ctx.weight.detach().clone()
+    base = ctx.weight_of(ctx.layer).detach().clone()
     with torch.no_grad():
         unit = (sae.components([0, 1]).sum(0)).abs().sum()
     ctx.scorer.metrics = metrics  # type: ignore[method-assign]
@@ -64,7 +64,7 @@ def test_an_alpha_at_the_grids_edge_extends_the_grid(
 ) -> None:
     ctx, sae = peaked_at(best)
     params = TrialParams(alpha_max=1.2, alpha_steps=13, alpha_extend=extend)
-    result = get_task("colored_mnist").evaluate(ctx, sae, params, with_test=False)
+    result = get_task("colored_mnist").evaluate(ctx, {ctx.layer: sae}, params, with_test=False)
     assert result.edit.alpha == pytest.approx(chosen, abs=1e-6)
     alphas = result.edit.alpha_curve["alphas"]
     assert alphas[:13] == [round(0.1 * i, 6) for i in range(13)]
@@ -79,10 +79,10 @@ def test_ablate_both_takes_the_conditioned_latents_and_more_by_attribution() -> 
     cond = TrialParams(ablate="conditioned", concept_latents=3, n_components=12, top_k=2)
     both = cond.model_copy(update={"ablate": "both", "n_ablate": 2})
     attribution = cond.model_copy(update={"ablate": "attribution", "n_ablate": 2})
-    assert task.ablated_components(ctx, sae, cond) == list(range(6))  # 3 per concept
-    chosen = task.ablated_components(ctx, sae, both)
+    assert task.ablated_components(ctx, ctx.layer, sae, cond) == list(range(6))  # 3 per concept
+    chosen = task.ablated_components(ctx, ctx.layer, sae, both)
     assert chosen[:6] == list(range(6)) and len(chosen) == 8
-    assert len(task.ablated_components(ctx, sae, attribution)) == 2
+    assert len(task.ablated_components(ctx, ctx.layer, sae, attribution)) == 2
 
 
 def test_any_linear_layer_of_the_base_model_can_be_decomposed() -> None:
@@ -104,8 +104,8 @@ def test_ablate_bias_keeps_the_layers_mean_output_on_probe() -> None:
         bias = edit.get("0.bias", layer.bias)
         return (z @ edit["0.weight"].T + bias).mean(0)
 
-    plain = task.layer_edit(ctx, ablated_t, 1.5, TrialParams())
-    moved = task.layer_edit(ctx, ablated_t, 1.5, TrialParams(ablate_bias=True))
+    plain = task.model_edit(ctx, {"0": ablated_t}, 1.5, TrialParams())
+    moved = task.model_edit(ctx, {"0": ablated_t}, 1.5, TrialParams(ablate_bias=True))
     assert set(plain) == {"0.weight"} and set(moved) == {"0.weight", "0.bias"}
     torch.testing.assert_close(moved["0.weight"], plain["0.weight"])
     with torch.no_grad():

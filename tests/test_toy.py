@@ -54,7 +54,7 @@ def test_a_short_toy_run_recovers_the_features(toy: tuple[StudyFile, Any, Path])
     assert result["mmcs"] > 0.95, result
     assert 0.8 < result["ml2r"] < 1.2, result
     assert result["faithfulness_error"] < 1e-3, result
-    assert trained.sae.n_components == study.params.n_components
+    assert trained["W"].sae.n_components == study.params.n_components
     assert ctx.bundle_path.is_relative_to(cache)  # the base model went to the tmp cache
 
 

@@ -66,7 +66,7 @@ def test_a_trial_reports_every_model_on_val_and_test_and_caches_the_base_model(
     chosen = curve["alphas"].index(result["alpha"])
     assert curve["val_worst_group"][chosen] == max(curve["val_worst_group"])
     assert result["worst_group"] == models["debiased"]["val"]["worst_group"]
-    assert result["ablated_components"] == [0, 1]  # conditioned on the two colours
+    assert result["ablated_components"] == {"fc1": [0, 1]}  # conditioned on the two colours
     assert result["faithfulness_error"] >= 0 and result["reconstruction_error"] >= 0
 
     bundle = cache / "base_models" / f"colored_mnist-{result['base_model']}.pt"
@@ -175,3 +175,33 @@ def test_a_short_toy_trial_is_faithful(capsys: pytest.CaptureFixture[str]) -> No
     assert result["params"]["steps"] == 300 and result["task"]["train_steps"] == 300
     assert set(result["timings"]) >= PHASES
     assert len(result["data_sha256"]) == 64
+
+
+def test_two_layers_in_one_trial_and_a_layer_change_reuses_the_trained_models(
+    tiny_study: Path,
+    tiny_mnist_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    args = (str(tiny_study), "--data-dir", str(tiny_mnist_dir))
+    one = trial_json(capsys, *args)
+
+    both = trial_json(capsys, *args, "--set", "params.layers=fc2+fc1")
+
+    assert both["layer"] == "fc1+fc2"  # in the order the model calls them
+    assert set(both["ablated_components"]) == {"fc1", "fc2"}
+    assert both["base_model"] == one["base_model"]
+    assert both["models"]["original"] == one["models"]["original"]
+    assert both["faithfulness_error"] >= one["faithfulness_error"] - 1e-9  # the worse layer
+
+    later = trial_json(capsys, *args, "--set", "task.layer=fc2")  # a new bundle, same models
+
+    assert later["base_model"] != one["base_model"]
+    assert later["models"]["original"] == one["models"]["original"]
+    assert later["timings"]["base_model"] < 0.5 * one["timings"]["base_model"]
+    assert later["ablated_components"] == {"fc2": [0, 1]}
+
+    assert main(["trial", *args, "--set", "params.layers=fc0"]) == 2
+    assert_one_line_error(capsys, "params.layers", "'fc0'", "valid: fc1, fc2")

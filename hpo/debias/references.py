@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.debias.scoring import CachedSplit, Overrides
+from hpo.models.linear_layers import linear_call_order
 
 
 @dataclass
@@ -53,19 +54,10 @@ class Reference(Protocol):
     def fit(self, source: ReferenceSource) -> Fitted: ...
 
 
-@torch.no_grad()
 def final_linear(model: nn.Module, x: torch.Tensor) -> str | None:
-    """The nn.Linear the model calls last on `x`: its classifier layer. Call order, not
-    definition order: a subclass may define its first layer after its head."""
-    linear = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    called: list[str] = []
-    hooks = [m.register_forward_hook(lambda mod, *_: called.append(linear[mod])) for m in linear]
-    try:
-        model(x[:2])
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return called[-1] if called else None
+    """The nn.Linear the model calls last on `x`: its classifier layer."""
+    order = linear_call_order(model, x)
+    return order[-1] if order else None
 
 
 def fit_linear(

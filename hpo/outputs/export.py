@@ -134,7 +134,7 @@ def _provenance(r: Rescored, url: str) -> dict[str, Any]:
         "data_sha256": attrs.get(DATA_SHA256_ATTR),
         "base_model": attrs.get(BASE_MODEL_ATTR),
         "trial_weights": attrs.get(TRIAL_WEIGHTS_ATTR),
-        "sae_config": r.payload["sae_config"],
+        "sae_config": {layer: d["sae_config"] for layer, d in r.payload["saes"].items()},
         "versions": attrs.get(VERSIONS_ATTR),
         "exported_with": package_versions(),
         "completed_at": r.trial.datetime_complete.isoformat()
@@ -225,17 +225,21 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         raise RuntimeError("exported config.toml does not round-trip to the trial's params")
     metrics = _metrics(r)
     edit = r.result.edit
-    sae_doc = {
-        "sae": {k: v.detach().cpu() for k, v in r.sae.state_dict().items()},
-        "sae_config": r.payload["sae_config"],
-        "layer": None if edit is None else edit.layer,
-        "ablated_components": None if edit is None else edit.components,
-        "alpha": None if edit is None else edit.alpha,
+    sae_doc: dict[str, Any] = {
+        "layers": {
+            layer: {
+                "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+                "sae_config": r.payload["saes"][layer]["sae_config"],
+                **({} if edit is None else {"ablated_components": edit.components[layer]}),
+            }
+            for layer, sae in r.saes.items()
+        },
+        **({} if edit is None else {"alpha": edit.alpha}),
     }
     files: dict[str, bytes] = {
         "config.toml": toml_text.encode(),
         "config.json": (json.dumps({**doc, "provenance": prov}, indent=2) + "\n").encode(),
-        "sae.pt": _torch_bytes({k: v for k, v in sae_doc.items() if v is not None}),
+        "sae.pt": _torch_bytes(sae_doc),
     }
     if "debiased" in r.payload:
         state = {k: v.detach().cpu() for k, v in r.payload["debiased"].items()}
@@ -248,7 +252,7 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         card=task.model_card(r.ctx),
         result=r.result,
         params=r.params,
-        sae_config=r.payload["sae_config"],
+        sae_configs={layer: d["sae_config"] for layer, d in r.payload["saes"].items()},
         concept_names=list(getattr(r.ctx, "concept_names", ())),
         prov=prov,
     ).encode()

@@ -37,7 +37,7 @@ def model_card(
     card: dict[str, str],
     result: TrialResult,
     params: Any,
-    sae_config: dict[str, int],
+    sae_configs: dict[str, dict[str, int]],
     concept_names: list[str],
     prov: dict[str, Any],
 ) -> str:
@@ -53,23 +53,34 @@ def model_card(
             "Files: `sae.pt`, `config.toml`, `config.json`, `metrics.json`.",
         ]
         return "\n".join(lines) + "\n"
-    comps = ", ".join(str(c) for c in edit.components)
-    how = (
-        f"conditioned during training to fire for the concepts {', '.join(concept_names)}"
-        if edit.selection == "conditioned"
-        else f"the {len(edit.components)} whose contribution differs most between concepts "
-        "(attribution)"
-    )
+    how = {
+        "conditioned": "conditioned during training to fire for the concepts "
+        + ", ".join(concept_names),
+        "attribution": f"the {params.n_ablate} whose contribution differs most between "
+        "concepts on probe (attribution)",
+        "both": "conditioned during training to fire for the concepts "
+        f"{', '.join(concept_names)}, plus the {params.n_ablate} others whose contribution "
+        "differs most between concepts on probe",
+    }[edit.selection]
+    layers = list(edit.components)
+    weights = ", ".join(f"`{name}.weight`" for name in layers)
     lines += [
-        f"{card['summary']}, debiased by editing one weight.",
+        f"{card['summary']}, debiased by editing {weights}.",
         "",
-        f"- **Decomposed:** the `{edit.layer}` weight "
-        f"({sae_config['d_out']}×{sae_config['d_in']}), into {params.n_components} "
-        f"rank-{params.rank} Faithful-SAE components (top-k {params.top_k}; "
-        f"faithfulness error {result.errors['faithfulness_error']:.2e}).",
-        f"- **Removed:** component(s) {comps}, {how}.",
-        f"- **α = {edit.alpha:.3g}** (chosen on validation): `{edit.layer}.weight` ← "
-        "W − α · Σ removed components. Same architecture, same forward code.",
+        *(
+            f"- **Decomposed:** the `{name}` weight "
+            f"({sae_configs[name]['d_out']}×{sae_configs[name]['d_in']}), into "
+            f"{params.n_components} rank-{params.rank} Faithful-SAE components (top-k "
+            f"{params.top_k}); removed component(s) "
+            f"{', '.join(str(c) for c in edit.components[name])}."
+            for name in layers
+        ),
+        f"- **Which:** {how}; faithfulness error {result.errors['faithfulness_error']:.2e}"
+        + (" (the largest over the layers)." if len(layers) > 1 else "."),
+        f"- **α = {edit.alpha:.3g}** (chosen on validation): each edited weight ← "
+        "W − α · Σ its removed components"
+        + (", its bias moved by their mean contribution on probe" if params.ablate_bias else "")
+        + ". Same architecture, same forward code.",
         "",
         *accuracy_table(result),
         "",
@@ -78,7 +89,7 @@ def model_card(
         "## Load it",
         "",
         f"The model is a `{card['class']}`; `model.pt` is its state dict with the edited "
-        f"`{edit.layer}.weight`.",
+        f"{weights}.",
         "",
         "```python",
         "import torch",
@@ -87,9 +98,9 @@ def model_card(
         "model.eval()",
         "```",
         "",
-        'The Faithful-SAE: `d = torch.load("sae.pt", weights_only=True)`, then '
-        '`from hpo.sae.model import FaithfulSAE; sae = FaithfulSAE(**d["sae_config"]); '
-        'sae.load_state_dict(d["sae"])`.',
+        'The Faithful-SAE of each layer: `d = torch.load("sae.pt", weights_only=True)'
+        f'["layers"]["{layers[0]}"]`, then `from hpo.sae.model import FaithfulSAE; '
+        'sae = FaithfulSAE(**d["sae_config"]); sae.load_state_dict(d["sae"])`.',
         "",
         "## Reproduce",
         "",

@@ -23,6 +23,8 @@ from hpo.service.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
     BEST_NOTES_ATTR,
+    CONFIRMATION_ATTR,
+    CONFIRMED_BEST_ATTR,
     LAYER_ATTR,
     SEED_ATTR,
     SELECTION_ATTR,
@@ -34,6 +36,8 @@ BEST_HEADING = "### ★ Best trial"
 FRONT_HEADING = "### ★ On the Pareto front"
 SUPERSEDED_HEADING = "### Was best until trial"
 LEFT_FRONT_HEADING = "### Left the Pareto front"
+CONFIRMED_HEADING = "### ✓ Confirmed best (by mean validation over fresh seeds)"
+OUR_HEADINGS = (BEST_HEADING, FRONT_HEADING, CONFIRMED_HEADING)
 
 
 def _pct(x: float | None) -> str:
@@ -64,21 +68,32 @@ def best_note(
     task: Mapping[str, Any],
     *,
     pareto: bool = False,
+    confirmation: Mapping[str, Any] | None = None,
+    heading: str | None = None,
 ) -> str:
-    """Markdown: what the trial ablated and what it gained on validation."""
-    heading = FRONT_HEADING if pareto else BEST_HEADING
+    """Markdown: what the trial ablated, what it gained on validation, and how it held
+    up over fresh seeds (`hpo confirm`) where it was confirmed."""
+    heading = heading or (FRONT_HEADING if pareto else BEST_HEADING)
     lines = [f"{heading} ({_values_text(objectives, values)})", ""]
+    if confirmation:
+        lines += [*confirmation_lines(confirmation, objectives[0]), ""]
     groups = attrs.get(VAL_GROUPS_ATTR)
     if groups and ALPHA_ATTR in attrs:
-        comps = ", ".join(str(c) for c in attrs.get(ABLATED_COMPONENTS_ATTR, []))
-        how = (
-            "conditioned on the concept labels (SCAR)"
-            if attrs.get(SELECTION_ATTR, attrs.get("ablate", "conditioned")) == "conditioned"
-            else "attribution (the components whose contribution differs most by concept)"
-        )
+        removed = attrs.get(ABLATED_COMPONENTS_ATTR, [])
+        if not isinstance(removed, dict):  # stored before `layers`: one layer
+            removed = {attrs.get(LAYER_ATTR, task.get("layer", "?")): removed}
+        how = {
+            "conditioned": "conditioned on the concept labels (SCAR)",
+            "attribution": "attribution (the components whose contribution differs most "
+            "by concept)",
+            "both": "the conditioned ones, plus more by attribution",
+        }.get(attrs.get(SELECTION_ATTR, "conditioned"), "?")
         lines += [  # short lines: the dashboard's note box does not wrap wide content
-            f"- **Removed** Faithful-SAE component(s) **{comps}** "
-            f"of the `{attrs.get(LAYER_ATTR, task.get('layer', '?'))}` weight",
+            *(
+                f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, comps))}** "
+                f"of the `{layer}` weight"
+                for layer, comps in removed.items()
+            ),
             f"- picked by: {how}",
             f"- **α = {attrs[ALPHA_ATTR]:.2f}**, chosen on validation",
             "",
@@ -119,6 +134,26 @@ def best_note(
     if groups:
         lines.append("Test numbers: `hpo report`, `hpo export` (never shown to the sampler).")
     return "\n".join(lines)
+
+
+def confirmation_lines(record: Mapping[str, Any], objective: str) -> list[str]:
+    """`hpo confirm`'s record of a trial, in a few short lines."""
+    val = record["val"][objective]
+    seeds = len(record["seeds"])
+    what = "new SAE and base model" if record.get("new_base_model") else "new SAE"
+    lines = [
+        f"- **Confirmed** over {seeds} fresh seeds ({what} each): {objective} "
+        f"**{val['mean']:.4f} ± {val['std']:.4f}** (val)"
+    ]
+    test = record.get("test_worst_group")
+    if test:
+        lines.append(
+            f"- test worst-group {_pct(test['mean'])} ± {100 * test['std']:.1f} pts "
+            "(reported, never searched on)"
+        )
+    if record.get("diverged"):
+        lines.append(f"- {record['diverged']} run(s) diverged")
+    return lines
 
 
 def superseded_note(body: str, by: int | None) -> str:
@@ -191,15 +226,27 @@ def sync_best_notes(
     task = study_file.get("task", {})
     pareto = len(study.directions) > 1
     by_id = {compat.trial_id(t): t for t in trials}
+    confirmed = study.user_attrs.get(CONFIRMATION_ATTR, {})
+    confirmed_best = study.user_attrs.get(CONFIRMED_BEST_ATTR, {}).get("trial")
+    noted = list(front)
+    extra = [t for t in trials if t.number == confirmed_best and t not in front]
     desired: dict[int, str] = {}
-    for t in front:
+    for t in noted + extra:
         attrs = {**study_file.get("params", {}), **t.params, **t.user_attrs}
-        desired[compat.trial_id(t)] = best_note(attrs, t.values, objectives, task, pareto=pareto)
+        desired[compat.trial_id(t)] = best_note(
+            attrs,
+            t.values,
+            objectives,
+            task,
+            pareto=pareto,
+            confirmation=confirmed.get(str(t.number)),
+            heading=CONFIRMED_HEADING if t in extra else None,
+        )
     system_attrs = storage.get_study_system_attrs(study_id)
     ours: dict[str, str] = dict(system_attrs.get(BEST_NOTES_ATTR, {}))
     for key, body in ours.items():
         tid = int(key)
-        if tid not in desired and tid in by_id and body.startswith((BEST_HEADING, FRONT_HEADING)):
+        if tid not in desired and tid in by_id and body.startswith(OUR_HEADINGS):
             desired[tid] = superseded_note(body, None if pareto else front[0].number)
     changed = []
     for tid, body in desired.items():

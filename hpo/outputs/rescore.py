@@ -47,8 +47,8 @@ class Rescored:
     study_file: StudyFile
     params: TrialParams
     ctx: Any
-    sae: FaithfulSAE
-    payload: dict[str, Any]  # the trial_weights artifact: sae, sae_config, debiased
+    saes: dict[str, FaithfulSAE]  # decomposed layer -> its Faithful-SAE
+    payload: dict[str, Any]  # the trial_weights artifact: saes, debiased
     result: TrialResult  # task.evaluate(..., with_test=True)
     mismatches: list[str]  # recorded val number vs re-scored, where they differ
 
@@ -101,6 +101,8 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
             out.append(f"{key}: recorded {attrs[key]:.6g}, re-scored {value:.6g}")
     components = None if result.edit is None else result.edit.components
     recorded = attrs.get(ABLATED_COMPONENTS_ATTR, components)
+    if isinstance(recorded, list) and components is not None:  # stored before `layers`
+        recorded = {result.edit.layer: recorded}
     if recorded != components:
         out.append(f"ablated_components: recorded {recorded}, re-scored {components}")
     for model, groups in (attrs.get(VAL_GROUPS_ATTR) or {}).items():
@@ -120,10 +122,17 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     payload = load_trial_weights(study, study_file, url, trial)
     ctx = worker_context(study, study_file, url)
     device = next(ctx.model.parameters()).device
-    sae = FaithfulSAE(**payload["sae_config"]).to(device)
-    sae.load_state_dict(payload["sae"], strict=True)
-    sae.eval()
+    if "saes" not in payload:  # stored before `layers`: one SAE, of the task's layer
+        payload = {**payload, "saes": {ctx.layer: payload}}
+    saes = {layer: load_sae(stored, device) for layer, stored in payload["saes"].items()}
     params = trial_params(study_file, trial)
-    result = get_task(study_file.task.kind).evaluate(ctx, sae, params, with_test=True)
+    result = get_task(study_file.task.kind).evaluate(ctx, saes, params, with_test=True)
     mismatches = compare_recorded(trial.user_attrs, result)
-    return Rescored(study, trial, study_file, params, ctx, sae, payload, result, mismatches)
+    return Rescored(study, trial, study_file, params, ctx, saes, payload, result, mismatches)
+
+
+def load_sae(stored: dict[str, Any], device: Any) -> FaithfulSAE:
+    """A Faithful-SAE from {"sae": state dict, "sae_config": constructor arguments}."""
+    sae = FaithfulSAE(**stored["sae_config"]).to(device)
+    sae.load_state_dict(stored["sae"], strict=True)
+    return sae.eval()

@@ -49,9 +49,10 @@ def _group_table(result: TrialResult) -> list[str]:
     edit = result.edit
     lines = []
     if edit is not None:
+        removed = "; ".join(f"{k} {v}" for k, v in edit.components.items())
         lines.append(
-            f"{edit.layer}: alpha {edit.alpha:.2f} (chosen on val) · ablated components "
-            f"{edit.components} · faithfulness error {result.errors['faithfulness_error']:.2e}"
+            f"alpha {edit.alpha:.2f} (chosen on val) · ablated components {removed} · "
+            f"faithfulness error {result.errors['faithfulness_error']:.2e}"
         )
     lines += [top, sub]
     rows = [(g, g) for g in groups]

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import torch
 
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
@@ -39,8 +38,9 @@ from hpo.service.attrs import (
     VERSIONS_ATTR,
 )
 from hpo.service.search_space import suggest
-from hpo.service.trial import run_trial
+from hpo.service.trial import loss_history, run_trial
 from hpo.tasks import get_task
+from hpo.tasks.base import Saes
 
 # Trials that count against the study-wide budget (a FAIL counts only if it diverged:
 # interrupted, surplus and heartbeat-failed trials are not results).
@@ -96,10 +96,10 @@ class Objective:
         trial.set_user_attr(BASE_MODEL_ATTR, self.ctx.bundle_key)
         single = len(self.objectives) == 1
 
-        def on_eval(step: int, sae: Any) -> None:
+        def on_eval(step: int, saes: Saes) -> None:
             if not single:
                 return  # Optuna prunes single-objective studies only.
-            result = self.task.evaluate(self.ctx, sae, params, with_test=False)
+            result = self.task.evaluate(self.ctx, saes, params, with_test=False)
             self._constrain(trial, result)
             value = result.value(self.objectives[0])
             trial.report(value, step)
@@ -116,10 +116,10 @@ class Objective:
         except DivergedError as err:
             trial.set_user_attr(DIVERGED_ATTR, str(err))
             raise
-        record(trial, result, trained.history)
+        record(trial, result, loss_history(trained))
         self._constrain(trial, result)
         if self.artifact_store is not None:
-            self._upload_weights(trial, trained.sae, params, result)
+            self._upload_weights(trial, {k: t.sae for k, t in trained.items()}, params, result)
         values = tuple(float(result.value(name)) for name in self.objectives)
         if self.on_complete is not None:
             self.on_complete(trial, values)
@@ -140,14 +140,14 @@ class Objective:
             raise SurplusTrial(f"trial {trial.number}: budget of {self.budget} already taken")
 
     def _upload_weights(
-        self, trial: optuna.Trial, sae: Any, params: TrialParams, result: TrialResult
+        self, trial: optuna.Trial, saes: Saes, params: TrialParams, result: TrialResult
     ) -> None:
         from optuna.artifacts import upload_artifact
 
         from hpo.data.cache import save_tensors
 
-        payload: dict[str, Any] = {"sae": _cpu_state(sae), "sae_config": sae.config()}
-        edited = self.task.edited_state_dict(self.ctx, sae, params, result)
+        payload: dict[str, Any] = {"saes": sae_payload(saes)}
+        edited = self.task.edited_state_dict(self.ctx, saes, params, result)
         if edited is not None:
             payload["debiased"] = {k: v.cpu() for k, v in edited.items()}
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,8 +159,15 @@ class Objective:
         trial.set_user_attr(TRIAL_WEIGHTS_ATTR, artifact_id)
 
 
-def _cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+def sae_payload(saes: Saes) -> dict[str, dict[str, Any]]:
+    """Layer -> {"sae": state dict on the CPU, "sae_config": constructor arguments}."""
+    return {
+        layer: {
+            "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
+            "sae_config": sae.config(),
+        }
+        for layer, sae in saes.items()
+    }
 
 
 def record(trial: optuna.Trial, result: TrialResult, history: dict[str, list[float]]) -> None:

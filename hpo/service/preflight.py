@@ -52,12 +52,31 @@ def check_launch(
     bundle, _ = task.build(
         study_file.task, data_dir=data_dir, device=device, progress=sys.stderr.isatty()
     )
-    data = task.sae_data(task.load(study_file.task, bundle, device))
-    d_in, d_out = data.weight_t.shape
+    ctx = task.load(study_file.task, bundle, device)
     searched = [n for n in SIZE_FIELDS if n in study_file.search]
     what = f"{path}: " + (f"search ({', '.join(searched)} at most)" if searched else "params")
-    check_fits(d_in, d_out, largest(study_file), data.inputs.shape[0], device, what)
+    for layer in candidate_layers(task, ctx, study_file, path):
+        data = task.sae_data(ctx, layer)
+        d_in, d_out = data.weight_t.shape
+        check_fits(d_in, d_out, largest(study_file), data.inputs.shape[0], device, what)
     return bundle
+
+
+def candidate_layers(task: Any, ctx: Any, study_file: StudyFile, path: str | Path) -> list[str]:
+    """Every layer a trial of the study may decompose: checked against the model now,
+    not when a worker reaches the trial that names a wrong one."""
+    spec = study_file.search.get("layers")
+    values = [study_file.params.layers] if spec is None else spec_extremes(spec)
+    layers: list[str] = []
+    for value in values:
+        params = study_file.params.model_copy(update={"layers": value})
+        try:
+            names = task.decomposed_layers(ctx, params)
+        except UserError as err:
+            where = "params.layers" if spec is None else "search.layers"
+            raise UserError(f"{path}: {str(err).replace('params.layers', where)}") from None
+        layers += [n for n in names if n not in layers]
+    return layers
 
 
 def existing_study(url: str, study_file: StudyFile) -> optuna.Study | None:

@@ -21,6 +21,7 @@ from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import TrainResult, train_sae
 from hpo.tasks import get_task
+from hpo.tasks.base import Saes
 from hpo.versions import package_versions
 
 
@@ -44,20 +45,35 @@ def run_trial(
     params: TrialParams,
     *,
     with_test: bool,
-    on_eval: Callable[[int, FaithfulSAE], None] | None = None,
+    on_eval: Callable[[int, Saes], None] | None = None,
     progress: bool = False,
-) -> tuple[TrialResult, TrainResult]:
-    """Train and score one decomposition; the result carries seed, checksum, versions."""
+) -> tuple[TrialResult, dict[str, TrainResult]]:
+    """Train one decomposition per layer the trial edits, and score them together; the
+    result carries seed, checksum, versions. `on_eval` sees the last layer's training,
+    with the layers before it already trained."""
     task = get_task(study.task.kind)
-    data = task.sae_data(ctx)
-    # `concept_latents` latents per concept: column j·k + i of the labels is concept j.
-    data = replace(data, concepts=data.concepts.repeat_interleave(params.concept_latents, 1))
-    trained = train_sae(data, params, on_eval=on_eval, progress=progress)
+    trained: dict[str, TrainResult] = {}
+    layers = task.decomposed_layers(ctx, params)
+    for layer in layers:
+        data = task.sae_data(ctx, layer)
+        # `concept_latents` latents per concept: column j·k + i of the labels is concept j.
+        data = replace(data, concepts=data.concepts.repeat_interleave(params.concept_latents, 1))
+        done = {name: t.sae for name, t in trained.items()}
+
+        def report(step: int, sae: FaithfulSAE, done: Saes = done, layer: str = layer) -> None:
+            assert on_eval is not None
+            on_eval(step, {**done, layer: sae})
+
+        last = layer == layers[-1]
+        trained[layer] = train_sae(
+            data, params, on_eval=report if on_eval and last else None, progress=progress
+        )
+    saes = {layer: t.sae for layer, t in trained.items()}
     t0 = time.perf_counter()
-    result = task.evaluate(ctx, trained.sae, params, with_test=with_test)
+    result = task.evaluate(ctx, saes, params, with_test=with_test)
     result.timings = {
         **ctx.timings,
-        "sae_training": trained.seconds,
+        "sae_training": sum(t.seconds for t in trained.values()),
         "scoring": time.perf_counter() - t0,
     }
     result.provenance = {
@@ -68,7 +84,24 @@ def run_trial(
         "data_sha256": ctx.data_sha256,
         "base_model": ctx.bundle_key,
         "versions": package_versions(),
-        "device": str(next(iter(trained.sae.parameters())).device),
+        "device": str(next(iter(saes[layers[0]].parameters())).device),
         "torch_threads": torch.get_num_threads(),
     }
     return result, trained
+
+
+def loss_history(trained: dict[str, TrainResult]) -> dict[str, list[float]]:
+    """The loss curves of every layer's training (the same steps for each); keys
+    prefixed by the layer when there are several."""
+    first = next(iter(trained.values())).history
+    if len(trained) == 1:
+        return first
+    return {
+        "step": first["step"],
+        **{
+            f"{layer}/{k}": v
+            for layer, t in trained.items()
+            for k, v in t.history.items()
+            if k != "step"
+        },
+    }

@@ -33,6 +33,9 @@ class TaskConfig(Strict):
     seed: int = 0
 
 
+Saes = Mapping[str, FaithfulSAE]  # decomposed layer -> its Faithful-SAE, in call order
+
+
 class TaskContext(Protocol):
     """What `Task.load` returns: at least these, whatever else a task keeps."""
 
@@ -58,18 +61,24 @@ class Task(Protocol):
         """Everything a trial needs, from the bundle file alone."""
         ...
 
-    def sae_data(self, ctx: Any) -> SAEData:
-        """What the Faithful-SAE trains on."""
+    def decomposed_layers(self, ctx: Any, params: TrialParams) -> list[str]:
+        """The layers a trial with `params` decomposes, in the order the model calls them;
+        a UserError naming `params.layers` and the valid names for one it cannot."""
+        ...
+
+    def sae_data(self, ctx: Any, layer: str) -> SAEData:
+        """What the Faithful-SAE of `layer` trains on."""
         ...
 
     def evaluate(
-        self, ctx: Any, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
+        self, ctx: Any, saes: Saes, params: TrialParams, *, with_test: bool
     ) -> TrialResult:
-        """Score a decomposition on validation (and test, for reporting only)."""
+        """Score a decomposition (one SAE per decomposed layer) on validation, and on test
+        for reporting only."""
         ...
 
     def edited_state_dict(
-        self, ctx: Any, sae: FaithfulSAE, params: TrialParams, result: TrialResult
+        self, ctx: Any, saes: Saes, params: TrialParams, result: TrialResult
     ) -> dict[str, torch.Tensor] | None:
         """The edited model's state dict (the base model's own keys), or None when the
         task makes no edit."""

@@ -25,6 +25,7 @@ from hpo.data.cache import save_tensors
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit, Scorer, runs_from_layer
 from hpo.errors import UserError
+from hpo.models.linear_layers import layers_from
 from hpo.results import GroupMetrics
 from hpo.tasks.user import SPLITS, UserTask
 
@@ -45,15 +46,22 @@ class ClassifierContext:
     bundle_key: str
     bundle_path: Path
     card: dict[str, str]
+    # The layers a trial may edit (`layer` and every nn.Linear called after it, in call
+    # order) and their inputs on the probe split, which their decompositions train on.
+    probe_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     scorer: Scorer = field(init=False)
 
     def __post_init__(self) -> None:
         self.scorer = Scorer(self.model, self.layer, self.splits, self.group_names)
+        self.probe_inputs = {self.layer: self.splits["probe"].z, **self.probe_inputs}
 
     @property
-    def weight(self) -> torch.Tensor:
-        return self.model.get_submodule(self.layer).weight
+    def editable_layers(self) -> tuple[str, ...]:
+        return tuple(self.probe_inputs)
+
+    def weight_of(self, layer: str) -> torch.Tensor:
+        return self.model.get_submodule(layer).weight
 
 
 def code_fingerprint(modules: Sequence[ModuleType]) -> str:
@@ -137,6 +145,10 @@ def write_bundle(
         )
         for name, s in ((n, getattr(task, n)) for n in SPLITS)
     }
+    probe_x = full["probe"].x
+    assert probe_x is not None
+    later = layers_from(model, task.layer, probe_x)[1:]
+    probe_inputs = {name: module_inputs(model, name, probe_x) for name in later}
     timings["activations"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     scores = score_references(model, task, full, references, oracle, seed)
@@ -161,6 +173,7 @@ def write_bundle(
         },
         "model": dict(model_payload),
         "splits": splits,
+        "probe_inputs": probe_inputs,
         "references": {
             name: {split: _metrics_json(m) for split, m in per_split.items()}
             for name, per_split in scores.items()
@@ -244,4 +257,5 @@ def context_from_bundle(
         bundle_key=meta["key"],
         bundle_path=path,
         card=card,
+        probe_inputs=dict(bundle["probe_inputs"]),
     )

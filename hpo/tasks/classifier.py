@@ -3,7 +3,8 @@
 A classifier task hands over a `UserTask` (a trained model, the layer, probe/val/test)
 and, if it can, an oracle. From there everything is common: hpo.tasks.bundle caches the
 layer's inputs on every split and scores the references once; `evaluate` here scores a
-Faithful-SAE ablation, choosing α on validation and reporting test only at that α.
+Faithful-SAE ablation in one layer or several (`params.layers`), choosing α on
+validation and reporting test only at that α.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import torch
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.scoring import alpha_grid, pick_alpha
+from hpo.errors import UserError
 from hpo.results import Edit, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
-from hpo.tasks.base import Direction, TaskConfig
+from hpo.tasks.base import Direction, Saes, TaskConfig
 from hpo.tasks.bundle import ClassifierContext
 
 OBJECTIVES: dict[str, Direction] = {
@@ -37,25 +39,40 @@ class ClassifierTask:
     objectives: ClassVar[Mapping[str, Direction]] = OBJECTIVES
     config: ClassVar[type[TaskConfig]]
 
-    def sae_data(self, ctx: ClassifierContext) -> SAEData:
-        """Probe-split layer inputs, their pre-activations (bias excluded), concept labels."""
+    def decomposed_layers(self, ctx: ClassifierContext, params: TrialParams) -> list[str]:
+        if params.layers is None:
+            return [ctx.layer]
+        valid = ctx.editable_layers
+        names = params.layers.split("+")
+        for name in names:
+            if name not in valid:
+                raise UserError(
+                    f"params.layers: {name!r} is not a layer this task can edit; valid: "
+                    f"{', '.join(valid)} (the task's layer and the nn.Linear layers the "
+                    "model calls after it), or several joined by '+'"
+                )
+        return sorted(names, key=valid.index)
+
+    def sae_data(self, ctx: ClassifierContext, layer: str) -> SAEData:
+        """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts."""
         probe = ctx.splits["probe"]
-        weight_t = ctx.weight.detach().T.contiguous()
+        inputs = ctx.probe_inputs[layer]
+        weight_t = ctx.weight_of(layer).detach().T.contiguous()
         assert probe.concepts is not None
         concepts = torch.nn.functional.one_hot(probe.concepts, len(ctx.concept_names)).float()
         return SAEData(
-            inputs=probe.z, targets=probe.z @ weight_t, weight_t=weight_t, concepts=concepts
+            inputs=inputs, targets=inputs @ weight_t, weight_t=weight_t, concepts=concepts
         )
 
     def ablated_components(
-        self, ctx: ClassifierContext, sae: FaithfulSAE, params: TrialParams
+        self, ctx: ClassifierContext, layer: str, sae: FaithfulSAE, params: TrialParams
     ) -> list[int]:
         conditioned = ablation.conditioned_components(
             len(ctx.concept_names) * params.concept_latents
         )
         if params.ablate == "conditioned":
             return conditioned
-        data = self.sae_data(ctx)
+        data = self.sae_data(ctx, layer)
         exclude = conditioned if params.ablate == "both" else []
         by_attribution = ablation.attribution_components(
             sae, data.inputs, data.concepts, params.n_ablate, exclude=exclude
@@ -64,18 +81,21 @@ class ClassifierTask:
 
     @torch.no_grad()
     def evaluate(
-        self, ctx: ClassifierContext, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
+        self, ctx: ClassifierContext, saes: Saes, params: TrialParams, *, with_test: bool
     ) -> TrialResult:
-        """α chosen on val (or fixed); test only reported, at that α."""
-        index = self.ablated_components(ctx, sae, params)
-        ablated_t = ablation.ablated_sum(sae, index)
+        """α chosen on val (or fixed), the same in every edited layer; test only reported,
+        at that α."""
+        index = {
+            layer: self.ablated_components(ctx, layer, sae, params) for layer, sae in saes.items()
+        }
+        ablated = {layer: ablation.ablated_sum(saes[layer], i) for layer, i in index.items()}
         if params.alpha is None:
             alphas = alpha_grid(params.alpha_max, params.alpha_steps)
         else:
             alphas = [params.alpha]
 
         def edit(alpha: float) -> dict[str, torch.Tensor]:
-            return self.layer_edit(ctx, ablated_t, alpha, params)
+            return self.model_edit(ctx, ablated, alpha, params)
 
         sweep = [ctx.scorer.metrics("val", edit(a)) for a in alphas]
         best = pick_alpha(sweep)
@@ -104,10 +124,15 @@ class ClassifierTask:
                 "mean_group": best_val.mean_group,
                 "overall": best_val.overall,
             },
-            errors=decomposition_errors(sae, self.sae_data(ctx)),
+            errors=worst_errors(
+                [
+                    decomposition_errors(sae, self.sae_data(ctx, layer))
+                    for layer, sae in saes.items()
+                ]
+            ),
             models=models,
             edit=Edit(
-                layer=ctx.layer,
+                layer="+".join(saes),
                 components=index,
                 alpha=alpha,
                 selection=params.ablate,
@@ -120,33 +145,48 @@ class ClassifierTask:
         )
 
     def edited_state_dict(
-        self, ctx: ClassifierContext, sae: FaithfulSAE, params: TrialParams, result: TrialResult
+        self, ctx: ClassifierContext, saes: Saes, params: TrialParams, result: TrialResult
     ) -> dict[str, torch.Tensor] | None:
         """The debiased model's state dict at the result's α: the base model's own keys."""
         assert result.edit is not None
-        ablated_t = ablation.ablated_sum(sae, result.edit.components)
+        ablated = {
+            layer: ablation.ablated_sum(saes[layer], index)
+            for layer, index in result.edit.components.items()
+        }
         state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-        state.update(self.layer_edit(ctx, ablated_t, result.edit.alpha, params))
+        state.update(self.model_edit(ctx, ablated, result.edit.alpha, params))
         return state
 
-    def layer_edit(
-        self, ctx: ClassifierContext, ablated_t: torch.Tensor, alpha: float, params: TrialParams
+    def model_edit(
+        self,
+        ctx: ClassifierContext,
+        ablated: Mapping[str, torch.Tensor],
+        alpha: float,
+        params: TrialParams,
     ) -> dict[str, torch.Tensor]:
-        """The edited layer's new tensors: W − α·Aᵀ, and with `ablate_bias` the bias moved
-        by what the removed components contributed on average over probe."""
-        layer = ctx.model.get_submodule(ctx.layer)
-        out = {f"{ctx.layer}.weight": ablation.debiased_weight(layer.weight, ablated_t, alpha)}
-        if params.ablate_bias and getattr(layer, "bias", None) is not None:
-            mean_input = ctx.splits["probe"].z.mean(dim=0)
-            out[f"{ctx.layer}.bias"] = ablation.compensated_bias(
-                layer.bias, ablated_t, mean_input, alpha
-            )
+        """The edited layers' new tensors: W − α·Aᵀ in each, and with `ablate_bias` each
+        bias moved by what its removed components contributed on average over probe."""
+        out: dict[str, torch.Tensor] = {}
+        for name, ablated_t in ablated.items():
+            layer = ctx.model.get_submodule(name)
+            out[f"{name}.weight"] = ablation.debiased_weight(layer.weight, ablated_t, alpha)
+            if params.ablate_bias and getattr(layer, "bias", None) is not None:
+                mean_input = ctx.probe_inputs[name].mean(dim=0)
+                out[f"{name}.bias"] = ablation.compensated_bias(
+                    layer.bias, ablated_t, mean_input, alpha
+                )
         return {k: v.detach() for k, v in out.items()}
 
     def model_card(self, ctx: ClassifierContext) -> dict[str, str]:
         return ctx.card
 
     kind: ClassVar[str]
+
+
+def worst_errors(per_layer: list[dict[str, float]]) -> dict[str, float]:
+    """The largest of each error over the decomposed layers: a constraint on the
+    faithfulness error holds for every layer."""
+    return {key: max(e[key] for e in per_layer) for key in per_layer[0]}
 
 
 @torch.no_grad()

@@ -18,12 +18,13 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from hpo.data import colored_mnist as data
-from hpo.data.cache import bundle_file, content_hash, load_tensors
+from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.data.colored_mnist import PALETTE
 from hpo.data.mnist_files import load_mnist
 from hpo.debias import references as references_module
 from hpo.models import classifiers, training
 from hpo.models.classifiers import BASE_MODELS
+from hpo.models.linear_layers import linear_layers
 from hpo.tasks import bundle
 from hpo.tasks.base import TaskConfig, register_task
 from hpo.tasks.bundle import ClassifierContext, check_references
@@ -89,12 +90,12 @@ class ColoredMnistTask(TaskConfig):
         return self
 
 
-def linear_layers(model: torch.nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-
-
-# The modules whose code shapes a bundle: a change to any of them rebuilds it.
-BUNDLE_CODE = (data, classifiers, training, bundle, references_module)
+# The modules whose code shapes the trained models, and those that shape a bundle: a
+# change to any of them rebuilds it. The fields that do not touch training (which layer,
+# which references) rebuild the bundle in seconds and reuse the models.
+MODEL_CODE = (data, classifiers, training)
+BUNDLE_CODE = (*MODEL_CODE, bundle, references_module)
+NOT_TRAINING = {"layer", "references"}
 
 
 def load_splits(
@@ -119,6 +120,38 @@ def bundle_key(task: ColoredMnistTask, data_sha256: str) -> str:
             "code": bundle.code_fingerprint(BUNDLE_CODE),
         }
     )
+
+
+def models_key(task: ColoredMnistTask, data_sha256: str) -> str:
+    return content_hash(
+        {
+            "data": data_sha256,
+            "task": task.model_dump(mode="json", exclude=NOT_TRAINING),
+            "code": bundle.code_fingerprint(MODEL_CODE),
+        }
+    )
+
+
+def trained_models(
+    task: ColoredMnistTask,
+    splits: dict[str, data.Split],
+    data_sha256: str,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, classifiers.ColoredMnistClassifier]:
+    """The base model and the oracle, from the model cache or trained (and cached)."""
+    path = bundle_file("colored_mnist-models", models_key(task, data_sha256))
+    if path.exists():
+        states = load_tensors(path, map_location=device)
+        models = {}
+        for name, state in states.items():
+            models[name] = BASE_MODELS[task.base_model]().to(device)
+            models[name].load_state_dict(state)
+            models[name].eval()
+        return models
+    models = train_models(task, splits, device, progress)
+    save_tensors(path, {name: m.state_dict() for name, m in models.items()})
+    return models
 
 
 def train_models(
@@ -191,7 +224,7 @@ class ColoredMnist(ClassifierTask):
         if path.exists():
             return path, timings
         t0 = time.perf_counter()
-        models = train_models(cfg, splits, device, progress)
+        models = trained_models(cfg, splits, sha, device, progress)
         timings["base_model"] = time.perf_counter() - t0
         base = models["base"]
         timings |= bundle.write_bundle(

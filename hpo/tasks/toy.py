@@ -21,13 +21,13 @@ from pydantic import Field
 
 from hpo.config import TrialParams
 from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
+from hpo.errors import UserError
 from hpo.models import classifiers
 from hpo.models.classifiers import ToySuperpositionAE
 from hpo.results import TrialResult
-from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 from hpo.tasks import bundle, classifier
-from hpo.tasks.base import Direction, TaskConfig, register_task
+from hpo.tasks.base import Direction, Saes, TaskConfig, register_task
 
 
 class ToyTask(TaskConfig):
@@ -132,6 +132,9 @@ def mechanism_metrics(components: torch.Tensor, w: torch.Tensor) -> dict[str, fl
     return {"mmcs": float(cos.max(dim=1).values.mean()), "ml2r": float(ratio.mean())}
 
 
+LAYER = "W"  # the toy model's one weight, as `params.layers` names it
+
+
 class ToySuperposition:
     """Recovering known mechanisms: no edit, scored by MMCS and ML2R."""
 
@@ -151,13 +154,21 @@ class ToySuperposition:
     def load(self, cfg: ToyTask, path: Path, device: torch.device) -> ToyContext:
         return load_context(cfg, path, device)
 
-    def sae_data(self, ctx: ToyContext) -> SAEData:
+    def decomposed_layers(self, ctx: ToyContext, params: TrialParams) -> list[str]:
+        if params.layers not in (None, LAYER):
+            raise UserError(
+                f"params.layers: the toy model has one weight to decompose; valid: {LAYER}"
+            )
+        return [LAYER]
+
+    def sae_data(self, ctx: ToyContext, layer: str) -> SAEData:
         return sae_data(ctx)
 
     @torch.no_grad()
     def evaluate(
-        self, ctx: ToyContext, sae: FaithfulSAE, params: TrialParams, *, with_test: bool
+        self, ctx: ToyContext, saes: Saes, params: TrialParams, *, with_test: bool
     ) -> TrialResult:
+        (sae,) = saes.values()
         w = ctx.model.W.detach()
         metrics = mechanism_metrics(sae.components(), w)
         errors = classifier.decomposition_errors(sae, sae_data(ctx))

@@ -1,0 +1,38 @@
+"""Which nn.Linear layers a model has, and in which order its forward pass calls them."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def linear_layers(model: nn.Module) -> list[str]:
+    """The dotted names of the model's nn.Linear modules, in definition order."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+@torch.no_grad()
+def linear_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The nn.Linear layers `model` calls on `x[:2]`, in call order (each once). Call
+    order, not definition order: a subclass may define its first layer after its head."""
+    linear = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    called: list[str] = []
+
+    def record(module: nn.Module, *_: object) -> None:
+        if linear[module] not in called:
+            called.append(linear[module])
+
+    hooks = [m.register_forward_hook(record) for m in linear]
+    try:
+        model(x[:2])
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return called
+
+
+def layers_from(model: nn.Module, layer: str, x: torch.Tensor) -> list[str]:
+    """`layer` and every nn.Linear the model calls after it: what an edit scored from
+    `layer`'s inputs can change."""
+    order = linear_call_order(model, x)
+    return order[order.index(layer) :] if layer in order else [layer]
