@@ -77,9 +77,14 @@ class TrialParams(Strict):
     # Ablation: which components go, and how strongly (None = sweep alpha, pick on val).
     # conditioned: the latents trained to fire for each concept (SCAR); attribution: the
     # n_ablate components whose contribution differs most between concepts on probe;
-    # both: the conditioned ones plus n_ablate more by attribution.
-    ablate: Literal["conditioned", "attribution", "both"] = "conditioned"
+    # both: the conditioned ones plus n_ablate more by attribution; fitted: a fraction of
+    # every component, fitted on probe by group-balanced cross-entropy (fit_steps Adam
+    # steps at fit_lr, removal_l1 × the mean fraction keeps removal small).
+    ablate: Literal["conditioned", "attribution", "both", "fitted"] = "conditioned"
     n_ablate: int = Field(2, ge=1)
+    fit_steps: int = Field(300, ge=1)
+    fit_lr: float = Field(0.05, gt=0)
+    removal_l1: float = Field(0.0, ge=0)
     concept_latents: int = Field(1, ge=1)  # latents conditioned on each concept
     ablate_bias: bool = False  # also move the layer's bias by the removed mean (see ablation)
     alpha: float | None = Field(None, ge=0)

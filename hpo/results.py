@@ -48,7 +48,9 @@ class Edit:
     layer: str  # the edited layer, or several joined by "+" ("fc1+fc2")
     components: dict[str, list[int]]  # layer -> its ablated components
     alpha: float
-    selection: str  # how the components were chosen: "conditioned", "attribution", "both"
+    selection: str  # how: "conditioned", "attribution", "both" or "fitted"
+    # "fitted": layer -> the fraction of each of its components removed (else all of each)
+    fractions: dict[str, list[float]] | None = None
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -103,6 +105,11 @@ class TrialResult:
                 layer=self.edit.layer,
                 alpha=self.edit.alpha,
                 ablated_components={k: list(v) for k, v in self.edit.components.items()},
+                **(
+                    {}
+                    if self.edit.fractions is None
+                    else {"removed_fractions": self.edit.fractions}
+                ),
                 selection=self.edit.selection,
                 alpha_curve=self.edit.alpha_curve,
             )

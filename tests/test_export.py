@@ -284,3 +284,38 @@ def test_rescore_is_what_report_and_export_share(tiny: str) -> None:
     assert r.mismatches == []
     assert r.result.objectives["worst_group"] == study.best_value
     assert set(r.result.models["debiased"]) == {"val", "test"}
+
+
+def test_a_fitted_removal_in_two_layers_exports_what_was_fitted_without_refitting(
+    tmp_path: Path, tiny_mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.debias import ablation
+    from hpo.models.classifiers import ColorMnistMLP
+
+    params = {"ablate": "fitted", "layers": "fc1+fc2", "fit_steps": 30, "alpha": 1.0}
+    url = run_tiny_study(tmp_path, tiny_mnist_dir, "fit", n_trials=1, params=params)
+    trial = best_trial(url, "fit")
+    recorded = trial.user_attrs["removed_fractions"]
+    assert set(recorded) == {"fc1", "fc2"} == set(trial.user_attrs["ablated_components"])
+
+    def no_refit(*_: Any, **__: Any) -> None:
+        raise AssertionError("export refitted the removal instead of re-applying it")
+
+    monkeypatch.setattr(ablation, "fit_removal", no_refit)
+    out = tmp_path / "model"
+    assert main(["export", "fit", "--storage", url, "--out", str(out)]) == 0
+
+    sae_doc = torch.load(out / "sae.pt", weights_only=True)
+    for layer in ("fc1", "fc2"):
+        stored = sae_doc["layers"][layer]
+        assert stored["removed_fractions"] == recorded[layer]
+        assert stored["ablated_components"] == trial.user_attrs["ablated_components"][layer]
+    state = torch.load(out / "model.pt", weights_only=True)
+    model = ColorMnistMLP()
+    model.load_state_dict(state, strict=True)
+    study = optuna.load_study(study_name="fit", storage=url)
+    base = rescore(study, url, trial).ctx.model.state_dict()  # re-applied, not refitted
+    changed = {k for k, v in base.items() if not torch.equal(v, state[k])}
+    assert changed == {"fc1.weight", "fc2.weight"}
+    card = (out / "README.md").read_text()
+    assert "`fc1.weight`, `fc2.weight`" in card and "part of" in card

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hpo.config import TrialParams
+from hpo.debias import ablation
 from hpo.debias.scoring import CachedSplit
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
@@ -112,3 +113,42 @@ def test_ablate_bias_keeps_the_layers_mean_output_on_probe() -> None:
         original = layer(z).mean(0)
     torch.testing.assert_close(mean_output(moved), original, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(mean_output(plain), original, atol=1e-3)
+
+
+def test_a_fitted_removal_takes_away_what_the_loss_wants_gone_and_nothing_it_needs() -> None:
+    torch.manual_seed(0)
+    components = {"a": torch.randn(4, 3, 2), "b": torch.randn(2, 3, 2)}
+    target = {"a": components["a"][1] + components["a"][3], "b": components["b"][0]}
+
+    def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum((removed[k] - target[k]).square().sum() for k in target)
+
+    fitted = ablation.fit_removal(components, loss, steps=600, lr=0.05, l1=0.0)
+
+    assert fitted["a"][[1, 3]].min() > 0.9 and fitted["a"][[0, 2]].max() < 0.1
+    assert fitted["b"][0] > 0.9 and fitted["b"][1] < 0.1
+    assert all(((f >= 0) & (f <= 1)).all() for f in fitted.values())  # removal only
+    sparse = ablation.fit_removal(components, loss, steps=600, lr=0.05, l1=100.0)
+    assert sparse["a"].sum() < fitted["a"].sum()  # the l1 keeps removal small
+
+
+def test_ablate_fitted_scores_the_edit_it_records_in_two_layers() -> None:
+    ctx = small_context()
+    ctx.probe_inputs["2"] = torch.relu(ctx.model[0](ctx.splits["probe"].z)).detach()
+    task = get_task("colored_mnist")
+    params = TrialParams(ablate="fitted", layers="0+2", n_components=8, top_k=2, fit_steps=50)
+    torch.manual_seed(1)
+    saes = {"0": FaithfulSAE(6, 4, n_components=8, top_k=2), "2": FaithfulSAE(4, 2, 8, 2)}
+
+    result = task.evaluate(ctx, saes, params, with_test=True)
+
+    edit = result.edit
+    assert edit.selection == "fitted" and set(edit.components) == set(edit.fractions) == {"0", "2"}
+    for layer in ("0", "2"):
+        assert len(edit.components[layer]) == len(edit.fractions[layer])
+        assert all(0.01 <= f <= 1 for f in edit.fractions[layer])
+    state = task.edited_state_dict(ctx, saes, params, result)
+    changed = {k for k, v in ctx.model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed <= {"0.weight", "2.weight"}
+    overrides = {k: state[k] for k in ("0.weight", "2.weight")}
+    assert ctx.scorer.metrics("test", overrides) == result.metric("debiased", "test")

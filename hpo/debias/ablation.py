@@ -6,14 +6,60 @@ own class with one tensor changed: same parameters, same forward code, zero over
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 
 from hpo.sae.model import FaithfulSAE
 
 
-def ablated_sum(sae: FaithfulSAE, index: list[int]) -> torch.Tensor:
-    """Σ of the chosen components, (in × out)."""
-    return sae.components(index).sum(dim=0)
+def ablated_sum(
+    sae: FaithfulSAE, index: list[int], fractions: list[float] | None = None
+) -> torch.Tensor:
+    """Σ of the chosen components (each times its fraction, if given), (in × out)."""
+    components = sae.components(index)
+    if fractions is None:
+        return components.sum(dim=0)
+    weights = torch.tensor(fractions, dtype=components.dtype, device=components.device)
+    return torch.einsum("c,cio->io", weights, components)
+
+
+def fit_removal(
+    components: Mapping[str, torch.Tensor],
+    loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    *,
+    steps: int,
+    lr: float,
+    l1: float,
+) -> dict[str, torch.Tensor]:
+    """How much of each component to remove, fitted: r ∈ [0, 1] per component (a sigmoid,
+    starting near 0) minimising `loss({layer: Σ r_c · component_c})` + l1 · mean(r).
+
+    `components` maps a layer to its [C, in, out] components; the loss sees each layer's
+    removed part in (in × out) layout. At α = 1 the edit only takes parts of the layer's
+    own components away, never adds; α then scales it like every edit (α > 1 removes
+    more than was fitted, as the seed's α sweep does).
+    """
+    logits = {
+        layer: torch.full((c.shape[0],), INITIAL_LOGIT, device=c.device, requires_grad=True)
+        for layer, c in components.items()
+    }
+    opt = torch.optim.Adam(list(logits.values()), lr=lr)
+    total = sum(c.shape[0] for c in components.values())
+    for _ in range(steps):
+        fractions = {layer: torch.sigmoid(v) for layer, v in logits.items()}
+        removed = {
+            layer: torch.einsum("c,cio->io", fractions[layer], components[layer])
+            for layer in components
+        }
+        value = loss(removed) + l1 * sum(f.sum() for f in fractions.values()) / total
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+    return {layer: torch.sigmoid(v).detach() for layer, v in logits.items()}
+
+
+INITIAL_LOGIT = -6.0  # sigmoid(-6) ≈ 0.0025: the fit starts from (almost) no removal
 
 
 def debiased_weight(weight: torch.Tensor, ablated_t: torch.Tensor, alpha: float) -> torch.Tensor:

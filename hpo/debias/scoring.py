@@ -88,6 +88,10 @@ class Scorer:
 
     @torch.no_grad()
     def logits(self, split: str, overrides: Overrides | None = None) -> torch.Tensor:
+        return self.forward(split, overrides)
+
+    def forward(self, split: str, overrides: Overrides | None = None) -> torch.Tensor:
+        """`logits` with gradients flowing to the overrides (what fitting an edit needs)."""
         s = self.splits[split]
         overrides = dict(overrides or {})
         if s.x is None:

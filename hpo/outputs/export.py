@@ -231,6 +231,11 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
                 "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
                 "sae_config": r.payload["saes"][layer]["sae_config"],
                 **({} if edit is None else {"ablated_components": edit.components[layer]}),
+                **(
+                    {"removed_fractions": edit.fractions[layer]}
+                    if edit is not None and edit.fractions is not None
+                    else {}
+                ),
             }
             for layer, sae in r.saes.items()
         },

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.results import TrialResult
+from hpo.results import Edit, TrialResult
 
 
 def _pct(x: float | None) -> str:
@@ -29,6 +29,21 @@ def accuracy_table(result: TrialResult) -> list[str]:
             cells.append(_pct(None if metric is None else metric.get(key)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
+
+
+def removed_text(edit: Edit, layer: str) -> str:
+    """ "component(s) 0, 1", or for a fitted removal how much of how many."""
+    components = edit.components[layer]
+    if edit.fractions is None:
+        return f"component(s) {', '.join(str(c) for c in components)}"
+    fractions = edit.fractions[layer]
+    most = sorted(zip(fractions, components, strict=True), reverse=True)
+    half = [c for f, c in most if f > 0.5]
+    top = ", ".join(f"{c} ({f:.2f})" for f, c in most[:5])
+    return (
+        f"part of {len(components)} components ({len(half)} by more than half; most: {top}; "
+        "every fraction in `sae.pt`)"
+    )
 
 
 def model_card(
@@ -61,6 +76,8 @@ def model_card(
         "both": "conditioned during training to fire for the concepts "
         f"{', '.join(concept_names)}, plus the {params.n_ablate} others whose contribution "
         "differs most between concepts on probe",
+        "fitted": "a fraction of each component, fitted on the balanced probe split by "
+        "group-balanced cross-entropy (at α = 1 it only takes parts of the weight away)",
     }[edit.selection]
     layers = list(edit.components)
     weights = ", ".join(f"`{name}.weight`" for name in layers)
@@ -71,8 +88,7 @@ def model_card(
             f"- **Decomposed:** the `{name}` weight "
             f"({sae_configs[name]['d_out']}×{sae_configs[name]['d_in']}), into "
             f"{params.n_components} rank-{params.rank} Faithful-SAE components (top-k "
-            f"{params.top_k}); removed component(s) "
-            f"{', '.join(str(c) for c in edit.components[name])}."
+            f"{params.top_k}); removed {removed_text(edit, name)}."
             for name in layers
         ),
         f"- **Which:** {how}; faithfulness error {result.errors['faithfulness_error']:.2e}"

@@ -87,10 +87,15 @@ def best_note(
             "attribution": "attribution (the components whose contribution differs most "
             "by concept)",
             "both": "the conditioned ones, plus more by attribution",
-        }.get(attrs.get(SELECTION_ATTR, "conditioned"), "?")
+            "fitted": "a fraction of each, fitted on probe (group-balanced cross-entropy)",
+        }.get(attrs.get(SELECTION_ATTR, attrs.get("ablate", "conditioned")), "?")
+        fitted = attrs.get(SELECTION_ATTR) == "fitted"
         lines += [  # short lines: the dashboard's note box does not wrap wide content
             *(
-                f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, comps))}** "
+                f"- **Removed** part of **{len(comps)}** Faithful-SAE components "
+                f"of the `{layer}` weight"
+                if fitted
+                else f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, comps))}** "
                 f"of the `{layer}` weight"
                 for layer, comps in removed.items()
             ),
@@ -124,6 +129,7 @@ def best_note(
         for k, label in (
             ("faithfulness_error", "faithfulness error"),
             ("reconstruction_error", "reconstruction error"),
+            ("prediction_change", "predictions changed by ΣP"),
         )
         if isinstance(attrs.get(k), (int, float))
     ]

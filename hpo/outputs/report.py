@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UserError
+from hpo.outputs.model_card import removed_text
 from hpo.outputs.report_figures import (
     TITLES,
     alpha_figure,
@@ -98,8 +99,10 @@ def _best_table(r: Rescored) -> str:
         for k, v in sorted(r.trial.params.items())
     ]
     if res.edit is not None:
-        for layer, comps in res.edit.components.items():
-            rows.append([f"ablated components of {html.escape(layer)}", html.escape(str(comps))])
+        for layer in res.edit.components:
+            rows.append(
+                [f"removed from {html.escape(layer)}", html.escape(removed_text(res.edit, layer))]
+            )
         rows.append(["α (chosen on val)", f"{res.edit.alpha:.3g}"])
     for key, value in {**res.objectives, **res.errors}.items():
         rows.append([key.replace("_", " ") + " (val)", f"{value:.3g}"])

@@ -26,6 +26,7 @@ from hpo.service.artifacts import artifact_store
 from hpo.service.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
+    REMOVED_FRACTIONS_ATTR,
     STUDY_FILE_ATTR,
     TRIAL_WEIGHTS_ATTR,
     VAL_GROUPS_ATTR,
@@ -105,6 +106,9 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
         recorded = {result.edit.layer: recorded}
     if recorded != components:
         out.append(f"ablated_components: recorded {recorded}, re-scored {components}")
+    fractions = None if result.edit is None else result.edit.fractions
+    if attrs.get(REMOVED_FRACTIONS_ATTR, fractions) != fractions:
+        out.append("removed_fractions: the recorded fractions differ from the re-scored ones")
     for model, groups in (attrs.get(VAL_GROUPS_ATTR) or {}).items():
         metric = result.metric(model, "val")
         for g, v in groups.items():
@@ -126,7 +130,13 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
         payload = {**payload, "saes": {ctx.layer: payload}}
     saes = {layer: load_sae(stored, device) for layer, stored in payload["saes"].items()}
     params = trial_params(study_file, trial)
-    result = get_task(study_file.task.kind).evaluate(ctx, saes, params, with_test=True)
+    removal = None
+    if "removal" in payload:  # what the trial removed, re-applied as it was (never refitted)
+        from hpo.tasks.classifier import Removal
+
+        removal = {k: Removal.from_json(d) for k, d in payload["removal"].items()}
+    task = get_task(study_file.task.kind)
+    result = task.evaluate(ctx, saes, params, with_test=True, removal=removal)
     mismatches = compare_recorded(trial.user_attrs, result)
     return Rescored(study, trial, study_file, params, ctx, saes, payload, result, mismatches)
 

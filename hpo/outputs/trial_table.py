@@ -49,7 +49,10 @@ def _group_table(result: TrialResult) -> list[str]:
     edit = result.edit
     lines = []
     if edit is not None:
-        removed = "; ".join(f"{k} {v}" for k, v in edit.components.items())
+        removed = "; ".join(
+            f"{k} {v}" if edit.fractions is None else f"{k}: part of {len(v)}"
+            for k, v in edit.components.items()
+        )
         lines.append(
             f"alpha {edit.alpha:.2f} (chosen on val) · ablated components {removed} · "
             f"faithfulness error {result.errors['faithfulness_error']:.2e}"

@@ -29,6 +29,7 @@ from hpo.service.attrs import (
     LAYER_ATTR,
     LOSS_HISTORY_ATTR,
     PRUNED_AT_STEP_ATTR,
+    REMOVED_FRACTIONS_ATTR,
     SEED_ATTR,
     SELECTION_ATTR,
     SURPLUS_ATTR,
@@ -147,6 +148,10 @@ class Objective:
         from hpo.data.cache import save_tensors
 
         payload: dict[str, Any] = {"saes": sae_payload(saes)}
+        if result.edit is not None:  # re-applied as is by rescore: a fit is not refitted
+            from hpo.tasks.classifier import recorded_removal
+
+            payload["removal"] = {k: r.to_json() for k, r in recorded_removal(result.edit).items()}
         edited = self.task.edited_state_dict(self.ctx, saes, params, result)
         if edited is not None:
             payload["debiased"] = {k: v.cpu() for k, v in edited.items()}
@@ -179,6 +184,8 @@ def record(trial: optuna.Trial, result: TrialResult, history: dict[str, list[flo
         trial.set_user_attr(ALPHA_ATTR, result.edit.alpha)
         trial.set_user_attr(ABLATED_COMPONENTS_ATTR, result.edit.components)
         trial.set_user_attr(SELECTION_ATTR, result.edit.selection)
+        if result.edit.fractions is not None:
+            trial.set_user_attr(REMOVED_FRACTIONS_ATTR, result.edit.fractions)
         trial.set_user_attr(ALPHA_CURVE_ATTR, result.edit.alpha_curve)
     if result.models:
         trial.set_user_attr(

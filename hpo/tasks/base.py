@@ -71,10 +71,17 @@ class Task(Protocol):
         ...
 
     def evaluate(
-        self, ctx: Any, saes: Saes, params: TrialParams, *, with_test: bool
+        self,
+        ctx: Any,
+        saes: Saes,
+        params: TrialParams,
+        *,
+        with_test: bool,
+        removal: Mapping[str, Any] | None = None,
     ) -> TrialResult:
         """Score a decomposition (one SAE per decomposed layer) on validation, and on test
-        for reporting only."""
+        for reporting only. `removal`: what a stored trial removed (from its weights
+        payload), applied as it was rather than chosen again."""
         ...
 
     def edited_state_dict(

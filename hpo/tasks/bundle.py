@@ -257,5 +257,5 @@ def context_from_bundle(
         bundle_key=meta["key"],
         bundle_path=path,
         card=card,
-        probe_inputs=dict(bundle["probe_inputs"]),
+        probe_inputs=dict(bundle.get("probe_inputs", {})),  # older bundles: the layer only
     )

@@ -9,10 +9,12 @@ validation and reporting test only at that α.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 
 from hpo.config import TrialParams
 from hpo.debias import ablation
@@ -30,6 +32,7 @@ OBJECTIVES: dict[str, Direction] = {
     "overall": "maximize",
     "faithfulness_error": "minimize",
     "reconstruction_error": "minimize",
+    "prediction_change": "minimize",
 }
 
 
@@ -67,6 +70,7 @@ class ClassifierTask:
     def ablated_components(
         self, ctx: ClassifierContext, layer: str, sae: FaithfulSAE, params: TrialParams
     ) -> list[int]:
+        """The components removed in full (every mode but "fitted")."""
         conditioned = ablation.conditioned_components(
             len(ctx.concept_names) * params.concept_latents
         )
@@ -79,16 +83,38 @@ class ClassifierTask:
         )
         return sorted(set(exclude) | set(by_attribution))
 
+    def removal(
+        self, ctx: ClassifierContext, saes: Saes, params: TrialParams
+    ) -> dict[str, Removal]:
+        """Per layer, which components go and how much of each (None: all of it)."""
+        if params.ablate != "fitted":
+            return {
+                layer: Removal(self.ablated_components(ctx, layer, sae, params), None)
+                for layer, sae in saes.items()
+            }
+        components = {layer: sae.components().detach() for layer, sae in saes.items()}
+        loss = balanced_probe_loss(ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params))
+        with torch.enable_grad():
+            fitted = ablation.fit_removal(
+                components, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
+            )
+        return {layer: Removal.from_fractions(f) for layer, f in fitted.items()}
+
     @torch.no_grad()
     def evaluate(
-        self, ctx: ClassifierContext, saes: Saes, params: TrialParams, *, with_test: bool
+        self,
+        ctx: ClassifierContext,
+        saes: Saes,
+        params: TrialParams,
+        *,
+        with_test: bool,
+        removal: Mapping[str, Removal] | None = None,
     ) -> TrialResult:
         """α chosen on val (or fixed), the same in every edited layer; test only reported,
-        at that α."""
-        index = {
-            layer: self.ablated_components(ctx, layer, sae, params) for layer, sae in saes.items()
-        }
-        ablated = {layer: ablation.ablated_sum(saes[layer], i) for layer, i in index.items()}
+        at that α. `removal`: one recorded earlier (a stored trial's), applied as it was
+        instead of being chosen (or fitted) again."""
+        removal = dict(removal) if removal is not None else self.removal(ctx, saes, params)
+        ablated = {layer: r.ablated_sum(saes[layer]) for layer, r in removal.items()}
         if params.alpha is None:
             alphas = alpha_grid(params.alpha_max, params.alpha_steps)
         else:
@@ -124,16 +150,22 @@ class ClassifierTask:
                 "mean_group": best_val.mean_group,
                 "overall": best_val.overall,
             },
-            errors=worst_errors(
-                [
-                    decomposition_errors(sae, self.sae_data(ctx, layer))
-                    for layer, sae in saes.items()
-                ]
-            ),
+            errors={
+                **worst_errors(
+                    [
+                        decomposition_errors(sae, self.sae_data(ctx, layer))
+                        for layer, sae in saes.items()
+                    ]
+                ),
+                "prediction_change": prediction_change(ctx, saes),
+            },
             models=models,
             edit=Edit(
                 layer="+".join(saes),
-                components=index,
+                components={layer: r.components for layer, r in removal.items()},
+                fractions=None
+                if params.ablate != "fitted"
+                else {layer: r.fractions or [] for layer, r in removal.items()},
                 alpha=alpha,
                 selection=params.ablate,
                 alpha_curve={
@@ -149,12 +181,14 @@ class ClassifierTask:
     ) -> dict[str, torch.Tensor] | None:
         """The debiased model's state dict at the result's α: the base model's own keys."""
         assert result.edit is not None
+        fractions = result.edit.fractions or {}
         ablated = {
-            layer: ablation.ablated_sum(saes[layer], index)
+            layer: ablation.ablated_sum(saes[layer], index, fractions.get(layer))
             for layer, index in result.edit.components.items()
         }
         state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
-        state.update(self.model_edit(ctx, ablated, result.edit.alpha, params))
+        edit = self.model_edit(ctx, ablated, result.edit.alpha, params)
+        state.update({k: v.detach() for k, v in edit.items()})
         return state
 
     def model_edit(
@@ -169,18 +203,86 @@ class ClassifierTask:
         out: dict[str, torch.Tensor] = {}
         for name, ablated_t in ablated.items():
             layer = ctx.model.get_submodule(name)
-            out[f"{name}.weight"] = ablation.debiased_weight(layer.weight, ablated_t, alpha)
+            # detached: fitting a removal must not write gradients into the base model
+            weight = layer.weight.detach()
+            out[f"{name}.weight"] = ablation.debiased_weight(weight, ablated_t, alpha)
             if params.ablate_bias and getattr(layer, "bias", None) is not None:
                 mean_input = ctx.probe_inputs[name].mean(dim=0)
                 out[f"{name}.bias"] = ablation.compensated_bias(
-                    layer.bias, ablated_t, mean_input, alpha
+                    layer.bias.detach(), ablated_t, mean_input, alpha
                 )
-        return {k: v.detach() for k, v in out.items()}
+        return out
 
     def model_card(self, ctx: ClassifierContext) -> dict[str, str]:
         return ctx.card
 
     kind: ClassVar[str]
+
+
+MIN_FRACTION = 0.01  # a fitted removal under 1% of a component is no removal
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One layer's removal: the components, and the fraction of each (None: all of it)."""
+
+    components: list[int]
+    fractions: list[float] | None
+
+    @classmethod
+    def from_fractions(cls, fitted: torch.Tensor) -> Removal:
+        """Fitted fractions, rounded to 3 decimals (what is recorded is what is scored);
+        components under MIN_FRACTION are left whole."""
+        rounded = [round(f, 3) for f in fitted.tolist()]
+        keep = [i for i, f in enumerate(rounded) if f >= MIN_FRACTION]
+        return cls(keep, [rounded[i] for i in keep])
+
+    def ablated_sum(self, sae: FaithfulSAE) -> torch.Tensor:
+        return ablation.ablated_sum(sae, self.components, self.fractions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"components": list(self.components), "fractions": self.fractions}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Removal:
+        fractions = d.get("fractions")
+        return cls(
+            [int(c) for c in d["components"]], None if fractions is None else list(fractions)
+        )
+
+
+def recorded_removal(edit: Edit) -> dict[str, Removal]:
+    """The removal an edit made, per layer: what a stored trial re-applies."""
+    fractions = edit.fractions or {}
+    return {layer: Removal(list(c), fractions.get(layer)) for layer, c in edit.components.items()}
+
+
+def balanced_probe_loss(
+    ctx: ClassifierContext,
+    edit: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
+) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
+    """removed parts -> cross-entropy on probe with every group weighted equally (the
+    balanced split's groups, as DFR balances them): what a fitted removal minimises."""
+    probe = ctx.splits["probe"]
+    sizes = torch.bincount(probe.groups, minlength=len(ctx.group_names)).double()
+    weights = (1.0 / sizes.clamp(min=1))[probe.groups]
+    weights = (weights / weights.sum()).to(torch.get_default_dtype())
+
+    def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = ctx.scorer.forward("probe", edit(removed))
+        return (F.cross_entropy(logits, probe.y, reduction="none") * weights).sum()
+
+    return loss
+
+
+def prediction_change(ctx: ClassifierContext, saes: Saes) -> float:
+    """The share of validation predictions that change when each decomposed weight is
+    replaced by the sum of its components: what a faithfulness error means for the model
+    (0: the components are the layer, as far as its decisions go)."""
+    summed = {f"{layer}.weight": sae.effective_weight().T for layer, sae in saes.items()}
+    before = ctx.scorer.logits("val").argmax(-1)
+    after = ctx.scorer.logits("val", summed).argmax(-1)
+    return float((before != after).double().mean())
 
 
 def worst_errors(per_layer: list[dict[str, float]]) -> dict[str, float]:

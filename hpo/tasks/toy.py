@@ -166,7 +166,13 @@ class ToySuperposition:
 
     @torch.no_grad()
     def evaluate(
-        self, ctx: ToyContext, saes: Saes, params: TrialParams, *, with_test: bool
+        self,
+        ctx: ToyContext,
+        saes: Saes,
+        params: TrialParams,
+        *,
+        with_test: bool,
+        removal: Any = None,  # the toy makes no edit
     ) -> TrialResult:
         (sae,) = saes.values()
         w = ctx.model.W.detach()
