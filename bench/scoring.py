@@ -24,13 +24,13 @@ from hpo.debias import ablation, scoring
 from hpo.models.training import images_to_float
 from hpo.sae.model import FaithfulSAE
 from hpo.service.study_file import load_study_file
-from hpo.tasks import colored_mnist
+from hpo.service.trial import prepare_task
 
 
 def reference_sweep(model, images, digits, group_ids, names, layer, ablated_t, alphas):
     """The seed's way: a fresh edited copy of the model per α, the CNN run on every image."""
     out = []
-    for alpha in alphas.tolist():
+    for alpha in alphas:
         edited = copy.deepcopy(model)
         with torch.no_grad():
             w = getattr(edited, layer).weight
@@ -51,8 +51,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     study = load_study_file(args.study)
-    device = torch.device("cpu")
-    ctx = colored_mnist.prepare(study.task, data_dir=None, device=device, progress=False)
+    ctx = prepare_task(study, data_dir=None, progress=False, device="cpu")
     mnist = load_mnist(None, progress=False)
     splits = build_splits(
         study.task, mnist.train_images, mnist.train_labels, mnist.test_images, mnist.test_labels
@@ -67,20 +66,23 @@ def main() -> None:
     sae = FaithfulSAE(128, 64, params.n_components, params.top_k)
     ablated_t = ablation.ablated_sum(sae, [0, 1]).detach()
     alphas = scoring.alpha_grid(params.alpha_max, params.alpha_steps)
-    z = ctx.splits["val"]
+    weight = ctx.weight_of(ctx.layer).detach()
     ours_t, ref_t = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        ours = scoring.alpha_sweep(
-            ctx.model, ctx.layer, z.z, z.digits, z.group_ids, ctx.group_names, ablated_t, alphas
-        )
+        ours = [
+            ctx.scorer.metrics(
+                "val", {f"{ctx.layer}.weight": ablation.debiased_weight(weight, ablated_t, a)}
+            )
+            for a in alphas
+        ]
         ours_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ref = reference_sweep(
             ctx.model, images, digits, gids, groups.names, ctx.layer, ablated_t, alphas
         )
         ref_t.append(time.perf_counter() - t0)
-    agree = all(a["groups"] == b["groups"] for a, b in zip(ours, ref, strict=True))
+    agree = all(a.groups == b.groups for a, b in zip(ours, ref, strict=True))
     mo, mr = statistics.median(ours_t), statistics.median(ref_t)
     print(
         f"| scoring {len(alphas)} alphas on val ({len(digits)} images) | median of "
