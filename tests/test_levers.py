@@ -14,7 +14,7 @@ from hpo.debias import ablation
 from hpo.debias.scoring import CachedSplit
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
-from hpo.tasks import get_task
+from hpo.tasks import classifier, get_task
 from hpo.tasks.bundle import ClassifierContext
 from hpo.tasks.colored_mnist import ColoredMnistTask
 
@@ -152,3 +152,23 @@ def test_ablate_fitted_scores_the_edit_it_records_in_two_layers() -> None:
     assert changed <= {"0.weight", "2.weight"}
     overrides = {k: state[k] for k in ("0.weight", "2.weight")}
     assert ctx.scorer.metrics("test", overrides) == result.metric("debiased", "test")
+
+
+def test_prediction_change_is_zero_for_an_exact_decomposition_and_not_for_a_wrong_one() -> None:
+    ctx = small_context()
+    w_t = ctx.weight_of("0").detach().T  # (in × out) = (6 × 4)
+    exact = FaithfulSAE(6, 4, n_components=8, top_k=2)
+    with torch.no_grad():
+        exact.encoder.zero_()
+        exact.decoder.zero_()
+        exact.encoder[:, :4] = w_t
+        exact.decoder[:4, :] = torch.eye(4)
+    torch.testing.assert_close(exact.effective_weight(), w_t)
+    wrong = FaithfulSAE(6, 4, n_components=8, top_k=2)
+    with torch.no_grad():
+        wrong.encoder[:, :4] = -w_t
+        wrong.decoder.zero_()
+        wrong.decoder[:4, :] = torch.eye(4)
+
+    assert classifier.prediction_change(ctx, {"0": exact}) == 0.0
+    assert classifier.prediction_change(ctx, {"0": wrong}) > 0.05  # the layer negated
