@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -197,6 +198,22 @@ def test_trials_record_what_a_user_judges_them_by(
     assert "base_model_artifact" in study.user_attrs
     assert main(["status", "--storage", url_of(tmp_path), "--json"]) == 0
     assert '"complete": 2' in capsys.readouterr().out
+
+
+def test_the_constraint_is_the_final_faithfulness_error_not_an_intermediate_one(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    limit = 0.5
+    study_file = toy_study(tmp_path, study__n_trials=2, study__max_faithfulness_error=limit)
+    assert main(["launch", str(study_file), "--workers", "0"]) == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # Optuna warns on a second constraint
+        assert work("svc", url_of(tmp_path), worker="w", threads=1) == 0
+    trials = load(study_file).get_trials(deepcopy=False)
+    assert len(trials) == 2
+    for trial in trials:  # evaluated at steps 50, 100 and 150; constrained once, at the end
+        error = trial.user_attrs["faithfulness_error"]
+        assert trial.constraints == {"faithfulness_error": pytest.approx(error - limit)}
 
 
 BAD_FILES = [

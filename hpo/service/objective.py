@@ -101,10 +101,12 @@ class Objective:
             if not single:
                 return  # Optuna prunes single-objective studies only.
             result = self.task.evaluate(self.ctx, saes, params, with_test=False)
-            self._constrain(trial, result)
             value = result.value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():
+                # A constraint is set once per trial: here for a pruned trial (its error
+                # where it stopped), else at the end (the final error), never mid-way.
+                self._constrain(trial, result)
                 trial.set_user_attr(PRUNED_AT_STEP_ATTR, step)
                 raise optuna.TrialPruned(
                     f"pruned at step {step} ({self.objectives[0]}={value:.4f})"
