@@ -1,4 +1,4 @@
-"""Debiasing a classifier at one linear layer: what colored MNIST and user tasks share.
+"""Debiasing a classifier by editing its linear layers: what colored MNIST and user tasks share.
 
 A classifier task hands over a `UserTask` (a trained model, the layer, probe/val/test)
 and, if it can, an oracle. From there everything is common: hpo.tasks.bundle caches the
