@@ -267,3 +267,20 @@ def test_unreachable_storage_is_one_line_without_the_password(
     assert out.returncode == 2
     assert "Traceback" not in out.stderr and "s3cret" not in out.stderr
     assert out.stderr.startswith("error: storage postgresql+psycopg://hpo:***@127.0.0.1:1/hpo")
+
+
+def test_output_into_a_closed_pipe_is_no_traceback(tmp_path: Path, env: dict[str, str]) -> None:
+    study_file = toy_study(tmp_path, study__n_trials=1)
+    assert main(["launch", str(study_file), "--workers", "0"]) == 0
+    proc = subprocess.Popen(  # as `hpo status | head -0`: the reader is gone before we write
+        [sys.executable, "-m", "hpo", "status", "--storage", url_of(tmp_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

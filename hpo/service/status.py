@@ -19,19 +19,15 @@ def collect_status(cli_url: str | None, summary_of: str | None = None) -> list[d
     from hpo.service.studies import best_value, trial_counts
 
     rows = []
-    urls = storage_urls(cli_url)
-    named = {
-        u: optuna.study.get_all_study_names(open_storage(u, heartbeat=False, create=False))
-        for u in urls
-    }
+    storages = {u: open_storage(u, heartbeat=False, create=False) for u in storage_urls(cli_url)}
+    named = {u: optuna.study.get_all_study_names(s) for u, s in storages.items()}
     if summary_of is not None and not any(summary_of in names for names in named.values()):
         known = sorted({n for names in named.values() for n in names})
         raise UserError(
             f"no study {summary_of!r} in storage; studies: {', '.join(known) or 'none'}"
         )
     only = sum(len(names) for names in named.values()) == 1
-    for url in urls:
-        storage = open_storage(url, heartbeat=False, create=False)
+    for url, storage in storages.items():
         for name in named[url]:
             study = optuna.load_study(study_name=name, storage=storage)
             counts = trial_counts(study)
