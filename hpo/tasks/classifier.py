@@ -163,9 +163,7 @@ class ClassifierTask:
             edit=Edit(
                 layer="+".join(saes),
                 components={layer: r.components for layer, r in removal.items()},
-                fractions=None
-                if params.ablate != "fitted"
-                else {layer: r.fractions or [] for layer, r in removal.items()},
+                fractions=recorded_fractions(removal),
                 alpha=alpha,
                 selection=params.ablate,
                 alpha_curve={
@@ -181,10 +179,8 @@ class ClassifierTask:
     ) -> dict[str, torch.Tensor] | None:
         """The debiased model's state dict at the result's α: the base model's own keys."""
         assert result.edit is not None
-        fractions = result.edit.fractions or {}
         ablated = {
-            layer: ablation.ablated_sum(saes[layer], index, fractions.get(layer))
-            for layer, index in result.edit.components.items()
+            layer: r.ablated_sum(saes[layer]) for layer, r in recorded_removal(result.edit).items()
         }
         state = {k: v.detach().clone() for k, v in ctx.model.state_dict().items()}
         edit = self.model_edit(ctx, ablated, result.edit.alpha, params)
@@ -249,6 +245,14 @@ class Removal:
         return cls(
             [int(c) for c in d["components"]], None if fractions is None else list(fractions)
         )
+
+
+def recorded_fractions(removal: Mapping[str, Removal]) -> dict[str, list[float]] | None:
+    """What an Edit records of a removal: the fractions per layer, None when whole
+    components went (every mode but "fitted")."""
+    if all(r.fractions is None for r in removal.values()):
+        return None
+    return {layer: r.fractions or [] for layer, r in removal.items()}
 
 
 def recorded_removal(edit: Edit) -> dict[str, Removal]:
