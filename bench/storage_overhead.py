@@ -45,8 +45,8 @@ import optuna
 import tomli_w
 from optuna.storages import BaseStorage
 
-from hpo.service.compat import CACHED_STORAGE_CALLS
 from hpo.service.logs import configure_logging
+from hpo.storage.compat import CACHED_STORAGE_CALLS
 
 # Database calls: the public storage API, plus what Optuna's trial cache calls directly.
 CALLS = (
@@ -203,7 +203,7 @@ def throughput(
         ]
         if any(p.wait() for p in procs):
             raise SystemExit(f"a worker failed on {name}")
-    from hpo.service.storage import open_storage
+    from hpo.storage.engine import open_storage
 
     trials = optuna.load_study(
         study_name=name, storage=open_storage(url, heartbeat=False)

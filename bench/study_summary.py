@@ -11,9 +11,9 @@ import argparse
 import optuna
 
 from hpo.outputs.rescore import rescore
-from hpo.service.attrs import PRUNED_AT_STEP_ATTR
-from hpo.service.storage_url import study_url
 from hpo.service.studies import load_study, trial_counts
+from hpo.storage.attrs import PRUNED_AT_STEP_ATTR
+from hpo.storage.urls import study_url
 
 
 def main() -> None:

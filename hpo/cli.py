@@ -141,7 +141,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     from hpo.cpus import check_threads
     from hpo.service.runner import work
-    from hpo.service.storage_url import given_url
+    from hpo.storage.urls import given_url
 
     check_threads(args.threads)
     url = given_url(args.storage, "hpo worker")
@@ -262,8 +262,8 @@ def _add_storage_proxy(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_storage_proxy(args: argparse.Namespace) -> int:
-    from hpo.service.storage_proxy import serve
-    from hpo.service.storage_url import given_url
+    from hpo.storage.proxy import serve
+    from hpo.storage.urls import given_url
 
     url = given_url(args.storage, "hpo storage-proxy")
     return serve(url, host=args.host, port=args.port)

@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
     Field,
+    SerializeAsAny,
     Tag,
+    ValidationError,
     field_validator,
     model_validator,
 )
+
+Direction = Literal["maximize", "minimize"]
 
 
 def _is_tuple(annotation: Any) -> bool:
@@ -125,7 +130,18 @@ class TrialParams(Strict):
 
 # ---- the study service -------------------------------------------------------------
 
-Direction = Literal["maximize", "minimize"]
+
+class TaskConfig(Strict):
+    """Base of every `[task]` section: strict (as the whole study file), frozen, seeded.
+
+    Each task kind subclasses it with its own fields and says which objectives its
+    results offer; the study file is checked against those, so this module never asks
+    the task registry (hpo.tasks) anything.
+    """
+
+    kind: str
+    seed: int = 0
+    objectives: ClassVar[Mapping[str, Direction]] = {}
 
 
 class StudySection(Strict):
@@ -234,7 +250,9 @@ class StudyFile(Strict):
     storage: StorageSection = StorageSection()
     sampler: SamplerSection = SamplerSection()
     pruner: PrunerSection = PrunerSection()
-    task: Any  # a task's own config class, looked up by `kind` (hpo.tasks)
+    # A task's own config class, chosen by `kind` from the task registry and validated
+    # by hpo.service.study_file.parse_study before the whole file is.
+    task: SerializeAsAny[TaskConfig]
     params: TrialParams = TrialParams()
     search: dict[str, SearchSpec] = Field(default_factory=dict)
 
@@ -250,14 +268,10 @@ class StudyFile(Strict):
     @field_validator("task", mode="before")
     @classmethod
     def _task_config(cls, task: Any) -> Any:
-        """`[task]` is validated by the config class its `kind` names in the registry."""
-        from hpo.tasks import get_task, task_kinds
-
-        if isinstance(task, BaseModel):
+        """`[task]` arrives validated by its kind's own config class (parse_study)."""
+        if isinstance(task, TaskConfig) and type(task) is not TaskConfig:
             return task
-        if not isinstance(task, dict) or "kind" not in task:
-            raise ValueError(f"needs kind = one of {', '.join(task_kinds())}")
-        return get_task(task["kind"]).config.model_validate(task)
+        raise ValueError("needs a task kind's config (read study files with parse_study)")
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyFile:
@@ -292,9 +306,7 @@ class StudyFile(Strict):
 
     @property
     def task_objectives(self) -> dict[str, Direction]:
-        from hpo.tasks import get_task
-
-        return dict(get_task(self.task.kind).objectives)
+        return dict(self.task.objectives)
 
     @property
     def directions(self) -> list[Direction]:
@@ -315,8 +327,6 @@ def spec_extremes(spec: SearchSpec) -> list[Any]:
 
 def check_param(base: TrialParams, name: str, value: Any) -> TrialParams:
     """`base` with one field replaced, validated; a ValueError names the field and value."""
-    from pydantic import ValidationError
-
     try:
         return TrialParams(**{**base.model_dump(), name: value})
     except ValidationError as err:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from optuna.artifacts import FileSystemArtifactStore
 
-from hpo.service.artifacts import PrefixedArtifactStore
-from hpo.service.storage import engine_kwargs
+from hpo.storage.artifacts import PrefixedArtifactStore
+from hpo.storage.engine import engine_kwargs
 
 
 def test_prefixed_store_keeps_artifacts_under_its_prefix(tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
-"""The private Optuna and optuna-dashboard internals in hpo.service.compat still exist,
+"""The private Optuna and optuna-dashboard internals in hpo.storage.compat still exist,
 take the arguments we pass and do what we rely on, on a real SQLite study.
 
-A failure here after an upgrade names the versions installed: fix hpo/service/compat.py
+A failure here after an upgrade names the versions installed: fix hpo/storage/compat.py
 (the only place that touches these internals), not its callers.
 """
 
@@ -18,7 +18,7 @@ import optuna_dashboard
 import pytest
 from optuna.storages import RDBStorage
 
-from hpo.service import compat
+from hpo.storage import compat
 
 # A heartbeat storage used without Study.optimize, on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -28,8 +28,8 @@ VERSIONS = f"optuna {optuna.__version__}, optuna-dashboard {optuna_dashboard.__v
 
 def changed(what: str, detail: str) -> str:
     return (
-        f"{what} changed or is gone in {VERSIONS} ({detail}); hpo.service.compat relies on "
-        "it: adapt hpo/service/compat.py or pin the older version"
+        f"{what} changed or is gone in {VERSIONS} ({detail}); hpo.storage.compat relies on "
+        "it: adapt hpo/storage/compat.py or pin the older version"
     )
 
 
@@ -77,7 +77,7 @@ def test_grpc_make_server_keeps_its_signature() -> None:
 
 
 def test_heartbeat_base_class_asks_for_what_our_grpc_storage_implements() -> None:
-    from hpo.service.reconnect import GrpcHeartbeatStorage
+    from hpo.storage.reconnect import GrpcHeartbeatStorage
 
     base = internal("optuna.storages._heartbeat:BaseHeartbeat")
     assert base is compat.BaseHeartbeat
@@ -96,7 +96,7 @@ def test_heartbeat_base_class_asks_for_what_our_grpc_storage_implements() -> Non
 
 def test_cached_storage_calls_are_the_private_ones_it_makes() -> None:
     """Optuna's _CachedStorage calls these RDBStorage methods directly; ours retry them."""
-    from hpo.service.reconnect import ReconnectingRDBStorage
+    from hpo.storage.reconnect import ReconnectingRDBStorage
 
     cached = internal("optuna.storages._cached_storage:_CachedStorage")
     source = inspect.getsource(cached)  # type: ignore[arg-type]

@@ -11,8 +11,8 @@ from helpers import run_tiny_study
 
 from hpo.cli import main
 from hpo.outputs.summary import study_summary
-from hpo.service import compat
-from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR
+from hpo.storage import compat
+from hpo.storage.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR
 
 pytestmark = pytest.mark.slow
 

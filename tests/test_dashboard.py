@@ -28,7 +28,7 @@ from helpers import run_tiny_study
 
 from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART
 from hpo.outputs.notes import sync_best_notes
-from hpo.service import compat
+from hpo.storage import compat
 
 CHROMIUM = "/usr/bin/chromium"
 

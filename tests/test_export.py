@@ -21,6 +21,7 @@ from helpers import run_tiny_study
 
 from hpo.cli import main
 from hpo.outputs.rescore import rescore
+from hpo.service.study_file import stored_study_file
 
 # The study file names a PostgreSQL server with a password; the run itself used
 # --storage on SQLite. The password must never reach an exported file.
@@ -79,14 +80,13 @@ def accuracies_from_scratch(model: torch.nn.Module, split: Any, task: Any) -> di
 def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
     tiny: str, exported: Path, tiny_mnist_dir: Path
 ) -> None:
-    from hpo.config import StudyFile
     from hpo.models.classifiers import ColorMnistMLP
     from hpo.sae.model import FaithfulSAE
 
     assert {p.name for p in exported.iterdir()} == FILES
     trial = best_trial(tiny)
     study = optuna.load_study(study_name="tiny", storage=tiny)
-    task = StudyFile.model_validate(study.user_attrs["study_file"]).task
+    task = stored_study_file(study.user_attrs["study_file"], "tiny").task
 
     model = ColorMnistMLP()
     model.load_state_dict(torch.load(exported / "model.pt", weights_only=True), strict=True)

@@ -111,9 +111,9 @@ def test_through_optuna_an_interrupted_trial_is_a_quiet_fail(
 
     import optuna
 
-    from hpo.service.compat import OPTIMIZE_LOGGER
     from hpo.service.logs import ExpectedFailures
     from hpo.service.runner import _interruptible
+    from hpo.storage.compat import OPTIMIZE_LOGGER
 
     logger = logging.getLogger(OPTIMIZE_LOGGER)
     expected = ExpectedFailures()

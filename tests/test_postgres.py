@@ -28,9 +28,9 @@ import optuna
 import pytest
 
 from hpo.config import StorageSection
-from hpo.service import compat
-from hpo.service.attrs import HEARTBEAT_ATTR
-from hpo.service.storage import CONNECTIONS_PER_WORKER, open_storage
+from hpo.storage import compat
+from hpo.storage.attrs import HEARTBEAT_ATTR
+from hpo.storage.engine import CONNECTIONS_PER_WORKER, open_storage
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState
@@ -446,7 +446,7 @@ def test_storage_proxy_refuses_a_busy_port(tmp_path: Path) -> None:
     """gRPC itself would bind a busy port (SO_REUSEPORT) and share its clients."""
     pytest.importorskip("grpc", reason="the gRPC proxy needs grpcio: pip install '.[grpc]'")
     from hpo.errors import UserError
-    from hpo.service.storage_proxy import serve
+    from hpo.storage.proxy import serve
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

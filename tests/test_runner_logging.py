@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 
 from hpo.errors import DivergedError
-from hpo.service.compat import OPTIMIZE_LOGGER
 from hpo.service.logs import ExpectedFailures
 from hpo.service.objective import SurplusTrial
+from hpo.storage.compat import OPTIMIZE_LOGGER
 
 
 def log_failure(err: Exception) -> None:

@@ -23,11 +23,11 @@ import pytest
 from helpers import toy_study
 
 from hpo.cli import main
-from hpo.config import StudyFile
 from hpo.outputs.dashboard import make_app
-from hpo.service.redact import mask_url, redact, secrets_of
-from hpo.service.storage import engine_kwargs
 from hpo.service.studies import storable
+from hpo.service.study_file import parse_study
+from hpo.storage.engine import engine_kwargs
+from hpo.storage.redact import mask_url, redact, secrets_of
 
 PASSWORD = "pw@in-user-info-S1"  # an unencoded @: SQLAlchemy would split it
 QUERY = "query-pw-S2"
@@ -85,7 +85,7 @@ def test_secrets_of_finds_the_url_query_and_engine_kwargs_secrets() -> None:
 
 
 def test_the_stored_study_file_has_no_secret_and_workers_get_no_mask_as_password() -> None:
-    study = StudyFile.model_validate(
+    study = parse_study(
         {
             "study": {"name": "s", "objectives": ["mmcs"]},
             "storage": {
@@ -93,12 +93,13 @@ def test_the_stored_study_file_has_no_secret_and_workers_get_no_mask_as_password
                 "engine_kwargs": {"connect_args": {"password": ENGINE, "sslmode": "require"}},
             },
             "task": {"kind": "toy_superposition"},
-        }
+        },
+        "test",
     )
     stored = storable(study)
     assert not leaks(json.dumps(stored))
     assert stored["storage"]["engine_kwargs"]["connect_args"]["sslmode"] == "require"
-    again = StudyFile.model_validate(stored)  # what a worker reads back
+    again = parse_study(stored, "stored")  # what a worker reads back
     assert "password" not in engine_kwargs(STUDY_URL, again.storage.engine_kwargs)["connect_args"]
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
-from hpo.service.storage_url import (
+from hpo.storage.urls import (
     STORAGE_ENV,
     given_url,
     resolve_url,

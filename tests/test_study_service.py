@@ -23,7 +23,7 @@ from helpers import hpo
 
 from hpo.cli import main
 from hpo.service.runner import work
-from hpo.service.storage import open_storage
+from hpo.storage.engine import open_storage
 
 pytestmark = pytest.mark.slow
 TS = optuna.trial.TrialState

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.service.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, LOSS_HISTORY_ATTR, VAL_GROUPS_ATTR
+from hpo.storage.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, LOSS_HISTORY_ATTR, VAL_GROUPS_ATTR
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

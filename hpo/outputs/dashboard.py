@@ -25,12 +25,12 @@ import optuna
 from hpo.config import StorageSection
 from hpo.errors import UserError
 from hpo.outputs.notes import sync_best_notes
-from hpo.service.artifacts import artifact_store
-from hpo.service.attrs import (
+from hpo.storage.artifacts import artifact_store
+from hpo.storage.attrs import (
     STUDY_FILE_ATTR,
 )
-from hpo.service.storage import mask, open_storage
-from hpo.service.storage_url import single_storage_url
+from hpo.storage.engine import mask, open_storage
+from hpo.storage.urls import single_storage_url
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 WILDCARD = ("0.0.0.0", "::", "")

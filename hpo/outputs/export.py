@@ -29,7 +29,7 @@ from hpo.errors import UserError
 from hpo.files import atomic_folder
 from hpo.outputs.model_card import model_card
 from hpo.outputs.rescore import ACC_TOL, Rescored, rescore
-from hpo.service.attrs import (
+from hpo.storage.attrs import (
     BASE_MODEL_ATTR,
     CONFIRMED_BEST_ATTR,
     DATA_SHA256_ATTR,
@@ -38,8 +38,8 @@ from hpo.service.attrs import (
     TRIAL_WEIGHTS_ATTR,
     VERSIONS_ATTR,
 )
-from hpo.service.storage import mask
-from hpo.service.storage_url import study_url
+from hpo.storage.engine import mask
+from hpo.storage.urls import study_url
 from hpo.tasks import get_task
 
 FILES = ("config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md")
@@ -201,7 +201,7 @@ def _verify_model(r: Rescored, state: dict[str, torch.Tensor]) -> None:
 
 
 def _secrets(url: str, study_file: StudyFile) -> list[str]:
-    from hpo.service.redact import secrets_of
+    from hpo.storage.redact import secrets_of
 
     section = study_file.storage
     return secrets_of(url) + secrets_of(section.url, section.engine_kwargs)

@@ -18,8 +18,8 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.service import compat
-from hpo.service.attrs import (
+from hpo.storage import compat
+from hpo.storage.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
     BEST_NOTES_ATTR,

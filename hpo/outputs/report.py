@@ -32,15 +32,15 @@ from hpo.outputs.report_figures import (
     states_figure,
 )
 from hpo.outputs.rescore import Rescored, rescore
-from hpo.service.attrs import (
+from hpo.storage.attrs import (
     BUDGET_ATTR,
     CONFIRMATION_ATTR,
     CONFIRMED_BEST_ATTR,
     DATA_SHA256_ATTR,
     SEED_ATTR,
 )
-from hpo.service.storage import mask
-from hpo.service.storage_url import study_url
+from hpo.storage.engine import mask
+from hpo.storage.urls import study_url
 
 MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective study
 

@@ -13,7 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.outputs.rescore import Rescored
-from hpo.service.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, STUDY_FILE_ATTR
+from hpo.storage.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, STUDY_FILE_ATTR
 
 TEMPLATE = "plotly_white"
 STATE_COLORS = {

@@ -22,8 +22,8 @@ from hpo.data.cache import load_tensors
 from hpo.errors import UserError
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
-from hpo.service.artifacts import artifact_store
-from hpo.service.attrs import (
+from hpo.storage.artifacts import artifact_store
+from hpo.storage.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
     REMOVED_FRACTIONS_ATTR,
@@ -121,8 +121,9 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
 def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
     from hpo.service.studies import worker_context
+    from hpo.service.study_file import stored_study_file
 
-    study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
+    study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
     payload = load_trial_weights(study, study_file, url, trial)
     ctx = worker_context(study, study_file, url)
     device = next(ctx.model.parameters()).device

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, VAL_GROUPS_ATTR
+from hpo.storage.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, VAL_GROUPS_ATTR
 
 
 def worst(groups: Mapping[str, float | None]) -> float | None:

@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyFile
 from hpo.errors import DivergedError, UserError
-from hpo.service.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, STUDY_FILE_ATTR
+from hpo.storage.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, STUDY_FILE_ATTR
 
 SEED_OFFSET = 1000  # confirmation seeds never repeat a study's own seed (0, 1, ...)
 
@@ -124,14 +124,15 @@ def confirm(
     new_base_model: bool,
     data_dir: str | None,
 ) -> list[dict[str, Any]]:
-    from hpo.service.storage_url import study_url
     from hpo.service.studies import load_study, worker_context
+    from hpo.service.study_file import stored_study_file
+    from hpo.storage.urls import study_url
 
     if top < 1 or seeds < 1:
         raise UserError(f"--top and --seeds must be at least 1, got {top} and {seeds}")
     url = study_url(name, cli_url)
     study = load_study(name, url)
-    study_file = StudyFile.model_validate(study.user_attrs[STUDY_FILE_ATTR])
+    study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], name)
     ctx = worker_context(study, study_file, url)
     chosen = top_trials(study, top)
     seed_list = [SEED_OFFSET + i for i in range(seeds)]

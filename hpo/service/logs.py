@@ -14,8 +14,8 @@ import warnings
 import optuna
 
 from hpo.errors import DivergedError
-from hpo.service import compat
 from hpo.service.objective import SurplusTrial
+from hpo.storage import compat
 
 
 class ExpectedFailures(logging.Filter):

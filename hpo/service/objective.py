@@ -18,7 +18,9 @@ import optuna
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import DivergedError
 from hpo.results import TrialResult
-from hpo.service.attrs import (
+from hpo.service.search_space import suggest
+from hpo.service.trial import loss_history, run_trial
+from hpo.storage.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
     ALPHA_CURVE_ATTR,
@@ -38,8 +40,6 @@ from hpo.service.attrs import (
     VAL_GROUPS_ATTR,
     VERSIONS_ATTR,
 )
-from hpo.service.search_space import suggest
-from hpo.service.trial import loss_history, run_trial
 from hpo.tasks import get_task
 from hpo.tasks.base import Saes
 

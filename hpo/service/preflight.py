@@ -22,10 +22,10 @@ from hpo.data.cache import writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import UserError
 from hpo.sae.training import check_fits
-from hpo.service.artifacts import artifact_target
-from hpo.service.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
 from hpo.service.samplers import check_options
-from hpo.service.storage import check_url, open_storage, sqlite_path
+from hpo.storage.artifacts import artifact_target
+from hpo.storage.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
+from hpo.storage.engine import check_url, open_storage, sqlite_path
 from hpo.tasks import get_task
 
 # The fields that size the SAE in memory (see hpo.sae.training.training_bytes).

@@ -18,21 +18,13 @@ from typing import Any
 
 import optuna
 
-from hpo.config import StorageSection, StudyFile
+from hpo.config import StorageSection
 from hpo.cpus import OPENMP_ENV, threads_per_worker, torch_threads, usable_cpus
 from hpo.errors import DivergedError
 from hpo.outputs.summary import study_summary
-from hpo.service.artifacts import artifact_store
-from hpo.service.attrs import (
-    BUDGET_ATTR,
-    INTERRUPTED_ATTR,
-    STUDY_FILE_ATTR,
-)
 from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.objective import Objective, SurplusTrial
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
-from hpo.service.storage import mask, open_storage
-from hpo.service.storage_url import STORAGE_ENV, resolve_url
 from hpo.service.studies import (
     best_value,
     create_or_load,
@@ -41,6 +33,15 @@ from hpo.service.studies import (
     trial_counts,
     worker_context,
 )
+from hpo.service.study_file import stored_study_file
+from hpo.storage.artifacts import artifact_store
+from hpo.storage.attrs import (
+    BUDGET_ATTR,
+    INTERRUPTED_ATTR,
+    STUDY_FILE_ATTR,
+)
+from hpo.storage.engine import mask, open_storage
+from hpo.storage.urls import STORAGE_ENV, resolve_url
 
 WORKER_STOP_GRACE = 30.0  # seconds launch waits for its workers after Ctrl-C, then kills
 
@@ -69,7 +70,7 @@ def _work(
     timeout: float | None,
 ) -> int:
     probe = load_study(name, url)
-    study_file = StudyFile.model_validate(probe.user_attrs[STUDY_FILE_ATTR])
+    study_file = stored_study_file(probe.user_attrs[STUDY_FILE_ATTR], name)
     storage = open_storage(url, study_file.storage)
     sampler = make_sampler(
         study_file.sampler, seed=worker_seed(study_file.sampler.seed, worker), parallel=True

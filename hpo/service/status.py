@@ -7,10 +7,10 @@ from typing import Any
 import optuna
 
 from hpo.errors import UserError
-from hpo.service import compat
-from hpo.service.attrs import BUDGET_ATTR
-from hpo.service.storage import mask, open_storage
-from hpo.service.storage_url import storage_urls
+from hpo.storage import compat
+from hpo.storage.attrs import BUDGET_ATTR
+from hpo.storage.engine import mask, open_storage
+from hpo.storage.urls import storage_urls
 
 
 def collect_status(cli_url: str | None, summary_of: str | None = None) -> list[dict[str, Any]]:

@@ -18,8 +18,10 @@ from hpo.data.cache import bundle_file, writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import UserError
 from hpo.files import atomic_path
-from hpo.service.artifacts import artifact_store
-from hpo.service.attrs import (
+from hpo.service.objective import counts_toward_budget, is_result
+from hpo.service.study_file import stored_study_file
+from hpo.storage.artifacts import artifact_store
+from hpo.storage.attrs import (
     BASE_ARTIFACT_ATTR,
     BASE_MODEL_ATTR,
     BUDGET_ATTR,
@@ -27,9 +29,8 @@ from hpo.service.attrs import (
     STUDY_FILE_ATTR,
     SURPLUS_ATTR,
 )
-from hpo.service.objective import counts_toward_budget, is_result
-from hpo.service.redact import redact
-from hpo.service.storage import mask, open_storage
+from hpo.storage.engine import mask, open_storage
+from hpo.storage.redact import redact
 from hpo.tasks import get_task
 
 
@@ -53,7 +54,7 @@ def storable(study_file: StudyFile) -> dict[str, Any]:
 
 def check_resumable(study_file: StudyFile, stored: dict[str, Any]) -> None:
     """A relaunch resumes only the same study (its stored file is what launch stored)."""
-    if _identity(StudyFile.model_validate(stored)) != _identity(study_file):
+    if _identity(stored_study_file(stored, study_file.study.name)) != _identity(study_file):
         raise UserError(
             f"study {study_file.study.name!r} already exists in this storage with a different "
             "task, params, search space, sampler or pruner; rename study.name to start a new "

@@ -71,6 +71,11 @@ def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
         raise UserError(f"{source}: {describe_error(err)}") from None
 
 
+def stored_study_file(doc: dict[str, Any], study_name: str) -> StudyFile:
+    """The study file a study stored (`hpo launch` wrote it), validated as a file is."""
+    return parse_study(doc, f"study {study_name!r} (its stored study file)")
+
+
 def apply_override(raw: dict[str, Any], item: str, source: str | Path) -> None:
     """`--set params.steps=200` → raw["params"]["steps"] = 200 (value read as TOML)."""
     key, sep, text = item.partition("=")

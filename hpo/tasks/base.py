@@ -14,24 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
-from hpo.config import Strict, TrialParams
+from hpo.config import Direction, TaskConfig, TrialParams
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 
-Direction = Literal["maximize", "minimize"]
-
-
-class TaskConfig(Strict):
-    """Base of every `[task]` section: strict (as the whole study file), frozen, seeded."""
-
-    kind: str
-    seed: int = 0
-
+__all__ = ["Direction", "TaskConfig"]  # re-exported: a task module imports them from here
 
 Saes = Mapping[str, FaithfulSAE]  # decomposed layer -> its Faithful-SAE, in call order
 
@@ -48,8 +40,7 @@ class Task(Protocol):
     """One kind of task, e.g. colored MNIST. Implementations are stateless singletons."""
 
     kind: ClassVar[str]
-    config: ClassVar[type[TaskConfig]]
-    objectives: ClassVar[Mapping[str, Direction]]
+    config: ClassVar[type[TaskConfig]]  # its `[task]` section; says its objectives
 
     def build(
         self, cfg: Any, *, data_dir: str | Path | None, device: torch.device, progress: bool

@@ -36,10 +36,15 @@ OBJECTIVES: dict[str, Direction] = {
 }
 
 
+class ClassifierConfig(TaskConfig):
+    """Base of a classifier task's `[task]` section: what its results offer to optimise."""
+
+    objectives: ClassVar[Mapping[str, Direction]] = OBJECTIVES
+
+
 class ClassifierTask:
     """The scoring half of every classifier task; subclasses build and load bundles."""
 
-    objectives: ClassVar[Mapping[str, Direction]] = OBJECTIVES
     config: ClassVar[type[TaskConfig]]
 
     def decomposed_layers(self, ctx: ClassifierContext, params: TrialParams) -> list[str]:

@@ -28,11 +28,11 @@ from hpo.models.linear_layers import linear_layers
 from hpo.tasks import bundle
 from hpo.tasks.base import TaskConfig, register_task
 from hpo.tasks.bundle import ClassifierContext, check_references
-from hpo.tasks.classifier import ClassifierTask
+from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import Split, UserTask
 
 
-class ColoredMnistTask(TaskConfig):
+class ColoredMnistTask(ClassifierConfig):
     """Colored MNIST: digits tied to colours in `train`, balanced everywhere else."""
 
     kind: Literal["colored_mnist"] = "colored_mnist"

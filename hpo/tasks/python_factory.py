@@ -29,11 +29,11 @@ from hpo.errors import UserError
 from hpo.tasks import bundle
 from hpo.tasks.base import TaskConfig, register_task
 from hpo.tasks.bundle import ClassifierContext, check_references
-from hpo.tasks.classifier import ClassifierTask
+from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import SPLITS, UserTask, validate_user_task
 
 
-class PythonTask(TaskConfig):
+class PythonTask(ClassifierConfig):
     """A user task: a factory returning `hpo.UserTask`, and its keyword options."""
 
     kind: Literal["python"] = "python"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -41,6 +42,12 @@ class ToyTask(TaskConfig):
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(1e-2, gt=0)
     n_samples: int = Field(20000, ge=100)
+
+    objectives: ClassVar[Mapping[str, Direction]] = {
+        "mmcs": "maximize",
+        "ml2r": "maximize",
+        "faithfulness_error": "minimize",
+    }
 
 
 @dataclass
@@ -140,11 +147,6 @@ class ToySuperposition:
 
     kind: ClassVar[str] = "toy_superposition"
     config: ClassVar[type[TaskConfig]] = ToyTask
-    objectives: ClassVar[dict[str, Direction]] = {
-        "mmcs": "maximize",
-        "ml2r": "maximize",
-        "faithfulness_error": "minimize",
-    }
 
     def build(
         self, cfg: ToyTask, *, data_dir: Any, device: torch.device, progress: bool

@@ -84,7 +84,7 @@ def study_url(name: str, cli_url: str | None) -> str:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         import optuna
 
-        from hpo.service.storage import check_existing_sqlite
+        from hpo.storage.engine import check_existing_sqlite
 
         found = []
         for db in sorted(Path(DEFAULT_DIR).glob("*.db")):

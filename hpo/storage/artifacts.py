@@ -12,7 +12,7 @@ from typing import Any
 from hpo.config import StorageSection
 from hpo.errors import UserError
 from hpo.paths import check_writable_dir
-from hpo.service.storage_url import DEFAULT_DIR
+from hpo.storage.urls import DEFAULT_DIR
 
 
 def artifact_target(url: str, section: StorageSection | None = None) -> str:

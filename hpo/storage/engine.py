@@ -8,8 +8,8 @@ environment variable so that no password sits in a study file, and it is never p
 unmasked.
 
 A database that goes away for a moment must not kill a worker that has been training for
-an hour: the storage classes opened here retry while it is away (hpo.service.reconnect).
-Artifacts live in hpo.service.artifacts.
+an hour: the storage classes opened here retry while it is away (hpo.storage.reconnect).
+Artifacts live in hpo.storage.artifacts.
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from hpo.config import StorageSection
 from hpo.errors import UserError
 from hpo.paths import check_writable_dir
-from hpo.service.reconnect import (
+from hpo.storage.reconnect import (
     ReconnectingRDBStorage,
     grpc_storage,
     parse_grpc_url,
     short_error,
 )
-from hpo.service.redact import mask_url, scrub, secrets_of, unredacted
+from hpo.storage.redact import mask_url, scrub, secrets_of, unredacted
 
 # Pool sizes per engine. A worker process opens two engines: a read-only probe of the
 # study (held while it runs; opening an RDBStorage leaves 2 connections idle in its pool)
@@ -56,12 +56,12 @@ PG_CONNECT = {
     "keepalives_count": 3,
 }
 
-_log = logging.getLogger("hpo.service.storage")
+_log = logging.getLogger("hpo.storage.engine")
 
 
 def mask(url: str) -> str:
     """The URL with its password and secret query parameters replaced by ***: the only
-    form that is ever printed or stored (see hpo.service.redact)."""
+    form that is ever printed or stored (see hpo.storage.redact)."""
     return mask_url(url)
 
 

@@ -37,7 +37,7 @@ OPTIMIZE_LOGGER = "optuna.study._optimize"
 
 # Private RDBStorage methods that Optuna's _CachedStorage (what a Study wraps an
 # RDBStorage in) calls directly instead of their public twins: a storage that retries its
-# calls (hpo.service.storage) must wrap these too, or a database restart reaches them.
+# calls (hpo.storage.engine) must wrap these too, or a database restart reaches them.
 CACHED_STORAGE_CALLS = (
     "_get_stale_trial_ids",
     "_create_new_trial",
@@ -48,7 +48,7 @@ CACHED_STORAGE_CALLS = (
 
 # BaseHeartbeat (optuna.storages._heartbeat) is the class Optuna's heartbeat machinery
 # (fail_stale_trials, the heartbeat thread) checks with isinstance: a storage that keeps
-# heartbeats itself (the gRPC client in hpo.service.storage) must inherit from it and
+# heartbeats itself (the gRPC client in hpo.storage.engine) must inherit from it and
 # implement its `_get_stale_trial_ids(study_id)`. Re-exported here, not wrapped.
 
 

@@ -3,7 +3,7 @@
 With hundreds of workers, each holding its own database connections and reading every
 trial of the study before each new one, the database is the bottleneck. The proxy holds
 one small connection pool and one trial cache for all of them; workers reach it with
-`--storage grpc://HOST:PORT` (see hpo.service.reconnect.GrpcHeartbeatStorage for their heartbeats).
+`--storage grpc://HOST:PORT` (see hpo.storage.reconnect.GrpcHeartbeatStorage for their heartbeats).
 
 The proxy has no TLS and no login: anyone who reaches its port can read and change every
 study behind it. Bind it to loopback or a private cluster network only.
@@ -22,7 +22,7 @@ import optuna
 
 from hpo.config import StorageSection
 from hpo.errors import UserError
-from hpo.service.storage import mask, open_storage
+from hpo.storage.engine import mask, open_storage
 
 # Requests served at once; the database pool matches it, so this is also the most
 # connections the proxy ever opens (Optuna's own default thread pool is 10).

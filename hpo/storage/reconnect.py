@@ -21,9 +21,9 @@ import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
 from hpo.errors import UserError
-from hpo.service.attrs import HEARTBEAT_ATTR
-from hpo.service.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
-from hpo.service.redact import mask_url, scrub, secrets_of
+from hpo.storage.attrs import HEARTBEAT_ATTR
+from hpo.storage.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
+from hpo.storage.redact import mask_url, scrub, secrets_of
 
 GRPC_PORT = 13000
 # How long a storage call keeps retrying while the database is unreachable: longer than a
