@@ -19,7 +19,7 @@ import torch
 
 from hpo.config import TrialParams
 from hpo.data.colored_mnist import build_splits, make_groups
-from hpo.data.mnist_files import load_mnist
+from hpo.data.mnist import load_mnist
 from hpo.debias import ablation, scoring
 from hpo.models.training import images_to_float
 from hpo.sae.model import FaithfulSAE

@@ -114,9 +114,12 @@ def cmd_launch(args: argparse.Namespace) -> int:
         raise UserError(f"--workers: must be 0 or more, got {args.workers}")
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"--n-trials: must be at least 1, got {args.n_trials}")
+    from hpo.outputs.summary import study_summary
+
     check_threads(args.threads)
     return launch(
         args.study_file,
+        summarize=study_summary,
         workers=args.workers,
         n_trials=args.n_trials,
         storage_url=args.storage,
@@ -146,7 +149,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
     check_threads(args.threads)
     url = given_url(args.storage, "hpo worker")
     worker = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
-    return work(args.study, url, worker=worker, threads=args.threads, timeout=args.timeout)
+    from hpo.outputs.notes import publish_for_dashboard
+
+    return work(
+        args.study,
+        url,
+        worker=worker,
+        threads=args.threads,
+        timeout=args.timeout,
+        on_complete=publish_for_dashboard,
+    )
 
 
 def _add_status(sub: argparse._SubParsersAction) -> None:
@@ -165,9 +177,10 @@ def _add_status(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from hpo.outputs.summary import study_summary
     from hpo.service.status import collect_status, format_status
 
-    rows = collect_status(args.storage, args.study)
+    rows = collect_status(args.storage, args.study, summarize=study_summary)
     print(json.dumps(rows) if args.json else format_status(rows))
     return 0
 
@@ -289,11 +302,13 @@ def _add_confirm(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
+    from hpo.outputs.notes import sync_best_notes
     from hpo.service.confirm import confirm, format_rows
 
     rows = confirm(
         args.study,
         args.storage,
+        on_confirmed=sync_best_notes,
         top=args.top,
         seeds=args.seeds,
         new_base_model=args.new_base_model,

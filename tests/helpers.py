@@ -71,6 +71,7 @@ def run_tiny_study(
 ) -> str:
     """Launch the tiny study with a search space and run its trials, as `hpo launch`
     does, but in this process (the tiny MNIST is only valid inside it)."""
+    from hpo.outputs.notes import publish_for_dashboard
     from hpo.service.runner import launch, work
 
     doc = tiny_study_dict()
@@ -90,7 +91,7 @@ def run_tiny_study(
         )
         == 0
     )
-    assert work(name, url, worker="test", threads=1) == 0
+    assert work(name, url, worker="test", threads=1, on_complete=publish_for_dashboard) == 0
     return url
 
 

@@ -53,7 +53,7 @@ def best_trial(url: str, name: str = "tiny") -> optuna.trial.FrozenTrial:
 
 def val_and_test_images(task: Any, data_dir: Path) -> dict[str, Any]:
     from hpo.data.colored_mnist import build_splits
-    from hpo.data.mnist_files import load_mnist
+    from hpo.data.mnist import load_mnist
 
     m = load_mnist(data_dir, progress=False)
     splits = build_splits(task, m.train_images, m.train_labels, m.test_images, m.test_labels)

@@ -14,9 +14,10 @@ from hpo.debias import ablation
 from hpo.debias.scoring import CachedSplit
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
-from hpo.tasks import classifier, get_task
+from hpo.tasks import classifier
 from hpo.tasks.bundle import ClassifierContext
 from hpo.tasks.colored_mnist import ColoredMnistTask
+from hpo.tasks.registry import get_task
 
 
 def small_context() -> ClassifierContext:

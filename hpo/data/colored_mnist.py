@@ -9,7 +9,7 @@ how much the model leans on colour.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -29,8 +29,32 @@ PALETTE: dict[str, tuple[float, float, float]] = {
     "gray": (0.5, 0.5, 0.5),
 }
 
-if TYPE_CHECKING:
-    from hpo.tasks.colored_mnist import ColoredMnistTask
+
+class ColoredMnistSpec(Protocol):
+    """What building the splits reads of a task's settings (the colored-MNIST task's
+    `[task]` section satisfies it): the data layer names no task."""
+
+    @property
+    def seed(self) -> int: ...
+    @property
+    def colors(self) -> tuple[str, ...]: ...
+    @property
+    def color_digits(self) -> tuple[tuple[int, ...], ...]: ...
+    @property
+    def colorize(self) -> str: ...
+    @property
+    def bias(self) -> float: ...
+    @property
+    def train_per_digit(self) -> int: ...
+    @property
+    def probe_per_digit(self) -> int: ...
+    @property
+    def val_per_digit(self) -> int: ...
+    @property
+    def test_per_digit(self) -> int: ...
+    @property
+    def colorized_root(self) -> str | None: ...
+
 
 SPLITS = ("train", "probe", "val", "test")
 # The oracle's training set: the `train` images, recoloured without the tie.
@@ -60,7 +84,7 @@ class Groups:
         return int(self.digit_set.max()) + 1
 
 
-def make_groups(task: ColoredMnistTask) -> Groups:
+def make_groups(task: ColoredMnistSpec) -> Groups:
     digit_set = np.zeros(10, dtype=np.int64)
     for i, digits in enumerate(task.color_digits):
         digit_set[list(digits)] = i
@@ -127,7 +151,7 @@ def per_digit_indices(
 
 
 def build_splits(
-    task: ColoredMnistTask,
+    task: ColoredMnistSpec,
     train_images: np.ndarray,
     train_labels: np.ndarray,
     test_images: np.ndarray,

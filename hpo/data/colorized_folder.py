@@ -12,19 +12,21 @@ folder has but the task does not list are never used.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpo.data.colored_mnist import ORACLE_SPLIT, Split, balanced_colors, biased_colors
+from hpo.data.colored_mnist import (
+    ORACLE_SPLIT,
+    ColoredMnistSpec,
+    Split,
+    balanced_colors,
+    biased_colors,
+)
 from hpo.data.colorized_files import load_colorized_folder
 from hpo.errors import UserError
 
-if TYPE_CHECKING:
-    from hpo.tasks.colored_mnist import ColoredMnistTask
 
-
-def folder_splits(task: ColoredMnistTask) -> tuple[dict[str, Split], str]:
+def folder_splits(task: ColoredMnistSpec) -> tuple[dict[str, Split], str]:
     """The splits (train, probe, val, test, train_balanced) and the folder's sha256.
 
     Deterministic by `task.seed`. `train_balanced` (the oracle's training set) has the
@@ -86,7 +88,7 @@ def folder_splits(task: ColoredMnistTask) -> tuple[dict[str, Split], str]:
 
 
 def _task_color_index(
-    folder_colors: tuple[str, ...], task: ColoredMnistTask, root: Path
+    folder_colors: tuple[str, ...], task: ColoredMnistSpec, root: Path
 ) -> np.ndarray:
     """Folder colour index -> task colour index, or -1 for a colour the task ignores."""
     missing = [c for c in task.colors if c not in folder_colors]

@@ -40,7 +40,7 @@ from hpo.storage.attrs import (
 )
 from hpo.storage.engine import mask
 from hpo.storage.urls import study_url
-from hpo.tasks import get_task
+from hpo.tasks.registry import get_task
 
 FILES = ("config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md")
 

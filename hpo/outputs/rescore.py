@@ -31,7 +31,7 @@ from hpo.storage.attrs import (
     TRIAL_WEIGHTS_ATTR,
     VAL_GROUPS_ATTR,
 )
-from hpo.tasks import get_task
+from hpo.tasks.registry import get_task
 
 # Accuracies are exact fractions of a split: a single changed prediction moves them by
 # 1/N, far above this. Errors are float reductions whose last bits depend on the device.
@@ -52,13 +52,6 @@ class Rescored:
     payload: dict[str, Any]  # the trial_weights artifact: saes, debiased
     result: TrialResult  # task.evaluate(..., with_test=True)
     mismatches: list[str]  # recorded val number vs re-scored, where they differ
-
-
-def trial_params(study_file: StudyFile, trial: FrozenTrial) -> TrialParams:
-    """The trial's full parameters, derived exactly as the objective derived them."""
-    from hpo.service.search_space import suggest
-
-    return suggest(optuna.trial.FixedTrial(trial.params, trial.number), study_file)
 
 
 def load_trial_weights(
@@ -130,6 +123,8 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     if "saes" not in payload:  # stored before `layers`: one SAE, of the task's layer
         payload = {**payload, "saes": {ctx.layer: payload}}
     saes = {layer: load_sae(stored, device) for layer, stored in payload["saes"].items()}
+    from hpo.service.search_space import trial_params
+
     params = trial_params(study_file, trial)
     removal = None
     if "removal" in payload:  # what the trial removed, re-applied as it was (never refitted)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import statistics
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -55,7 +56,7 @@ def confirm_trial(
     data_dir: str | None,
 ) -> dict[str, Any]:
     """Re-run one trial's configuration with each seed; mean ± std per objective."""
-    from hpo.outputs.rescore import trial_params
+    from hpo.service.search_space import trial_params
     from hpo.service.trial import prepare_task, run_trial
 
     base = trial_params(study_file, trial)
@@ -123,7 +124,11 @@ def confirm(
     seeds: int,
     new_base_model: bool,
     data_dir: str | None,
+    on_confirmed: Callable[[optuna.Study], None] | None = None,
 ) -> list[dict[str, Any]]:
+    """Re-run the `top` best feasible trials with `seeds` fresh seeds; store each trial's
+    record and the confirmed best in the study, then call `on_confirmed(study)` (the CLI
+    passes hpo.outputs.notes.sync_best_notes: the dashboard notes show the confirmation)."""
     from hpo.service.studies import load_study, worker_context
     from hpo.service.study_file import stored_study_file
     from hpo.storage.urls import study_url
@@ -166,9 +171,8 @@ def confirm(
             "new_base_model": new_base_model,
         },
     )
-    from hpo.outputs.notes import sync_best_notes
-
-    sync_best_notes(study)  # the dashboard notes show the confirmation
+    if on_confirmed is not None:
+        on_confirmed(study)
     return rows
 
 

@@ -40,8 +40,8 @@ from hpo.storage.attrs import (
     VAL_GROUPS_ATTR,
     VERSIONS_ATTR,
 )
-from hpo.tasks import get_task
 from hpo.tasks.base import Saes
+from hpo.tasks.registry import get_task
 
 # Trials that count against the study-wide budget (a FAIL counts only if it diverged:
 # interrupted, surplus and heartbeat-failed trials are not results).

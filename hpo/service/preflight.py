@@ -26,7 +26,7 @@ from hpo.service.samplers import check_options
 from hpo.storage.artifacts import artifact_target
 from hpo.storage.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
 from hpo.storage.engine import check_url, open_storage, sqlite_path
-from hpo.tasks import get_task
+from hpo.tasks.registry import get_task
 
 # The fields that size the SAE in memory (see hpo.sae.training.training_bytes).
 SIZE_FIELDS = ("n_components", "rank", "batch_size")

@@ -21,7 +21,6 @@ import optuna
 from hpo.config import StorageSection
 from hpo.cpus import OPENMP_ENV, threads_per_worker, torch_threads, usable_cpus
 from hpo.errors import DivergedError
-from hpo.outputs.summary import study_summary
 from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.objective import Objective, SurplusTrial
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
@@ -46,14 +45,28 @@ from hpo.storage.urls import STORAGE_ENV, resolve_url
 WORKER_STOP_GRACE = 30.0  # seconds launch waits for its workers after Ctrl-C, then kills
 
 
+# What a worker calls as each trial completes (the trial, the study's artifact store, its
+# values), e.g. hpo.outputs.notes.publish_for_dashboard: charts and the best-trial note.
+OnComplete = Callable[[optuna.Trial, Any, tuple[float, ...]], None]
+# The lines `hpo launch` prints about a study when it ends (hpo.outputs.summary), given
+# the study and the --storage hint its next commands need.
+Summarize = Callable[[optuna.Study, str], list[str]]
+
+
 def work(
-    name: str, url: str, *, worker: str, threads: int | None, timeout: float | None = None
+    name: str,
+    url: str,
+    *,
+    worker: str,
+    threads: int | None,
+    timeout: float | None = None,
+    on_complete: OnComplete | None = None,
 ) -> int:
     """One worker: run trials until the study-wide budget is reached, or Ctrl-C (exit
     code 130, the trial in progress stored as FAIL with the "interrupted" user attr)."""
     with GracefulStop() as stop, torch_threads(threads_per_worker(1, threads)):
         try:
-            code = _work(stop, name, url, worker=worker, timeout=timeout)
+            code = _work(stop, name, url, worker=worker, timeout=timeout, on_complete=on_complete)
         except KeyboardInterrupt:
             code = 130
     if stop.requested:
@@ -68,6 +81,7 @@ def _work(
     *,
     worker: str,
     timeout: float | None,
+    on_complete: OnComplete | None,
 ) -> int:
     probe = load_study(name, url)
     study_file = stored_study_file(probe.user_attrs[STUDY_FILE_ATTR], name)
@@ -82,9 +96,8 @@ def _work(
     store = artifact_store(url, study_file.storage)
 
     def publish(trial: optuna.Trial, values: tuple[float, ...]) -> None:
-        from hpo.outputs.notes import publish_for_dashboard
-
-        publish_for_dashboard(trial, store, values)
+        if on_complete is not None:
+            on_complete(trial, store, values)
 
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
@@ -140,12 +153,15 @@ def launch(
     overrides: list[str] | None = None,
     quiet: bool = False,
     threads: int | None = None,
+    summarize: Summarize | None = None,
 ) -> int:
     """Create or resume the study, build its base model here (on the usable cores, or
     `threads`), then run `workers` local workers with `threads` torch threads each
     (default: the usable cores shared out; see hpo.cpus)."""
     with torch_threads(threads or usable_cpus()):
-        return _launch(path, workers, n_trials, storage_url, data_dir, overrides, quiet, threads)
+        return _launch(
+            path, workers, n_trials, storage_url, data_dir, overrides, quiet, threads, summarize
+        )
 
 
 def _launch(
@@ -157,6 +173,7 @@ def _launch(
     overrides: list[str] | None,
     quiet: bool,
     threads: int | None,
+    summarize: Summarize | None,
 ) -> int:
     from hpo.service.preflight import check_launch
     from hpo.service.study_file import load_study_file
@@ -221,7 +238,8 @@ def _launch(
         if url == resolve_url(StorageSection(), study.study_name)
         else f" --storage '{mask(url)}'"
     )
-    _say("\n".join(study_summary(study, hint)), quiet)
+    if summarize is not None:
+        _say("\n".join(summarize(study, hint)), quiet)
     return 0 if all(c == 0 for c in codes) else 1
 
 

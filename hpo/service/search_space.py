@@ -27,3 +27,8 @@ def suggest(trial: optuna.Trial, study: StudyFile) -> TrialParams:
     # A sampled top_k above a sampled n_components means "keep them all".
     merged["top_k"] = min(merged["top_k"], merged["n_components"])
     return TrialParams(**merged)
+
+
+def trial_params(study: StudyFile, trial: optuna.trial.FrozenTrial) -> TrialParams:
+    """A stored trial's full parameters, derived exactly as the objective derived them."""
+    return suggest(optuna.trial.FixedTrial(trial.params, trial.number), study)

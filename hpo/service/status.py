@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -13,9 +14,13 @@ from hpo.storage.engine import mask, open_storage
 from hpo.storage.urls import storage_urls
 
 
-def collect_status(cli_url: str | None, summary_of: str | None = None) -> list[dict[str, Any]]:
-    """One row per study; `summary_of` (or the only study) also gets its summary lines."""
-    from hpo.outputs.summary import study_summary
+def collect_status(
+    cli_url: str | None,
+    summary_of: str | None = None,
+    summarize: Callable[[optuna.Study, str], list[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per study; `summary_of` (or the only study) also gets the lines
+    `summarize(study, storage hint)` gives (hpo.outputs.summary.study_summary)."""
     from hpo.service.studies import best_value, trial_counts
 
     rows = []
@@ -50,8 +55,8 @@ def collect_status(cli_url: str | None, summary_of: str | None = None) -> list[d
                     "best_value": best_value(study),
                     "workers_alive": _alive(storage, study),
                     "summary": (
-                        study_summary(study, "" if cli_url is None else f" --storage '{mask(url)}'")
-                        if only or name == summary_of
+                        summarize(study, "" if cli_url is None else f" --storage '{mask(url)}'")
+                        if summarize is not None and (only or name == summary_of)
                         else []
                     ),
                 }

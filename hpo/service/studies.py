@@ -31,7 +31,7 @@ from hpo.storage.attrs import (
 )
 from hpo.storage.engine import mask, open_storage
 from hpo.storage.redact import redact
-from hpo.tasks import get_task
+from hpo.tasks.registry import get_task
 
 
 def _identity(study_file: StudyFile) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from hpo.config import StudyFile
 from hpo.errors import UserError
-from hpo.tasks import get_task, task_kinds
+from hpo.tasks.registry import get_task, task_kinds
 
 _TAGS = {"floatrange", "intrange", "choice", "fixed"}
 

@@ -20,8 +20,8 @@ from hpo.device import resolve_device
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import TrainResult, train_sae
-from hpo.tasks import get_task
 from hpo.tasks.base import Saes
+from hpo.tasks.registry import get_task
 from hpo.versions import package_versions
 
 

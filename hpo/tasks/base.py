@@ -5,9 +5,9 @@ the Faithful-SAE (data, a trained model, cached layer inputs, reference scores),
 once as a *bundle* file in the content-addressed cache, so that a worker on another
 machine needs only that file. Then it scores a decomposition.
 
-A new task is one module with a config class and an object satisfying `Task`, and one
-`register_task` line. Objectives and config classes come from here: the study-file
-schema, the CLI and the outputs never ask which task they are holding.
+A new task is one module with a config class (which names its objectives) and an object
+satisfying `Task`, and one line in hpo.tasks.registry. The study-file schema, the CLI
+and the outputs never ask which task they are holding.
 """
 
 from __future__ import annotations
@@ -85,31 +85,3 @@ class Task(Protocol):
     def model_card(self, ctx: Any) -> dict[str, str]:
         """How to describe and load the task's model: "summary", "class", "load"."""
         ...
-
-
-TASKS: dict[str, Task] = {}
-
-
-def register_task(task: Task) -> Task:
-    """Make `task` available to study files as `[task] kind = task.kind`."""
-    if task.kind in TASKS and TASKS[task.kind] is not task:
-        raise ValueError(f"task kind {task.kind!r} is already registered")
-    TASKS[task.kind] = task
-    return task
-
-
-def get_task(kind: str) -> Task:
-    from hpo.tasks import load_builtin_tasks
-
-    load_builtin_tasks()
-    try:
-        return TASKS[kind]
-    except KeyError:
-        raise ValueError(f"unknown task kind {kind!r}; valid: {', '.join(TASKS)}") from None
-
-
-def task_kinds() -> list[str]:
-    from hpo.tasks import load_builtin_tasks
-
-    load_builtin_tasks()
-    return list(TASKS)

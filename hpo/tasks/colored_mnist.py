@@ -20,13 +20,13 @@ from pydantic import Field, field_validator, model_validator
 from hpo.data import colored_mnist as data
 from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.data.colored_mnist import PALETTE
-from hpo.data.mnist_files import load_mnist
+from hpo.data.mnist import load_mnist
 from hpo.debias import references as references_module
 from hpo.models import classifiers, training
 from hpo.models.classifiers import BASE_MODELS
 from hpo.models.linear_layers import linear_layers
 from hpo.tasks import bundle
-from hpo.tasks.base import TaskConfig, register_task
+from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import Split, UserTask
@@ -257,6 +257,3 @@ class ColoredMnist(ClassifierTask):
         ctx = bundle.context_from_bundle(stored, model, path, card)
         ctx.timings = {"load": time.perf_counter() - t0}
         return ctx
-
-
-register_task(ColoredMnist())

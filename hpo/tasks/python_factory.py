@@ -27,7 +27,7 @@ from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
 from hpo.errors import UserError
 from hpo.tasks import bundle
-from hpo.tasks.base import TaskConfig, register_task
+from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import SPLITS, UserTask, validate_user_task
@@ -209,6 +209,3 @@ class Python(ClassifierTask):
         ctx = bundle.context_from_bundle(stored, model, path, card)
         ctx.timings = {"load": time.perf_counter() - t0}
         return ctx
-
-
-register_task(Python())

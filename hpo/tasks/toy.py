@@ -28,7 +28,7 @@ from hpo.models.classifiers import ToySuperpositionAE
 from hpo.results import TrialResult
 from hpo.sae.training import SAEData
 from hpo.tasks import bundle, classifier
-from hpo.tasks.base import Direction, Saes, TaskConfig, register_task
+from hpo.tasks.base import Direction, Saes, TaskConfig
 
 
 class ToyTask(TaskConfig):
@@ -192,6 +192,3 @@ class ToySuperposition:
             "class": f"{ToySuperpositionAE.__module__}.{ToySuperpositionAE.__qualname__}",
             "load": f"model = ToySuperpositionAE({t.n_features}, {t.hidden_dim})",
         }
-
-
-register_task(ToySuperposition())
