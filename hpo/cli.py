@@ -314,7 +314,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
         new_base_model=args.new_base_model,
         data_dir=args.data_dir,
     )
-    objective = next(iter(rows[0]["val"]))
+    objective = next(iter(rows[0].record.val))
     print(format_rows(rows, objective))
     return 0
 

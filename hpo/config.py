@@ -80,12 +80,13 @@ class TrialParams(Strict):
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(512, ge=1)
     # Ablation: which components go, and how strongly (None = sweep alpha, pick on val).
-    # conditioned: the latents trained to fire for each concept (SCAR); attribution: the
-    # n_ablate components whose contribution differs most between concepts on probe;
-    # both: the conditioned ones plus n_ablate more by attribution; fitted: a fraction of
-    # every component, fitted on probe by group-balanced cross-entropy (fit_steps Adam
-    # steps at fit_lr, removal_l1 × the mean fraction keeps removal small).
-    ablate: Literal["conditioned", "attribution", "both", "fitted"] = "conditioned"
+    # `ablate` names an edit strategy (hpo.debias.strategies.registry; the study file is
+    # checked against it): conditioned, the latents trained to fire for each concept
+    # (SCAR); attribution, the n_ablate components whose contribution differs most between
+    # concepts on probe; both; fitted, a fraction of every component fitted on probe by
+    # group-balanced cross-entropy (fit_steps Adam steps at fit_lr; removal_l1 × the mean
+    # fraction keeps removal small).
+    ablate: str = "conditioned"
     n_ablate: int = Field(2, ge=1)
     fit_steps: int = Field(300, ge=1)
     fit_lr: float = Field(0.05, gt=0)

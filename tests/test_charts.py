@@ -14,11 +14,23 @@ import threading
 import xml.etree.ElementTree as ET
 from typing import Any
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
-from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART, trial_charts
+from hpo.outputs.charts import ALPHA_CHART, GROUP_CHART, LOSS_CHART
+from hpo.outputs.charts import trial_charts as charts_of_record
+from hpo.storage.records import read_trial
 
 XLINK = "{http://www.w3.org/1999/xlink}href"
+
+
+def trial_charts(attrs: dict[str, Any], number: int | None = None) -> dict[str, str]:
+    """The charts of a trial that stored `attrs`, read back as every reader reads it."""
+    trial = optuna.trial.create_trial(state=TrialState.COMPLETE, value=0.0, user_attrs=attrs)
+    return charts_of_record(read_trial(trial), number)
+
+
 NAN = float("nan")
 
 
@@ -127,7 +139,11 @@ def test_drawing_sets_no_global_matplotlib_state() -> None:
         "import sys, matplotlib\n"
         "from hpo.outputs.charts import RC, trial_charts\n"
         "before = {k: matplotlib.rcParams[k] for k in RC}\n"
-        f"assert trial_charts({colored_mnist_attrs()!r})\n"
+        "import optuna\n"
+        "from hpo.storage.records import read_trial\n"
+        f"t = optuna.trial.create_trial(state=optuna.trial.TrialState.COMPLETE, value=0.0, "
+        f"user_attrs={colored_mnist_attrs()!r})\n"
+        "assert trial_charts(read_trial(t))\n"
         "assert 'matplotlib.pyplot' not in sys.modules\n"
         "assert {k: matplotlib.rcParams[k] for k in RC} == before\n"
         "assert matplotlib.rcParams['svg.hashsalt'] is None\n"

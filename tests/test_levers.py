@@ -81,10 +81,15 @@ def test_ablate_both_takes_the_conditioned_latents_and_more_by_attribution() -> 
     cond = TrialParams(ablate="conditioned", concept_latents=3, n_components=12, top_k=2)
     both = cond.model_copy(update={"ablate": "both", "n_ablate": 2})
     attribution = cond.model_copy(update={"ablate": "attribution", "n_ablate": 2})
-    assert task.ablated_components(ctx, ctx.layer, sae, cond) == list(range(6))  # 3 per concept
-    chosen = task.ablated_components(ctx, ctx.layer, sae, both)
-    assert chosen[:6] == list(range(6)) and len(chosen) == 8
-    assert len(task.ablated_components(ctx, ctx.layer, sae, attribution)) == 2
+
+    def chosen(params: TrialParams) -> list[int]:
+        removal = task.removal(ctx, {ctx.layer: sae}, params)[ctx.layer]
+        assert removal.fractions is None  # whole components
+        return removal.components
+
+    assert chosen(cond) == list(range(6))  # 3 per concept
+    assert chosen(both)[:6] == list(range(6)) and len(chosen(both)) == 8
+    assert len(chosen(attribution)) == 2
 
 
 def test_any_linear_layer_of_the_base_model_can_be_decomposed() -> None:

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from hpo.storage.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, LOSS_HISTORY_ATTR, VAL_GROUPS_ATTR
+from hpo.storage.records import TrialRecord
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -33,11 +33,14 @@ if TYPE_CHECKING:
 
 ALPHA_CHART, GROUP_CHART, LOSS_CHART = "alpha_curve.svg", "group_accuracy.svg", "loss_curves.svg"
 COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d")
+# One colour per model wherever models are compared (these charts and the report's).
 MODEL_COLORS = {
     "original": "#9aa5b1",
     "debiased": "#4c78a8",
     "oracle": "#54a24b",
     "last_layer": "#f58518",
+    "retrain_head": "#b279a2",
+    "leace": "#72b7b2",
 }
 FIRST_MODELS = ("original", "debiased")
 WIDTH = 5.0  # inches: 480 px in a browser (SVG sizes are in pt, 96 px per inch)
@@ -115,8 +118,8 @@ def _figure(height: float, left: float, right: float, top: float, bottom: float)
 # ---- the three charts a trial carries -------------------------------------------------
 
 
-def _draw_alpha(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
-    curve = attrs.get(ALPHA_CURVE_ATTR)
+def _draw_alpha(record: TrialRecord, number: int | None) -> Figure | None:
+    curve = None if record.edit is None else record.edit.alpha_curve
     if not isinstance(curve, Mapping):
         return None
     alphas = _floats(curve.get("alphas"))
@@ -135,7 +138,7 @@ def _draw_alpha(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
     for (label, ys), color in zip(series.items(), COLORS, strict=False):
         xs = alphas[: len(ys)]
         ax.plot(xs, ys, color=color, lw=1.8, marker="o" if len(xs) <= 30 else "", ms=3, label=label)
-    alpha = _floats([attrs.get(ALPHA_ATTR)])[0]
+    alpha = _floats([None if record.edit is None else record.edit.alpha])[0]
     if math.isfinite(alpha):
         ax.axvline(alpha, color="#d62728", ls="--", lw=1.2, label=f"chosen α = {alpha:.2f}")
     ax.set(ylim=(0.0, 1.02), xlabel="α (ablation strength)", ylabel="accuracy")
@@ -151,8 +154,8 @@ def _models(groups: Mapping[str, Any]) -> list[str]:
     return [m for m in FIRST_MODELS if m in present] + [m for m in present if m not in FIRST_MODELS]
 
 
-def _draw_groups(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
-    groups = attrs.get(VAL_GROUPS_ATTR)
+def _draw_groups(record: TrialRecord, number: int | None) -> Figure | None:
+    groups = record.val_groups
     if not isinstance(groups, Mapping):
         return None
     models = _models(groups)
@@ -189,11 +192,11 @@ def _draw_groups(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
     return fig
 
 
-def _draw_losses(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
+def _draw_losses(record: TrialRecord, number: int | None) -> Figure | None:
     """One panel per named loss; terms that stayed exactly zero (weight 0) are left out."""
     from matplotlib.ticker import MaxNLocator, NullLocator
 
-    history = attrs.get(LOSS_HISTORY_ATTR)
+    history = record.loss_history
     if not isinstance(history, Mapping):
         return None
     steps = _floats(history.get("step"))
@@ -228,26 +231,27 @@ def _draw_losses(attrs: Mapping[str, Any], number: int | None) -> Figure | None:
     return fig
 
 
-def alpha_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
+def alpha_chart(record: TrialRecord, number: int | None = None) -> str | None:
     """Validation worst/mean group accuracy against α, the chosen α marked."""
-    return _render(_draw_alpha, attrs, number)
+    return _render(_draw_alpha, record, number)
 
 
-def group_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
+def group_chart(record: TrialRecord, number: int | None = None) -> str | None:
     """Validation accuracy per group, one bar per model in `val_groups`."""
-    return _render(_draw_groups, attrs, number)
+    return _render(_draw_groups, record, number)
 
 
-def loss_chart(attrs: Mapping[str, Any], number: int | None = None) -> str | None:
+def loss_chart(record: TrialRecord, number: int | None = None) -> str | None:
     """The SAE's training losses, one small panel each."""
-    return _render(_draw_losses, attrs, number)
+    return _render(_draw_losses, record, number)
 
 
-def trial_charts(attrs: Mapping[str, Any], number: int | None = None) -> dict[str, str]:
-    """File name → SVG text for every chart this trial's user attrs allow."""
+def trial_charts(record: TrialRecord, number: int | None = None) -> dict[str, str]:
+    """File name → SVG text for every chart this trial's record allows (`number`: the
+    trial number in the titles)."""
     charts = {
-        ALPHA_CHART: alpha_chart(attrs, number),
-        GROUP_CHART: group_chart(attrs, number),
-        LOSS_CHART: loss_chart(attrs, number),
+        ALPHA_CHART: alpha_chart(record, number),
+        GROUP_CHART: group_chart(record, number),
+        LOSS_CHART: loss_chart(record, number),
     }
     return {name: svg for name, svg in charts.items() if svg is not None}

@@ -29,16 +29,8 @@ from hpo.errors import UserError
 from hpo.files import atomic_folder
 from hpo.outputs.model_card import model_card
 from hpo.outputs.rescore import ACC_TOL, Rescored, rescore
-from hpo.storage.attrs import (
-    BASE_MODEL_ATTR,
-    CONFIRMED_BEST_ATTR,
-    DATA_SHA256_ATTR,
-    SEED_ATTR,
-    STUDY_FILE_ATTR,
-    TRIAL_WEIGHTS_ATTR,
-    VERSIONS_ATTR,
-)
 from hpo.storage.engine import mask
+from hpo.storage.records import read_confirmed_best, stored_objectives
 from hpo.storage.urls import study_url
 from hpo.tasks.registry import get_task
 
@@ -59,11 +51,7 @@ def _front_text(front: list[FrozenTrial], objectives: list[str]) -> str:
 
 def pick_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, str]:
     """The best trial, or trial `number`; on a multi-objective study, one of the front."""
-    objectives = (
-        study.user_attrs.get(STUDY_FILE_ATTR, {})
-        .get("study", {})
-        .get("objectives", [f"value{i}" for i in range(len(study.directions))])
-    )
+    objectives = stored_objectives(study) or [f"value{i}" for i in range(len(study.directions))]
     complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     if not complete:
         raise UserError(f"study {study.study_name!r} has no complete trial yet")
@@ -82,14 +70,14 @@ def pick_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, st
             )
         return complete[number], f"trial {number}: chosen with --trial from the Pareto front"
     if number is None:
-        confirmed = study.user_attrs.get(CONFIRMED_BEST_ATTR)
-        if confirmed is not None and confirmed["trial"] in complete:
+        confirmed = read_confirmed_best(study)
+        if confirmed is not None and confirmed.trial in complete:
             why = (
-                f"trial {confirmed['trial']}: the confirmed best by mean validation "
-                f"{confirmed['objective']} ({confirmed['mean']:.4f}) over {confirmed['seeds']} "
-                f"fresh seeds among the top {confirmed['top']} trials (hpo confirm)"
+                f"trial {confirmed.trial}: the confirmed best by mean validation "
+                f"{confirmed.objective} ({confirmed.mean:.4f}) over {confirmed.seeds} "
+                f"fresh seeds among the top {confirmed.top} trials (hpo confirm)"
             )
-            return complete[confirmed["trial"]], why
+            return complete[confirmed.trial], why
         best = study.best_trial
         why = (
             f"trial {best.number}: the best feasible trial by validation value "
@@ -121,7 +109,7 @@ def _exported_study(r: Rescored) -> dict[str, Any]:
 def _provenance(r: Rescored, url: str) -> dict[str, Any]:
     from hpo.versions import package_versions
 
-    attrs = r.trial.user_attrs
+    record = r.record
     objectives = list(r.study_file.study.objectives)
     return {
         "study": r.study.study_name,
@@ -129,13 +117,13 @@ def _provenance(r: Rescored, url: str) -> dict[str, Any]:
         "trial": r.trial.number,
         "values": dict(zip(objectives, r.trial.values, strict=True)),
         "directions": [d.name.lower() for d in r.study.directions],
-        "seed": attrs.get(SEED_ATTR, r.params.seed),
+        "seed": r.params.seed if record.seed is None else record.seed,
         "task_seed": r.study_file.task.seed,
-        "data_sha256": attrs.get(DATA_SHA256_ATTR),
-        "base_model": attrs.get(BASE_MODEL_ATTR),
-        "trial_weights": attrs.get(TRIAL_WEIGHTS_ATTR),
-        "sae_config": {layer: d["sae_config"] for layer, d in r.payload["saes"].items()},
-        "versions": attrs.get(VERSIONS_ATTR),
+        "data_sha256": record.data_sha256,
+        "base_model": record.base_model,
+        "trial_weights": record.trial_weights,
+        "sae_config": {layer: stored.config for layer, stored in r.weights.saes.items()},
+        "versions": record.versions,
         "exported_with": package_versions(),
         "completed_at": r.trial.datetime_complete.isoformat()
         if r.trial.datetime_complete
@@ -229,7 +217,7 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         "layers": {
             layer: {
                 "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-                "sae_config": r.payload["saes"][layer]["sae_config"],
+                "sae_config": r.weights.saes[layer].config,
                 **({} if edit is None else {"ablated_components": edit.components[layer]}),
                 **(
                     {"removed_fractions": edit.fractions[layer]}
@@ -246,8 +234,8 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         "config.json": (json.dumps({**doc, "provenance": prov}, indent=2) + "\n").encode(),
         "sae.pt": _torch_bytes(sae_doc),
     }
-    if "debiased" in r.payload:
-        state = {k: v.detach().cpu() for k, v in r.payload["debiased"].items()}
+    if r.weights.debiased is not None:
+        state = {k: v.detach().cpu() for k, v in r.weights.debiased.items()}
         _verify_model(r, state)
         files["model.pt"] = _torch_bytes(state)
     files["metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
@@ -257,7 +245,7 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         card=task.model_card(r.ctx),
         result=r.result,
         params=r.params,
-        sae_configs={layer: d["sae_config"] for layer, d in r.payload["saes"].items()},
+        sae_configs={layer: stored.config for layer, stored in r.weights.saes.items()},
         concept_names=list(getattr(r.ctx, "concept_names", ())),
         prov=prov,
     ).encode()

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.results import Edit, TrialResult
+from hpo.config import TrialParams
+from hpo.debias.removal import recorded_removal
+from hpo.debias.strategies.registry import get_strategy
+from hpo.results import TrialResult
 
 
 def _pct(x: float | None) -> str:
@@ -31,27 +34,12 @@ def accuracy_table(result: TrialResult) -> list[str]:
     return lines
 
 
-def removed_text(edit: Edit, layer: str) -> str:
-    """ "component(s) 0, 1", or for a fitted removal how much of how many."""
-    components = edit.components[layer]
-    if edit.fractions is None:
-        return f"component(s) {', '.join(str(c) for c in components)}"
-    fractions = edit.fractions[layer]
-    most = sorted(zip(fractions, components, strict=True), reverse=True)
-    half = [c for f, c in most if f > 0.5]
-    top = ", ".join(f"{c} ({f:.2f})" for f, c in most[:5])
-    return (
-        f"part of {len(components)} components ({len(half)} by more than half; most: {top}; "
-        "every fraction in `sae.pt`)"
-    )
-
-
 def model_card(
     *,
     title: str,
     card: dict[str, str],
     result: TrialResult,
-    params: Any,
+    params: TrialParams,
     sae_configs: dict[str, dict[str, int]],
     concept_names: list[str],
     prov: dict[str, Any],
@@ -68,18 +56,9 @@ def model_card(
             "Files: `sae.pt`, `config.toml`, `config.json`, `metrics.json`.",
         ]
         return "\n".join(lines) + "\n"
-    how = {
-        "conditioned": "conditioned during training to fire for the concepts "
-        + ", ".join(concept_names),
-        "attribution": f"the {params.n_ablate} whose contribution differs most between "
-        "concepts on probe (attribution)",
-        "both": "conditioned during training to fire for the concepts "
-        f"{', '.join(concept_names)}, plus the {params.n_ablate} others whose contribution "
-        "differs most between concepts on probe",
-        "fitted": "a fraction of each component, fitted on the balanced probe split by "
-        "group-balanced cross-entropy (at α = 1 it only takes parts of the weight away)",
-    }[edit.selection]
-    layers = list(edit.components)
+    how = get_strategy(edit.selection).describe(params, concept_names)
+    removal = recorded_removal(edit)
+    layers = list(removal)
     weights = ", ".join(f"`{name}.weight`" for name in layers)
     lines += [
         f"{card['summary']}, debiased by editing {weights}.",
@@ -88,7 +67,7 @@ def model_card(
             f"- **Decomposed:** the `{name}` weight "
             f"({sae_configs[name]['d_out']}×{sae_configs[name]['d_in']}), into "
             f"{params.n_components} rank-{params.rank} Faithful-SAE components (top-k "
-            f"{params.top_k}); removed {removed_text(edit, name)}."
+            f"{params.top_k}); removed {removal[name].describe()}."
             for name in layers
         ),
         f"- **Which:** {how}; faithfulness error {result.errors['faithfulness_error']:.2e}"

@@ -18,18 +18,19 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.debias.removal import recorded_removal
+from hpo.debias.strategies.registry import get_strategy
+from hpo.errors import UserError
+from hpo.results import Edit
 from hpo.storage import compat
-from hpo.storage.attrs import (
-    ABLATED_COMPONENTS_ATTR,
-    ALPHA_ATTR,
-    BEST_NOTES_ATTR,
-    CONFIRMATION_ATTR,
-    CONFIRMED_BEST_ATTR,
-    LAYER_ATTR,
-    SEED_ATTR,
-    SELECTION_ATTR,
-    STUDY_FILE_ATTR,
-    VAL_GROUPS_ATTR,
+from hpo.storage.attrs import BEST_NOTES_ATTR, STUDY_FILE_ATTR
+from hpo.storage.records import (
+    Confirmation,
+    TrialRecord,
+    read_confirmations,
+    read_confirmed_best,
+    read_trial,
+    stored_objectives,
 )
 
 BEST_HEADING = "### ★ Best trial"
@@ -62,79 +63,39 @@ def _values_text(objectives: Sequence[str], values: Sequence[float]) -> str:
 
 
 def best_note(
-    attrs: Mapping[str, Any],
+    record: TrialRecord,
     values: Sequence[float],
     objectives: Sequence[str],
-    task: Mapping[str, Any],
     *,
+    how: str | None = None,
     pareto: bool = False,
-    confirmation: Mapping[str, Any] | None = None,
+    confirmation: Confirmation | None = None,
     heading: str | None = None,
 ) -> str:
-    """Markdown: what the trial ablated, what it gained on validation, and how it held
-    up over fresh seeds (`hpo confirm`) where it was confirmed."""
+    """Markdown: what the trial removed (`how`: its edit strategy's words), what it
+    gained on validation, and how it held up over fresh seeds (`hpo confirm`)."""
     heading = heading or (FRONT_HEADING if pareto else BEST_HEADING)
     lines = [f"{heading} ({_values_text(objectives, values)})", ""]
-    if confirmation:
+    if confirmation is not None:
         lines += [*confirmation_lines(confirmation, objectives[0]), ""]
-    groups = attrs.get(VAL_GROUPS_ATTR)
-    if groups and ALPHA_ATTR in attrs:
-        removed = attrs.get(ABLATED_COMPONENTS_ATTR, [])
-        if not isinstance(removed, dict):  # stored before `layers`: one layer
-            removed = {attrs.get(LAYER_ATTR, task.get("layer", "?")): removed}
-        how = {
-            "conditioned": "conditioned on the concept labels (SCAR)",
-            "attribution": "attribution (the components whose contribution differs most "
-            "by concept)",
-            "both": "the conditioned ones, plus more by attribution",
-            "fitted": "a fraction of each, fitted on probe (group-balanced cross-entropy)",
-        }.get(attrs.get(SELECTION_ATTR, attrs.get("ablate", "conditioned")), "?")
-        fitted = attrs.get(SELECTION_ATTR) == "fitted"
-        lines += [  # short lines: the dashboard's note box does not wrap wide content
-            *(
-                f"- **Removed** part of **{len(comps)}** Faithful-SAE components "
-                f"of the `{layer}` weight"
-                if fitted
-                else f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, comps))}** "
-                f"of the `{layer}` weight"
-                for layer, comps in removed.items()
-            ),
-            f"- picked by: {how}",
-            f"- **α = {attrs[ALPHA_ATTR]:.2f}**, chosen on validation",
-            "",
-            "| validation | original | debiased | gain |",
-            "|---|---:|---:|---:|",
-        ]
-        o_worst, o_mean = _summary(groups["original"])
-        d_worst, d_mean = _summary(groups["debiased"])
-        lines.append(
-            f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | "
-            f"**{_gain(o_worst, d_worst)}** |"
-        )
-        lines.append(f"| mean group | {_pct(o_mean)} | {_pct(d_mean)} | {_gain(o_mean, d_mean)} |")
-        for g, before in groups["original"].items():
-            after = groups["debiased"].get(g)
-            lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
-        refs = [m for m in groups if m not in ("original", "debiased")]
-        if refs:
-            worst = ", ".join(f"{m.replace('_', ' ')} {_pct(_summary(groups[m])[0])}" for m in refs)
-            lines += ["", f"References, worst group on validation: {worst}."]
-        lines.append("")
+    groups = record.val_groups
+    if groups and record.edit is not None:
+        lines += [*_edit_lines(record.edit, how), *_gain_lines(groups)]
     else:
-        shown = [k for k in ("mmcs", "ml2r") if k in attrs]
+        shown = [k for k in ("mmcs", "ml2r") if k in record.values]
         if shown:
-            lines += [" · ".join(f"{k.upper()} {attrs[k]:.4f}" for k in shown), ""]
+            lines += [" · ".join(f"{k.upper()} {record.values[k]:.4f}" for k in shown), ""]
     tail = [
-        f"{label} {attrs[k]:.2e}"
+        f"{label} {record.values[k]:.2e}"
         for k, label in (
             ("faithfulness_error", "faithfulness error"),
             ("reconstruction_error", "reconstruction error"),
             ("prediction_change", "predictions changed by ΣP"),
         )
-        if isinstance(attrs.get(k), (int, float))
+        if k in record.values
     ]
-    if SEED_ATTR in attrs:
-        tail.append(f"seed {attrs[SEED_ATTR]}")
+    if record.seed is not None:
+        tail.append(f"seed {record.seed}")
     if tail:
         lines += [" · ".join(tail) + ".", ""]
     if groups:
@@ -142,23 +103,59 @@ def best_note(
     return "\n".join(lines)
 
 
-def confirmation_lines(record: Mapping[str, Any], objective: str) -> list[str]:
-    """`hpo confirm`'s record of a trial, in a few short lines."""
-    val = record["val"][objective]
-    seeds = len(record["seeds"])
-    what = "new SAE and base model" if record.get("new_base_model") else "new SAE"
-    lines = [
-        f"- **Confirmed** over {seeds} fresh seeds ({what} each): {objective} "
-        f"**{val['mean']:.4f} ± {val['std']:.4f}** (val)"
+def _edit_lines(edit: Edit, how: str | None) -> list[str]:
+    """Short lines: the dashboard's note box does not wrap wide content."""
+    removed = [
+        f"- **Removed** part of **{len(removal.components)}** Faithful-SAE components "
+        f"of the `{layer}` weight"
+        if removal.fractions is not None
+        else f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, removal.components))}"
+        f"** of the `{layer}` weight"
+        for layer, removal in recorded_removal(edit).items()
     ]
-    test = record.get("test_worst_group")
-    if test:
+    return [
+        *removed,
+        f"- picked by: {how or edit.selection}",
+        f"- **α = {edit.alpha:.2f}**, chosen on validation",
+        "",
+    ]
+
+
+def _gain_lines(groups: Mapping[str, Mapping[str, float | None]]) -> list[str]:
+    lines = ["| validation | original | debiased | gain |", "|---|---:|---:|---:|"]
+    o_worst, o_mean = _summary(groups["original"])
+    d_worst, d_mean = _summary(groups["debiased"])
+    lines.append(
+        f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | **{_gain(o_worst, d_worst)}** |"
+    )
+    lines.append(f"| mean group | {_pct(o_mean)} | {_pct(d_mean)} | {_gain(o_mean, d_mean)} |")
+    for g, before in groups["original"].items():
+        after = groups["debiased"].get(g)
+        lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
+    refs = [m for m in groups if m not in ("original", "debiased")]
+    if refs:
+        worst = ", ".join(f"{m.replace('_', ' ')} {_pct(_summary(groups[m])[0])}" for m in refs)
+        lines += ["", f"References, worst group on validation: {worst}."]
+    lines.append("")
+    return lines
+
+
+def confirmation_lines(record: Confirmation, objective: str) -> list[str]:
+    """`hpo confirm`'s record of a trial, in a few short lines."""
+    val = record.val[objective]
+    what = "new SAE and base model" if record.new_base_model else "new SAE"
+    lines = [
+        f"- **Confirmed** over {len(record.seeds)} fresh seeds ({what} each): {objective} "
+        f"**{val.mean:.4f} ± {val.std:.4f}** (val)"
+    ]
+    test = record.test_worst_group
+    if test is not None:
         lines.append(
-            f"- test worst-group {_pct(test['mean'])} ± {100 * test['std']:.1f} pts "
+            f"- test worst-group {_pct(test.mean)} ± {100 * test.std:.1f} pts "
             "(reported, never searched on)"
         )
-    if record.get("diverged"):
-        lines.append(f"- {record['diverged']} run(s) diverged")
+    if record.diverged:
+        lines.append(f"- {record.diverged} run(s) diverged")
     return lines
 
 
@@ -227,25 +224,21 @@ def sync_best_notes(
     front = leaders(trials, study.directions)
     if not front:
         return []
-    study_file = study.user_attrs.get(STUDY_FILE_ATTR, {})
-    objectives = study_file.get("study", {}).get("objectives", ["value"])
-    task = study_file.get("task", {})
+    objectives = stored_objectives(study) or ["value"]
     pareto = len(study.directions) > 1
     by_id = {compat.trial_id(t): t for t in trials}
-    confirmed = study.user_attrs.get(CONFIRMATION_ATTR, {})
-    confirmed_best = study.user_attrs.get(CONFIRMED_BEST_ATTR, {}).get("trial")
-    noted = list(front)
-    extra = [t for t in trials if t.number == confirmed_best and t not in front]
+    confirmed = read_confirmations(study)
+    best = read_confirmed_best(study)
+    extra = [t for t in trials if best is not None and t.number == best.trial and t not in front]
     desired: dict[int, str] = {}
-    for t in noted + extra:
-        attrs = {**study_file.get("params", {}), **t.params, **t.user_attrs}
+    for t in list(front) + extra:
         desired[compat.trial_id(t)] = best_note(
-            attrs,
+            read_trial(t),
             t.values,
             objectives,
-            task,
+            how=_how(study, t),
             pareto=pareto,
-            confirmation=confirmed.get(str(t.number)),
+            confirmation=confirmed.get(t.number),
             heading=CONFIRMED_HEADING if t in extra else None,
         )
     system_attrs = storage.get_study_system_attrs(study_id)
@@ -267,6 +260,20 @@ def sync_best_notes(
     return changed
 
 
+def _how(study: optuna.Study, trial: FrozenTrial) -> str | None:
+    """How the trial's edit strategy chose, in its own words (None: it made no edit, or
+    the stored study file no longer reads)."""
+    from hpo.service.search_space import trial_params
+    from hpo.service.study_file import stored_study_file
+
+    try:
+        study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
+        params = trial_params(study_file, trial)
+        return get_strategy(params.ablate).describe(params, ())
+    except (KeyError, ValueError, UserError):
+        return None
+
+
 def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, ...]) -> None:
     """The trial's charts as SVG artifacts (the dashboard previews image/* inline), and
     the note on the best trial, kept current as each trial ends (`sync_best_notes`)."""
@@ -275,7 +282,7 @@ def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, 
     from hpo.outputs.charts import trial_charts
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name, svg in trial_charts(trial.user_attrs, trial.number).items():
+        for name, svg in trial_charts(read_trial(trial), trial.number).items():
             path = Path(tmp) / name
             path.write_text(svg)
             upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)

@@ -18,8 +18,8 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.debias.removal import recorded_removal
 from hpo.errors import UserError
-from hpo.outputs.model_card import removed_text
 from hpo.outputs.report_figures import (
     TITLES,
     alpha_figure,
@@ -32,14 +32,9 @@ from hpo.outputs.report_figures import (
     states_figure,
 )
 from hpo.outputs.rescore import Rescored, rescore
-from hpo.storage.attrs import (
-    BUDGET_ATTR,
-    CONFIRMATION_ATTR,
-    CONFIRMED_BEST_ATTR,
-    DATA_SHA256_ATTR,
-    SEED_ATTR,
-)
+from hpo.storage.attrs import BUDGET_ATTR
 from hpo.storage.engine import mask
+from hpo.storage.records import read_confirmations, read_confirmed_best
 from hpo.storage.urls import study_url
 
 MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective study
@@ -81,7 +76,6 @@ def _summary(study: optuna.Study, url: str, trials: list[FrozenTrial]) -> str:
 
 def _best_table(r: Rescored) -> str:
     res = r.result
-    attrs = r.trial.user_attrs
     rows = [
         ["trial", str(r.trial.number)],
         [
@@ -99,17 +93,15 @@ def _best_table(r: Rescored) -> str:
         for k, v in sorted(r.trial.params.items())
     ]
     if res.edit is not None:
-        for layer in res.edit.components:
-            rows.append(
-                [f"removed from {html.escape(layer)}", html.escape(removed_text(res.edit, layer))]
-            )
+        for layer, removal in recorded_removal(res.edit).items():
+            rows.append([f"removed from {html.escape(layer)}", html.escape(removal.describe())])
         rows.append(["α (chosen on val)", f"{res.edit.alpha:.3g}"])
     for key, value in {**res.objectives, **res.errors}.items():
         rows.append([key.replace("_", " ") + " (val)", f"{value:.3g}"])
     rows.append(
         [
             "seed · data sha256",
-            html.escape(f"{attrs.get(SEED_ATTR)} · {str(attrs.get(DATA_SHA256_ATTR))[:16]}…"),
+            html.escape(f"{r.record.seed} · {str(r.record.data_sha256)[:16]}…"),
         ]
     )
     out = _table(["best trial", ""], rows)
@@ -180,14 +172,13 @@ def _rescore_or_reason(study: optuna.Study, url: str, trial: FrozenTrial) -> Res
 def _confirmation_table(study: optuna.Study) -> str:
     """One row per confirmed trial: mean ± std over its fresh seeds, validation first;
     test and the references (each run's own) for reporting only."""
-    records = study.user_attrs.get(CONFIRMATION_ATTR, {})
+    records = read_confirmations(study)
     if not records:
         return ""
     objective = objective_names(study)[0]
-    best = study.user_attrs.get(CONFIRMED_BEST_ATTR, {}).get("trial")
-    models = sorted(
-        {m for r in records.values() for run in r.get("runs", []) for m in run["test_worst_group"]}
-    )
+    confirmed = read_confirmed_best(study)
+    best = None if confirmed is None else confirmed.trial
+    models = sorted({m for r in records.values() for run in r.runs for m in run.test_worst_group})
 
     def spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
         if not values:
@@ -196,20 +187,19 @@ def _confirmation_table(study: optuna.Study) -> str:
         return f"{scale * statistics.fmean(values):.{digits}f} ± {scale * std:.{digits}f}"
 
     rows = []
-    for number, r in sorted(records.items(), key=lambda kv: int(kv[0])):
-        runs = r.get("runs", [])
-        val = r["val"][objective]
-        gaps = [run["gap_closed"]["fraction"] for run in runs if run.get("gap_closed")]
-        errors = [run["errors"]["faithfulness_error"] for run in runs if run.get("errors")]
+    for number, r in sorted(records.items()):
+        val = r.val[objective]
+        gaps = [run.gap_closed[0] for run in r.runs if run.gap_closed]
+        errors = [
+            run.errors["faithfulness_error"] for run in r.runs if "faithfulness_error" in run.errors
+        ]
         rows.append(
             [
-                f"{number}{' ★' if str(best) == number else ''}",
-                f"{len(r['seeds'])}{' (new base model)' if r.get('new_base_model') else ''}",
-                f"{val['mean']:.4f} ± {val['std']:.4f}",
+                f"{number}{' ★' if best == number else ''}",
+                f"{len(r.seeds)}{' (new base model)' if r.new_base_model else ''}",
+                f"{val.mean:.4f} ± {val.std:.4f}",
                 *(
-                    spread(
-                        [run["test_worst_group"][m] for run in runs if m in run["test_worst_group"]]
-                    )
+                    spread([run.test_worst_group[m] for run in r.runs if m in run.test_worst_group])
                     for m in models
                 ),
                 spread(errors, 1.0, 3),
@@ -254,7 +244,7 @@ def build_report(study: optuna.Study, url: str) -> str:
     # What the study found first (the best trial), then how the search went.
     if isinstance(best, Rescored):
         sections.append((TITLES["groups"], [groups_figure(best)]))
-        sections.append((TITLES["alpha"], [alpha_figure(best.trial)]))
+        sections.append((TITLES["alpha"], [alpha_figure(best.record)]))
     else:
         reason = best or "No complete trial yet."
         sections.append((TITLES["groups"], [reason]))

@@ -12,8 +12,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.outputs.charts import MODEL_COLORS
 from hpo.outputs.rescore import Rescored
-from hpo.storage.attrs import ALPHA_ATTR, ALPHA_CURVE_ATTR, STUDY_FILE_ATTR
+from hpo.storage.records import TrialRecord, stored_objectives
 
 TEMPLATE = "plotly_white"
 STATE_COLORS = {
@@ -22,14 +23,6 @@ STATE_COLORS = {
     "FAIL": "#e45756",
     "RUNNING": "#4c78a8",
     "WAITING": "#9aa5b1",
-}
-MODEL_COLORS = {
-    "original": "#9aa5b1",
-    "debiased": "#4c78a8",
-    "oracle": "#54a24b",
-    "last_layer": "#f58518",
-    "retrain_head": "#b279a2",
-    "leace": "#72b7b2",
 }
 TITLES = {
     "history": "Optimization history",
@@ -44,7 +37,7 @@ TITLES = {
 
 def objective_names(study: optuna.Study) -> list[str]:
     """The study file's objective names, else "objective 0", "objective 1", ..."""
-    names = study.user_attrs.get(STUDY_FILE_ATTR, {}).get("study", {}).get("objectives")
+    names = stored_objectives(study)
     return list(names) if names else [f"objective {i}" for i in range(len(study.directions))]
 
 
@@ -142,10 +135,10 @@ def states_figure(trials: list[FrozenTrial]) -> Any:
     return _titled(fig, TITLES["states"])
 
 
-def alpha_figure(trial: FrozenTrial) -> Any | str:
+def alpha_figure(record: TrialRecord) -> Any | str:
     import plotly.graph_objects as go
 
-    curve = trial.user_attrs.get(ALPHA_CURVE_ATTR)
+    curve = None if record.edit is None else record.edit.alpha_curve
     if not curve:
         return "This task has no ablation strength α to sweep."
     fig = go.Figure()
@@ -163,7 +156,7 @@ def alpha_figure(trial: FrozenTrial) -> Any | str:
         name="mean group (val)",
         line_color="#f58518",
     )
-    alpha = trial.user_attrs.get(ALPHA_ATTR)
+    alpha = None if record.edit is None else record.edit.alpha
     if alpha is not None:
         fig.add_vline(
             x=alpha,
@@ -173,7 +166,7 @@ def alpha_figure(trial: FrozenTrial) -> Any | str:
         )
     fig.update_xaxes(title="α (ablation strength)")
     fig.update_yaxes(title="accuracy", range=[0, 1.02])
-    return _titled(fig, f"{TITLES['alpha']}: trial {trial.number}")
+    return _titled(fig, f"{TITLES['alpha']}: trial {record.number}")
 
 
 def groups_figure(r: Rescored) -> Any | str:

@@ -9,27 +9,24 @@ validation number the re-scoring does not reproduce.
 from __future__ import annotations
 
 import math
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial
 
 from hpo.config import StudyFile, TrialParams
-from hpo.data.cache import load_tensors
 from hpo.errors import UserError
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.storage.artifacts import artifact_store
-from hpo.storage.attrs import (
-    ABLATED_COMPONENTS_ATTR,
-    ALPHA_ATTR,
-    REMOVED_FRACTIONS_ATTR,
-    STUDY_FILE_ATTR,
-    TRIAL_WEIGHTS_ATTR,
-    VAL_GROUPS_ATTR,
+from hpo.storage.attrs import STUDY_FILE_ATTR
+from hpo.storage.records import (
+    StoredSAE,
+    TrialRecord,
+    TrialWeights,
+    download_weights,
+    read_trial,
 )
 from hpo.tasks.registry import get_task
 
@@ -45,64 +42,58 @@ class Rescored:
 
     study: optuna.Study
     trial: FrozenTrial
+    record: TrialRecord  # what the trial stored (validation numbers)
     study_file: StudyFile
     params: TrialParams
     ctx: Any
     saes: dict[str, FaithfulSAE]  # decomposed layer -> its Faithful-SAE
-    payload: dict[str, Any]  # the trial_weights artifact: saes, debiased
+    weights: TrialWeights  # the trial_weights artifact: SAEs, removal, debiased
     result: TrialResult  # task.evaluate(..., with_test=True)
     mismatches: list[str]  # recorded val number vs re-scored, where they differ
 
 
 def load_trial_weights(
-    study: optuna.Study, study_file: StudyFile, url: str, trial: FrozenTrial
-) -> dict[str, Any]:
-    from optuna.artifacts import download_artifact
-
-    artifact_id = trial.user_attrs.get(TRIAL_WEIGHTS_ATTR)
-    if not artifact_id:
+    study: optuna.Study, study_file: StudyFile, url: str, record: TrialRecord, layer: str
+) -> TrialWeights:
+    if not record.trial_weights:
+        state = study.trials[record.number].state.name
         raise UserError(
-            f"trial {trial.number} of study {study.study_name!r} has no stored weights "
-            f"(state {trial.state.name}); only complete trials of a study run with an "
+            f"trial {record.number} of study {study.study_name!r} has no stored weights "
+            f"(state {state}); only complete trials of a study run with an "
             "artifact store have them"
         )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "trial.pt"
-        try:
-            download_artifact(
-                artifact_store=artifact_store(url, study_file.storage),
-                artifact_id=artifact_id,
-                file_path=str(path),
-            )
-        except Exception as err:
-            raise UserError(
-                f"cannot fetch the weights of trial {trial.number} (artifact {artifact_id}) "
-                f"from the study's artifact store: {err}"
-            ) from None
-        return load_tensors(path)
+    try:
+        return download_weights(
+            artifact_store(url, study_file.storage), record.trial_weights, layer
+        )
+    except Exception as err:
+        raise UserError(
+            f"cannot fetch the weights of trial {record.number} (artifact "
+            f"{record.trial_weights}) from the study's artifact store: {err}"
+        ) from None
 
 
-def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
+def compare_recorded(record: TrialRecord, result: TrialResult) -> list[str]:
     """'name: recorded X, re-scored Y' for every validation number that differs."""
-    now: dict[str, Any] = {**result.objectives, **result.errors}
+    now: dict[str, float] = {**result.objectives, **result.errors}
     tols = {k: ACC_TOL for k in ("worst_group", "mean_group", "overall")}
-    if result.edit is not None:
-        now[ALPHA_ATTR] = result.edit.alpha
     out = []
     for key, value in now.items():
         tol = tols.get(key, ERR_TOL)
-        if key in attrs and not math.isclose(attrs[key], value, **tol):
-            out.append(f"{key}: recorded {attrs[key]:.6g}, re-scored {value:.6g}")
-    components = None if result.edit is None else result.edit.components
-    recorded = attrs.get(ABLATED_COMPONENTS_ATTR, components)
-    if isinstance(recorded, list) and components is not None:  # stored before `layers`
-        recorded = {result.edit.layer: recorded}
-    if recorded != components:
-        out.append(f"ablated_components: recorded {recorded}, re-scored {components}")
-    fractions = None if result.edit is None else result.edit.fractions
-    if attrs.get(REMOVED_FRACTIONS_ATTR, fractions) != fractions:
-        out.append("removed_fractions: the recorded fractions differ from the re-scored ones")
-    for model, groups in (attrs.get(VAL_GROUPS_ATTR) or {}).items():
+        was = record.value(key)
+        if was is not None and not math.isclose(was, value, **tol):
+            out.append(f"{key}: recorded {was:.6g}, re-scored {value:.6g}")
+    recorded, edit = record.edit, result.edit
+    if recorded is not None and edit is not None:
+        if not math.isclose(recorded.alpha, edit.alpha, **ERR_TOL):
+            out.append(f"alpha: recorded {recorded.alpha:.6g}, re-scored {edit.alpha:.6g}")
+        if recorded.components and recorded.components != edit.components:
+            out.append(
+                f"ablated_components: recorded {recorded.components}, re-scored {edit.components}"
+            )
+        if recorded.fractions is not None and recorded.fractions != edit.fractions:
+            out.append("removed_fractions: the recorded fractions differ from the re-scored ones")
+    for model, groups in record.val_groups.items():
         metric = result.metric(model, "val")
         for g, v in groups.items():
             w = None if metric is None else metric.groups.get(g)
@@ -113,32 +104,28 @@ def compare_recorded(attrs: dict[str, Any], result: TrialResult) -> list[str]:
 
 def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
+    from hpo.service.search_space import trial_params
     from hpo.service.studies import worker_context
     from hpo.service.study_file import stored_study_file
 
     study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
-    payload = load_trial_weights(study, study_file, url, trial)
     ctx = worker_context(study, study_file, url)
+    record = read_trial(trial, default_layer=ctx.layer)
+    weights = load_trial_weights(study, study_file, url, record, ctx.layer)
     device = next(ctx.model.parameters()).device
-    if "saes" not in payload:  # stored before `layers`: one SAE, of the task's layer
-        payload = {**payload, "saes": {ctx.layer: payload}}
-    saes = {layer: load_sae(stored, device) for layer, stored in payload["saes"].items()}
-    from hpo.service.search_space import trial_params
-
+    saes = {layer: load_sae(stored, device) for layer, stored in weights.saes.items()}
     params = trial_params(study_file, trial)
-    removal = None
-    if "removal" in payload:  # what the trial removed, re-applied as it was (never refitted)
-        from hpo.tasks.classifier import Removal
-
-        removal = {k: Removal.from_json(d) for k, d in payload["removal"].items()}
     task = get_task(study_file.task.kind)
-    result = task.evaluate(ctx, saes, params, with_test=True, removal=removal)
-    mismatches = compare_recorded(trial.user_attrs, result)
-    return Rescored(study, trial, study_file, params, ctx, saes, payload, result, mismatches)
+    # what the trial removed, re-applied as it was (never refitted)
+    result = task.evaluate(ctx, saes, params, with_test=True, removal=weights.removal)
+    mismatches = compare_recorded(record, result)
+    return Rescored(
+        study, trial, record, study_file, params, ctx, saes, weights, result, mismatches
+    )
 
 
-def load_sae(stored: dict[str, Any], device: Any) -> FaithfulSAE:
-    """A Faithful-SAE from {"sae": state dict, "sae_config": constructor arguments}."""
-    sae = FaithfulSAE(**stored["sae_config"]).to(device)
-    sae.load_state_dict(stored["sae"], strict=True)
+def load_sae(stored: StoredSAE, device: Any) -> FaithfulSAE:
+    """A Faithful-SAE from its stored state dict and constructor arguments."""
+    sae = FaithfulSAE(**stored.config).to(device)
+    sae.load_state_dict(stored.state, strict=True)
     return sae.eval()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.storage.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, VAL_GROUPS_ATTR
+from hpo.storage.records import read_confirmations, read_confirmed_best, read_trial
 
 
 def worst(groups: Mapping[str, float | None]) -> float | None:
@@ -35,8 +35,9 @@ def study_summary(study: optuna.Study, storage_hint: str = "") -> list[str]:
     name = study.study_name
     lines: list[str] = []
     best = best_feasible(study)
-    if best is not None and VAL_GROUPS_ATTR in best.user_attrs:
-        by_model = {m: worst(g) for m, g in best.user_attrs[VAL_GROUPS_ATTR].items()}
+    record = None if best is None else read_trial(best)
+    if best is not None and record is not None and record.val_groups:
+        by_model = {m: worst(g) for m, g in record.val_groups.items()}
         original, debiased = by_model.pop("original", None), by_model.pop("debiased", None)
         lines.append(
             f"validation worst-group accuracy: original {_pct(original)} → best debiased "
@@ -47,14 +48,14 @@ def study_summary(study: optuna.Study, storage_hint: str = "") -> list[str]:
             lines.append(f"references on the same split: {refs}")
     elif best is not None:
         lines.append(f"best value {best.value:.4f} (trial {best.number})")
-    confirmed = study.user_attrs.get(CONFIRMED_BEST_ATTR)
+    confirmed = read_confirmed_best(study)
     if confirmed is not None:
-        record = study.user_attrs.get(CONFIRMATION_ATTR, {}).get(str(confirmed["trial"]), {})
-        spread = record.get("val", {}).get(confirmed["objective"], {})
+        confirmation = read_confirmations(study).get(confirmed.trial)
+        spread = None if confirmation is None else confirmation.val.get(confirmed.objective)
+        mean, std = (confirmed.mean, 0.0) if spread is None else (spread.mean, spread.std)
         lines.append(
-            f"confirmed best: trial {confirmed['trial']}, {confirmed['objective']} "
-            f"{spread.get('mean', confirmed['mean']):.4f} ± {spread.get('std', 0.0):.4f} over "
-            f"{confirmed['seeds']} fresh seeds"
+            f"confirmed best: trial {confirmed.trial}, {confirmed.objective} "
+            f"{mean:.4f} ± {std:.4f} over {confirmed.seeds} fresh seeds"
         )
     if best is not None or len(study.directions) > 1:
         lines += [

@@ -10,9 +10,9 @@ confirmed best is chosen by mean validation value. `hpo export` then exports it.
 
 from __future__ import annotations
 
-import statistics
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -20,14 +20,18 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyFile
 from hpo.errors import DivergedError, UserError
-from hpo.storage.attrs import CONFIRMATION_ATTR, CONFIRMED_BEST_ATTR, STUDY_FILE_ATTR
+from hpo.results import TrialResult
+from hpo.storage.attrs import STUDY_FILE_ATTR
+from hpo.storage.records import (
+    Confirmation,
+    ConfirmationRun,
+    ConfirmedBest,
+    Spread,
+    write_confirmation,
+    write_confirmed_best,
+)
 
 SEED_OFFSET = 1000  # confirmation seeds never repeat a study's own seed (0, 1, ...)
-
-
-def summarize(values: list[float]) -> dict[str, Any]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
 def feasible(t: FrozenTrial) -> bool:
@@ -54,7 +58,7 @@ def confirm_trial(
     seeds: list[int],
     new_base_model: bool,
     data_dir: str | None,
-) -> dict[str, Any]:
+) -> Confirmation:
     """Re-run one trial's configuration with each seed; mean ± std per objective."""
     from hpo.service.search_space import trial_params
     from hpo.service.trial import prepare_task, run_trial
@@ -63,7 +67,7 @@ def confirm_trial(
     objectives = list(study_file.study.objectives)
     val: dict[str, list[float]] = {name: [] for name in objectives}
     test: list[float] = []
-    runs: list[dict[str, Any]] = []
+    runs: list[ConfirmationRun] = []
     diverged = 0
     for seed in seeds:
         params = base.model_copy(update={"seed": seed})
@@ -89,31 +93,30 @@ def confirm_trial(
         )
     if not val[objectives[0]]:
         raise UserError(f"trial {trial.number}: every confirmation run diverged")
-    return {
-        "seeds": seeds,
-        "new_base_model": new_base_model,
-        "diverged": diverged,
-        "val": {name: summarize(v) for name, v in val.items()},
-        "test_worst_group": summarize(test) if test else None,
-        "runs": runs,
-    }
+    return Confirmation(
+        seeds=seeds,
+        new_base_model=new_base_model,
+        diverged=diverged,
+        val={name: Spread.of(v) for name, v in val.items()},
+        test_worst_group=Spread.of(test) if test else None,
+        runs=runs,
+    )
 
 
-def run_record(seed: int, result: Any) -> dict[str, Any]:
+def run_record(seed: int, result: TrialResult) -> ConfirmationRun:
     """One confirmation run as the report reads it: test worst-group of every model (the
     references are the run's own: a new base model has new ones), errors, gap closed."""
-    gap = result.gap_closed("test")
-    return {
-        "seed": seed,
-        "val": dict(result.objectives),
-        "errors": dict(result.errors),
-        "test_worst_group": {
+    return ConfirmationRun(
+        seed=seed,
+        val=dict(result.objectives),
+        errors=dict(result.errors),
+        test_worst_group={
             name: m.worst_group
             for name in result.model_names()
             if (m := result.metric(name, "test")) is not None
         },
-        "gap_closed": None if gap is None else {"fraction": gap[0], "towards": gap[1]},
-    }
+        gap_closed=result.gap_closed("test"),
+    )
 
 
 def confirm(
@@ -125,7 +128,7 @@ def confirm(
     new_base_model: bool,
     data_dir: str | None,
     on_confirmed: Callable[[optuna.Study], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Confirmed]:
     """Re-run the `top` best feasible trials with `seeds` fresh seeds; store each trial's
     record and the confirmed best in the study, then call `on_confirmed(study)` (the CLI
     passes hpo.outputs.notes.sync_best_notes: the dashboard notes show the confirmation)."""
@@ -152,42 +155,46 @@ def confirm(
             new_base_model=new_base_model,
             data_dir=data_dir,
         )
-        # A finished trial cannot change: confirmations live in the study, by trial number.
-        done = dict(study.user_attrs.get(CONFIRMATION_ATTR, {}))
-        done[str(trial.number)] = record
-        study.set_user_attr(CONFIRMATION_ATTR, done)
-        rows.append({"trial": trial.number, "value": trial.values[0], **record})
+        write_confirmation(study, trial.number, record)
+        rows.append(Confirmed(trial.number, trial.values[0], record))
     objective = study_file.study.objectives[0]
     sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    best = max(rows, key=lambda r: (sign * r["val"][objective]["mean"], -r["trial"]))
-    study.set_user_attr(
-        CONFIRMED_BEST_ATTR,
-        {
-            "trial": best["trial"],
-            "objective": objective,
-            "mean": best["val"][objective]["mean"],
-            "seeds": len(seed_list),
-            "top": len(rows),
-            "new_base_model": new_base_model,
-        },
+    best = max(rows, key=lambda r: (sign * r.record.val[objective].mean, -r.trial))
+    write_confirmed_best(
+        study,
+        ConfirmedBest(
+            trial=best.trial,
+            objective=objective,
+            mean=best.record.val[objective].mean,
+            seeds=len(seed_list),
+            top=len(rows),
+            new_base_model=new_base_model,
+        ),
     )
     if on_confirmed is not None:
         on_confirmed(study)
     return rows
 
 
-def format_rows(rows: list[dict[str, Any]], objective: str) -> str:
+@dataclass(frozen=True)
+class Confirmed:
+    """One confirmed trial: its number, its value in the study, its confirmation."""
+
+    trial: int
+    value: float
+    record: Confirmation
+
+
+def format_rows(rows: list[Confirmed], objective: str) -> str:
     lines = [
         f"{'trial':>5}  {'study value':>11}  {objective + ' (val) mean ± std':>28}  "
         f"{'test worst group':>18}"
     ]
     for r in rows:
-        v = r["val"][objective]
-        t = r["test_worst_group"]
-        test = "-" if t is None else f"{100 * t['mean']:.1f} ± {100 * t['std']:.1f}%"
-        lines.append(
-            f"{r['trial']:>5}  {r['value']:>11.4f}  {v['mean']:>19.4f} ± {v['std']:.4f}  {test:>18}"
-        )
+        v = r.record.val[objective]
+        t = r.record.test_worst_group
+        test = "-" if t is None else f"{100 * t.mean:.1f} ± {100 * t.std:.1f}%"
+        lines.append(f"{r.trial:>5}  {r.value:>11.4f}  {v.mean:>19.4f} ± {v.std:.4f}  {test:>18}")
     return "\n".join(lines)
 
 

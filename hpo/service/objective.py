@@ -8,9 +8,7 @@ weights it scored so that export can hand over exactly those.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -20,26 +18,8 @@ from hpo.errors import DivergedError
 from hpo.results import TrialResult
 from hpo.service.search_space import suggest
 from hpo.service.trial import loss_history, run_trial
-from hpo.storage.attrs import (
-    ABLATED_COMPONENTS_ATTR,
-    ALPHA_ATTR,
-    ALPHA_CURVE_ATTR,
-    BASE_MODEL_ATTR,
-    DATA_SHA256_ATTR,
-    DEVICE_ATTR,
-    DIVERGED_ATTR,
-    LAYER_ATTR,
-    LOSS_HISTORY_ATTR,
-    PRUNED_AT_STEP_ATTR,
-    REMOVED_FRACTIONS_ATTR,
-    SEED_ATTR,
-    SELECTION_ATTR,
-    SURPLUS_ATTR,
-    TIMINGS_ATTR,
-    TRIAL_WEIGHTS_ATTR,
-    VAL_GROUPS_ATTR,
-    VERSIONS_ATTR,
-)
+from hpo.storage.attrs import DIVERGED_ATTR, PRUNED_AT_STEP_ATTR, SURPLUS_ATTR
+from hpo.storage.records import TrialWeights, upload_weights, write_provenance, write_result
 from hpo.tasks.base import Saes
 from hpo.tasks.registry import get_task
 
@@ -64,14 +44,6 @@ def is_result(t: optuna.trial.FrozenTrial) -> bool:
     )
 
 
-def downsample(history: dict[str, list[float]], points: int = 60) -> dict[str, list[float]]:
-    n = len(history.get("step", []))
-    if n <= points:
-        return history
-    idx = [round(i * (n - 1) / (points - 1)) for i in range(points)]
-    return {k: [v[i] for i in idx] for k, v in history.items()}
-
-
 class Objective:
     def __init__(
         self,
@@ -92,9 +64,12 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         self._check_budget(trial)
         params = suggest(trial, self.study_file)
-        trial.set_user_attr(SEED_ATTR, params.seed)
-        trial.set_user_attr(DATA_SHA256_ATTR, self.ctx.data_sha256)
-        trial.set_user_attr(BASE_MODEL_ATTR, self.ctx.bundle_key)
+        write_provenance(
+            trial,
+            seed=params.seed,
+            data_sha256=self.ctx.data_sha256,
+            base_model=self.ctx.bundle_key,
+        )
         single = len(self.objectives) == 1
 
         def on_eval(step: int, saes: Saes) -> None:
@@ -119,7 +94,7 @@ class Objective:
         except DivergedError as err:
             trial.set_user_attr(DIVERGED_ATTR, str(err))
             raise
-        record(trial, result, loss_history(trained))
+        write_result(trial, result, loss_history(trained))
         self._constrain(trial, result)
         if self.artifact_store is not None:
             self._upload_weights(trial, {k: t.sae for k, t in trained.items()}, params, result)
@@ -145,57 +120,7 @@ class Objective:
     def _upload_weights(
         self, trial: optuna.Trial, saes: Saes, params: TrialParams, result: TrialResult
     ) -> None:
-        from optuna.artifacts import upload_artifact
-
-        from hpo.data.cache import save_tensors
-
-        payload: dict[str, Any] = {"saes": sae_payload(saes)}
-        if result.edit is not None:  # re-applied as is by rescore: a fit is not refitted
-            from hpo.tasks.classifier import recorded_removal
-
-            payload["removal"] = {k: r.to_json() for k, r in recorded_removal(result.edit).items()}
+        """The weights the trial scored, the removal it made (re-applied as it was by
+        rescore: a fit is not refitted) and the edited model's state dict."""
         edited = self.task.edited_state_dict(self.ctx, saes, params, result)
-        if edited is not None:
-            payload["debiased"] = {k: v.cpu() for k, v in edited.items()}
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"trial-{trial.number}.pt"
-            save_tensors(path, payload)
-            artifact_id = upload_artifact(
-                artifact_store=self.artifact_store, file_path=str(path), study_or_trial=trial
-            )
-        trial.set_user_attr(TRIAL_WEIGHTS_ATTR, artifact_id)
-
-
-def sae_payload(saes: Saes) -> dict[str, dict[str, Any]]:
-    """Layer -> {"sae": state dict on the CPU, "sae_config": constructor arguments}."""
-    return {
-        layer: {
-            "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
-            "sae_config": sae.config(),
-        }
-        for layer, sae in saes.items()
-    }
-
-
-def record(trial: optuna.Trial, result: TrialResult, history: dict[str, list[float]]) -> None:
-    """User attrs a person reads to judge a trial (validation numbers only)."""
-    for key, value in {**result.objectives, **result.errors}.items():
-        trial.set_user_attr(key, value)
-    if result.edit is not None:
-        trial.set_user_attr(LAYER_ATTR, result.edit.layer)
-        trial.set_user_attr(ALPHA_ATTR, result.edit.alpha)
-        trial.set_user_attr(ABLATED_COMPONENTS_ATTR, result.edit.components)
-        trial.set_user_attr(SELECTION_ATTR, result.edit.selection)
-        if result.edit.fractions is not None:
-            trial.set_user_attr(REMOVED_FRACTIONS_ATTR, result.edit.fractions)
-        trial.set_user_attr(ALPHA_CURVE_ATTR, result.edit.alpha_curve)
-    if result.models:
-        trial.set_user_attr(
-            VAL_GROUPS_ATTR,
-            {name: result.models[name]["val"].groups for name in result.model_names()},
-        )
-    trial.set_user_attr(TIMINGS_ATTR, result.timings)
-    for key in (VERSIONS_ATTR, DEVICE_ATTR):  # stored under the provenance's own names
-        if key in result.provenance:
-            trial.set_user_attr(key, result.provenance[key])
-    trial.set_user_attr(LOSS_HISTORY_ATTR, downsample(history))
+        upload_weights(trial, self.artifact_store, TrialWeights.of(saes, result, edited))

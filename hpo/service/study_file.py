@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from hpo.config import StudyFile
+from hpo.config import StudyFile, spec_extremes
+from hpo.debias.strategies.registry import STRATEGIES
 from hpo.errors import UserError
 from hpo.tasks.registry import get_task, task_kinds
 
@@ -66,9 +67,23 @@ def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
         except ValidationError as err:
             raise UserError(f"{source}: {describe_error(err, ['task'], config)}") from None
     try:
-        return StudyFile.model_validate(raw)
+        study = StudyFile.model_validate(raw)
     except ValidationError as err:
         raise UserError(f"{source}: {describe_error(err)}") from None
+    check_strategies(study, source)
+    return study
+
+
+def check_strategies(study: StudyFile, source: str | Path) -> None:
+    """`params.ablate`, and every value `search.ablate` can take, name an edit strategy."""
+    candidates = [("params.ablate", study.params.ablate)]
+    if "ablate" in study.search:
+        candidates += [("search.ablate", v) for v in spec_extremes(study.search["ablate"])]
+    for field, name in candidates:
+        if name not in STRATEGIES:
+            raise UserError(
+                f"{source}: {field}: unknown edit strategy {name!r}; valid: {', '.join(STRATEGIES)}"
+            )
 
 
 def stored_study_file(doc: dict[str, Any], study_name: str) -> StudyFile:

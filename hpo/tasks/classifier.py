@@ -10,15 +10,17 @@ validation and reporting test only at that α.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from hpo.config import TrialParams
 from hpo.debias import ablation
+from hpo.debias.removal import Removal, recorded_fractions, recorded_removal
 from hpo.debias.scoring import alpha_grid, pick_alpha
+from hpo.debias.strategies.base import EditSource
+from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
 from hpo.results import Edit, TrialResult
 from hpo.sae.model import FaithfulSAE
@@ -63,47 +65,41 @@ class ClassifierTask:
 
     def sae_data(self, ctx: ClassifierContext, layer: str) -> SAEData:
         """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts."""
-        probe = ctx.splits["probe"]
         inputs = ctx.probe_inputs[layer]
         weight_t = ctx.weight_of(layer).detach().T.contiguous()
-        assert probe.concepts is not None
-        concepts = torch.nn.functional.one_hot(probe.concepts, len(ctx.concept_names)).float()
         return SAEData(
-            inputs=inputs, targets=inputs @ weight_t, weight_t=weight_t, concepts=concepts
+            inputs=inputs,
+            targets=inputs @ weight_t,
+            weight_t=weight_t,
+            concepts=self.probe_concepts(ctx),
         )
-
-    def ablated_components(
-        self, ctx: ClassifierContext, layer: str, sae: FaithfulSAE, params: TrialParams
-    ) -> list[int]:
-        """The components removed in full (every mode but "fitted")."""
-        conditioned = ablation.conditioned_components(
-            len(ctx.concept_names) * params.concept_latents
-        )
-        if params.ablate == "conditioned":
-            return conditioned
-        data = self.sae_data(ctx, layer)
-        exclude = conditioned if params.ablate == "both" else []
-        by_attribution = ablation.attribution_components(
-            sae, data.inputs, data.concepts, params.n_ablate, exclude=exclude
-        )
-        return sorted(set(exclude) | set(by_attribution))
 
     def removal(
         self, ctx: ClassifierContext, saes: Saes, params: TrialParams
     ) -> dict[str, Removal]:
-        """Per layer, which components go and how much of each (None: all of it)."""
-        if params.ablate != "fitted":
-            return {
-                layer: Removal(self.ablated_components(ctx, layer, sae, params), None)
-                for layer, sae in saes.items()
-            }
-        components = {layer: sae.components().detach() for layer, sae in saes.items()}
-        loss = balanced_probe_loss(ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params))
-        with torch.enable_grad():
-            fitted = ablation.fit_removal(
-                components, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
+        """Per layer, which components go and how much of each: the edit strategy
+        `params.ablate` chooses, seeing only the probe labels its regime allows."""
+        strategy = get_strategy(params.ablate)
+        group_loss = None
+        if strategy.labels == "group":
+            group_loss = balanced_probe_loss(
+                ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params)
             )
-        return {layer: Removal.from_fractions(f) for layer, f in fitted.items()}
+        return strategy.select(
+            EditSource(
+                saes=saes,
+                params=params,
+                probe_inputs=ctx.probe_inputs,
+                probe_concepts=self.probe_concepts(ctx),
+                group_loss=group_loss,
+            )
+        )
+
+    def probe_concepts(self, ctx: ClassifierContext) -> torch.Tensor:
+        """The probe split's concept labels, one-hot [N, n_concepts]."""
+        concepts = ctx.splits["probe"].concepts
+        assert concepts is not None
+        return F.one_hot(concepts, len(ctx.concept_names)).float()
 
     @torch.no_grad()
     def evaluate(
@@ -218,52 +214,6 @@ class ClassifierTask:
         return ctx.card
 
     kind: ClassVar[str]
-
-
-MIN_FRACTION = 0.01  # a fitted removal under 1% of a component is no removal
-
-
-@dataclass(frozen=True)
-class Removal:
-    """One layer's removal: the components, and the fraction of each (None: all of it)."""
-
-    components: list[int]
-    fractions: list[float] | None
-
-    @classmethod
-    def from_fractions(cls, fitted: torch.Tensor) -> Removal:
-        """Fitted fractions, rounded to 3 decimals (what is recorded is what is scored);
-        components under MIN_FRACTION are left whole."""
-        rounded = [round(f, 3) for f in fitted.tolist()]
-        keep = [i for i, f in enumerate(rounded) if f >= MIN_FRACTION]
-        return cls(keep, [rounded[i] for i in keep])
-
-    def ablated_sum(self, sae: FaithfulSAE) -> torch.Tensor:
-        return ablation.ablated_sum(sae, self.components, self.fractions)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"components": list(self.components), "fractions": self.fractions}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Removal:
-        fractions = d.get("fractions")
-        return cls(
-            [int(c) for c in d["components"]], None if fractions is None else list(fractions)
-        )
-
-
-def recorded_fractions(removal: Mapping[str, Removal]) -> dict[str, list[float]] | None:
-    """What an Edit records of a removal: the fractions per layer, None when whole
-    components went (every mode but "fitted")."""
-    if all(r.fractions is None for r in removal.values()):
-        return None
-    return {layer: r.fractions or [] for layer, r in removal.items()}
-
-
-def recorded_removal(edit: Edit) -> dict[str, Removal]:
-    """The removal an edit made, per layer: what a stored trial re-applies."""
-    fractions = edit.fractions or {}
-    return {layer: Removal(list(c), fractions.get(layer)) for layer, c in edit.components.items()}
 
 
 def balanced_probe_loss(

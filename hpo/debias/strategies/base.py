@@ -1,0 +1,65 @@
+"""What an edit strategy is, and what it may look at when it chooses.
+
+A strategy turns a trained decomposition into a `Removal` per layer. It declares the
+labels its choice uses on the probe split: `concept` (the spurious attribute only, as in
+SCAR or LEACE) or `group` (attribute and class, as in DFR). `EditSource` hands it only
+what that regime allows: a concept strategy gets no group-label loss. Validation group
+labels choose α in every regime (hpo.tasks.classifier), as in DFR and its successors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+import torch
+
+from hpo.config import TrialParams
+from hpo.debias.removal import Removal
+from hpo.sae.model import FaithfulSAE
+
+Labels = Literal["concept", "group"]
+# removed parts {layer: (in × out)} -> a loss on probe of the model with them taken away
+RemovalLoss = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class EditSource:
+    """What a strategy may use: the decomposition of each layer, the trial's params, the
+    probe split's inputs of each layer and its concept labels (one-hot), and — for a
+    strategy that declares group labels — a group-balanced loss on probe."""
+
+    saes: Mapping[str, FaithfulSAE]
+    params: TrialParams
+    probe_inputs: Mapping[str, torch.Tensor]
+    probe_concepts: torch.Tensor  # [N, n_concepts] one-hot
+    group_loss: RemovalLoss | None = None
+
+    @property
+    def n_concepts(self) -> int:
+        return int(self.probe_concepts.shape[1])
+
+    def require_group_loss(self, strategy: str) -> RemovalLoss:
+        if self.group_loss is None:
+            raise ValueError(f"edit strategy {strategy!r} needs group labels on probe")
+        return self.group_loss
+
+
+class EditStrategy(Protocol):
+    """One way to choose what an edit removes (sklearn-shaped: configured by params)."""
+
+    name: ClassVar[str]
+    labels: ClassVar[Labels]
+
+    def select(self, source: EditSource) -> dict[str, Removal]:
+        """Per decomposed layer, which components go and how much of each."""
+        ...
+
+    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+        """How the components were chosen, in words for notes, model cards and reports."""
+        ...
+
+
+def concepts_text(concept_names: Sequence[str]) -> str:
+    return ", ".join(concept_names) if concept_names else "the concept labels"

@@ -1,0 +1,26 @@
+"""Remove the latents trained to fire for the concepts (SCAR's conditioning)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+from hpo.config import TrialParams
+from hpo.debias import ablation
+from hpo.debias.removal import Removal
+from hpo.debias.strategies.base import EditSource, Labels, concepts_text
+
+
+class Conditioned:
+    name: ClassVar[str] = "conditioned"
+    labels: ClassVar[Labels] = "concept"
+
+    def select(self, source: EditSource) -> dict[str, Removal]:
+        chosen = ablation.conditioned_components(source.n_concepts * source.params.concept_latents)
+        return {layer: Removal(list(chosen)) for layer in source.saes}
+
+    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+        return (
+            f"conditioned during training to fire for the concepts {concepts_text(concept_names)}"
+            f" ({params.concept_latents} latent(s) each; SCAR)"
+        )
