@@ -167,13 +167,13 @@ class StorageSection(Strict):
 
 
 class SamplerSection(Strict):
-    name: Literal["tpe", "random", "cmaes", "gp", "nsgaii"] = "tpe"
+    name: str = "tpe"  # a name in hpo.service.samplers.SAMPLERS (checked by parse_study)
     seed: int = 0
     options: dict[str, Any] = Field(default_factory=dict)
 
 
 class PrunerSection(Strict):
-    name: Literal["median", "percentile", "successive_halving", "hyperband", "none"] = "median"
+    name: str = "median"  # a name in hpo.service.samplers.PRUNERS (checked by parse_study)
     options: dict[str, Any] = Field(default_factory=dict)
 
 

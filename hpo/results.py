@@ -53,6 +53,17 @@ class Edit:
     fractions: dict[str, list[float]] | None = None
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)
 
+    def to_json(self) -> dict[str, Any]:
+        """Flat JSON, the names also used for a trial's stored user attrs."""
+        return {
+            "layer": self.layer,
+            "alpha": self.alpha,
+            "ablated_components": {k: list(v) for k, v in self.components.items()},
+            **({} if self.fractions is None else {"removed_fractions": self.fractions}),
+            "selection": self.selection,
+            "alpha_curve": self.alpha_curve,
+        }
+
 
 @dataclass
 class TrialResult:
@@ -91,6 +102,10 @@ class TrialResult:
             return None
         return (debiased.worst_group - original.worst_group) / gap, name
 
+    def values(self) -> dict[str, float]:
+        """Every objective and error, by name (all on validation)."""
+        return {**self.objectives, **self.errors}
+
     def value(self, name: str) -> float:
         """An objective or an error by name (what a study optimises)."""
         if name in self.objectives:
@@ -99,20 +114,9 @@ class TrialResult:
 
     def to_json(self) -> dict[str, Any]:
         """Flat JSON: objectives and errors at top level, then the edit, models, provenance."""
-        out: dict[str, Any] = {"task_kind": self.task, **self.objectives, **self.errors}
+        out: dict[str, Any] = {"task_kind": self.task, **self.values()}
         if self.edit is not None:
-            out.update(
-                layer=self.edit.layer,
-                alpha=self.edit.alpha,
-                ablated_components={k: list(v) for k, v in self.edit.components.items()},
-                **(
-                    {}
-                    if self.edit.fractions is None
-                    else {"removed_fractions": self.edit.fractions}
-                ),
-                selection=self.edit.selection,
-                alpha_curve=self.edit.alpha_curve,
-            )
+            out.update(self.edit.to_json())
         if self.models:
             out["models"] = {
                 m: {s: asdict(v) for s, v in splits.items()} for m, splits in self.models.items()

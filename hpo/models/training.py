@@ -80,16 +80,3 @@ def retrain_head(
             loss.backward()
             opt.step()
     return model.eval()
-
-
-@torch.no_grad()
-def layer_inputs(
-    model: ColoredMnistClassifier, images: torch.Tensor, layer: str, batch_size: int = 1024
-) -> torch.Tensor:
-    """Run the trunk once over a split: the cached inputs every later score reuses."""
-    model.eval()
-    out = [
-        model.layer_input(images_to_float(images[i : i + batch_size]), layer)
-        for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(out)

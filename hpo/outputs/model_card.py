@@ -12,6 +12,7 @@ from hpo.config import TrialParams
 from hpo.debias.removal import recorded_removal
 from hpo.debias.strategies.registry import get_strategy
 from hpo.results import TrialResult
+from hpo.tasks.base import ModelCard
 
 
 def _pct(x: float | None) -> str:
@@ -37,31 +38,30 @@ def accuracy_table(result: TrialResult) -> list[str]:
 def model_card(
     *,
     title: str,
-    card: dict[str, str],
+    card: ModelCard,
     result: TrialResult,
     params: TrialParams,
     sae_configs: dict[str, dict[str, int]],
-    concept_names: list[str],
     prov: dict[str, Any],
 ) -> str:
     lines = [f"# {title}", ""]
     edit = result.edit
     if edit is None:
-        values = {**result.objectives, **result.errors}
+        values = result.values()
         lines += [
-            f"Faithful-SAE decomposition of {card['summary']} (no debiasing edit).",
+            f"Faithful-SAE decomposition of {card.summary} (no debiasing edit).",
             "",
             *(f"- {k}: {v:.4f}" for k, v in values.items()),
             "",
             "Files: `sae.pt`, `config.toml`, `config.json`, `metrics.json`.",
         ]
         return "\n".join(lines) + "\n"
-    how = get_strategy(edit.selection).describe(params, concept_names)
+    how = get_strategy(edit.selection).describe(params, card.concept_names)
     removal = recorded_removal(edit)
     layers = list(removal)
     weights = ", ".join(f"`{name}.weight`" for name in layers)
     lines += [
-        f"{card['summary']}, debiased by editing {weights}.",
+        f"{card.summary}, debiased by editing {weights}.",
         "",
         *(
             f"- **Decomposed:** the `{name}` weight "
@@ -83,12 +83,12 @@ def model_card(
         "",
         "## Load it",
         "",
-        f"The model is a `{card['class']}`; `model.pt` is its state dict with the edited "
+        f"The model is a `{card.class_name}`; `model.pt` is its state dict with the edited "
         f"{weights}.",
         "",
         "```python",
         "import torch",
-        card["load"],
+        card.load,
         'model.load_state_dict(torch.load("model.pt", weights_only=True), strict=True)',
         "model.eval()",
         "```",

@@ -30,6 +30,7 @@ from hpo.storage.records import (
     read_confirmations,
     read_confirmed_best,
     read_trial,
+    sign,
     stored_objectives,
 )
 
@@ -182,7 +183,7 @@ def leaders(
     ]
     if not done:
         return []
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
+    signs = [sign(d) for d in directions]
     scores = {t.number: [s * v for s, v in zip(signs, t.values, strict=True)] for t in done}
     if len(directions) == 1:
         return [max(done, key=lambda t: (scores[t.number][0], -t.number))]

@@ -34,7 +34,7 @@ from hpo.outputs.report_figures import (
 from hpo.outputs.rescore import Rescored, rescore
 from hpo.storage.attrs import BUDGET_ATTR
 from hpo.storage.engine import mask
-from hpo.storage.records import read_confirmations, read_confirmed_best
+from hpo.storage.records import read_confirmations, read_confirmed_best, sign
 from hpo.storage.urls import study_url
 
 MAX_RESCORED = 12  # Pareto trials re-scored for the table of a multi-objective study
@@ -96,7 +96,7 @@ def _best_table(r: Rescored) -> str:
         for layer, removal in recorded_removal(res.edit).items():
             rows.append([f"removed from {html.escape(layer)}", html.escape(removal.describe())])
         rows.append(["α (chosen on val)", f"{res.edit.alpha:.3g}"])
-    for key, value in {**res.objectives, **res.errors}.items():
+    for key, value in res.values().items():
         rows.append([key.replace("_", " ") + " (val)", f"{value:.3g}"])
     rows.append(
         [
@@ -232,8 +232,8 @@ def build_report(study: optuna.Study, url: str) -> str:
     if complete:
         if multi:
             front = sorted(study.best_trials, key=lambda t: t.number)
-            first_max = study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
-            lead = max(front, key=lambda t: t.values[0] if first_max else -t.values[0])
+            first = sign(study.directions[0])
+            lead = max(front, key=lambda t: first * t.values[0])
             rescored = [_rescore_or_reason(study, url, t) for t in front[:MAX_RESCORED]]
             best = next(
                 (r for r in rescored if not isinstance(r, str) and r.trial is lead), None

@@ -28,6 +28,7 @@ from hpo.storage.records import (
     download_weights,
     read_trial,
 )
+from hpo.tasks.base import TaskContext
 from hpo.tasks.registry import get_task
 
 # Accuracies are exact fractions of a split: a single changed prediction moves them by
@@ -45,7 +46,7 @@ class Rescored:
     record: TrialRecord  # what the trial stored (validation numbers)
     study_file: StudyFile
     params: TrialParams
-    ctx: Any
+    ctx: TaskContext
     saes: dict[str, FaithfulSAE]  # decomposed layer -> its Faithful-SAE
     weights: TrialWeights  # the trial_weights artifact: SAEs, removal, debiased
     result: TrialResult  # task.evaluate(..., with_test=True)
@@ -75,7 +76,7 @@ def load_trial_weights(
 
 def compare_recorded(record: TrialRecord, result: TrialResult) -> list[str]:
     """'name: recorded X, re-scored Y' for every validation number that differs."""
-    now: dict[str, float] = {**result.objectives, **result.errors}
+    now: dict[str, float] = result.values()
     tols = {k: ACC_TOL for k in ("worst_group", "mean_group", "overall")}
     out = []
     for key, value in now.items():
@@ -112,8 +113,7 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     ctx = worker_context(study, study_file, url)
     record = read_trial(trial, default_layer=ctx.layer)
     weights = load_trial_weights(study, study_file, url, record, ctx.layer)
-    device = next(ctx.model.parameters()).device
-    saes = {layer: load_sae(stored, device) for layer, stored in weights.saes.items()}
+    saes = {layer: load_sae(stored, ctx.device) for layer, stored in weights.saes.items()}
     params = trial_params(study_file, trial)
     task = get_task(study_file.task.kind)
     # what the trial removed, re-applied as it was (never refitted)

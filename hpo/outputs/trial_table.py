@@ -30,7 +30,7 @@ def format_result(result: TrialResult) -> str:
     if result.models:
         lines += _group_table(result)
     else:
-        values = {**result.objectives, **result.errors}
+        values = result.values()
         lines.append(" · ".join(f"{k} {v:.4g}" for k, v in values.items()))
     t = result.timings
     shown = [k for k in PHASES if k in t]

@@ -98,11 +98,6 @@ class FaithfulSAE(nn.Module):
         """The kept latents as a dense [B, C·r] tensor (zeros elsewhere)."""
         return torch.zeros_like(like).scatter(1, kept.indices, kept.values)
 
-    def sparsify(self, z: torch.Tensor) -> torch.Tensor:
-        """Keep the top-k components per sample (by value for rank 1, by norm otherwise)."""
-        kept = self.select(z)
-        return z if kept is None else self.densify(kept, z)
-
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(reconstruction [B, out], sparse latents, pre-top-k latents)."""
         z = self.pre_activations(x)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -27,9 +26,11 @@ from hpo.storage.records import (
     ConfirmationRun,
     ConfirmedBest,
     Spread,
+    sign,
     write_confirmation,
     write_confirmed_best,
 )
+from hpo.tasks.base import TaskContext
 
 SEED_OFFSET = 1000  # confirmation seeds never repeat a study's own seed (0, 1, ...)
 
@@ -45,15 +46,15 @@ def top_trials(study: optuna.Study, n: int) -> list[FrozenTrial]:
     ]
     if not done:
         raise UserError(f"study {study.study_name!r} has no complete feasible trial to confirm")
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    return sorted(done, key=lambda t: (-sign * t.values[0], t.number))[:n]
+    first = sign(study.directions[0])
+    return sorted(done, key=lambda t: (-first * t.values[0], t.number))[:n]
 
 
 def confirm_trial(
     study: optuna.Study,
     study_file: StudyFile,
     trial: FrozenTrial,
-    ctx: Any,
+    ctx: TaskContext,
     *,
     seeds: list[int],
     new_base_model: bool,
@@ -158,8 +159,8 @@ def confirm(
         write_confirmation(study, trial.number, record)
         rows.append(Confirmed(trial.number, trial.values[0], record))
     objective = study_file.study.objectives[0]
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    best = max(rows, key=lambda r: (sign * r.record.val[objective].mean, -r.trial))
+    first = sign(study.directions[0])
+    best = max(rows, key=lambda r: (first * r.record.val[objective].mean, -r.trial))
     write_confirmed_best(
         study,
         ConfirmedBest(

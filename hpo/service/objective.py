@@ -20,7 +20,7 @@ from hpo.service.search_space import suggest
 from hpo.service.trial import loss_history, run_trial
 from hpo.storage.attrs import DIVERGED_ATTR, PRUNED_AT_STEP_ATTR, SURPLUS_ATTR
 from hpo.storage.records import TrialWeights, upload_weights, write_provenance, write_result
-from hpo.tasks.base import Saes
+from hpo.tasks.base import Saes, TaskContext
 from hpo.tasks.registry import get_task
 
 # Trials that count against the study-wide budget (a FAIL counts only if it diverged:
@@ -48,7 +48,7 @@ class Objective:
     def __init__(
         self,
         study_file: StudyFile,
-        ctx: Any,
+        ctx: TaskContext,
         budget: int,
         artifact_store: Any | None = None,
         on_complete: Callable[[optuna.Trial, tuple[float, ...]], None] | None = None,

@@ -26,6 +26,7 @@ from hpo.service.samplers import check_options
 from hpo.storage.artifacts import artifact_target
 from hpo.storage.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
 from hpo.storage.engine import check_url, open_storage, sqlite_path
+from hpo.tasks.base import Task, TaskContext
 from hpo.tasks.registry import get_task
 
 # The fields that size the SAE in memory (see hpo.sae.training.training_bytes).
@@ -62,7 +63,9 @@ def check_launch(
     return bundle
 
 
-def candidate_layers(task: Any, ctx: Any, study_file: StudyFile, path: str | Path) -> list[str]:
+def candidate_layers(
+    task: Task, ctx: TaskContext, study_file: StudyFile, path: str | Path
+) -> list[str]:
     """Every layer a trial of the study may decompose: checked against the model now,
     not when a worker reaches the trial that names a wrong one."""
     spec = study_file.search.get("layers")

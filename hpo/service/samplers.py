@@ -34,8 +34,8 @@ def _seeded(cls: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     return lambda seed, parallel, opts: cls(seed=seed, **opts)
 
 
-# sampler.name -> factory(seed, parallel, options). A new sampler is one entry here (and
-# its name in hpo.config.SamplerSection); a name that is not here is an error.
+# sampler.name -> factory(seed, parallel, options). A new sampler is one entry here; a
+# study file naming another is refused (hpo.service.study_file.check_registered).
 SAMPLERS: dict[str, SamplerFactory] = {
     "tpe": _tpe,
     "random": _seeded(optuna.samplers.RandomSampler),

@@ -31,6 +31,7 @@ from hpo.storage.attrs import (
 )
 from hpo.storage.engine import mask, open_storage
 from hpo.storage.redact import redact
+from hpo.tasks.base import TaskContext
 from hpo.tasks.registry import get_task
 
 
@@ -111,7 +112,7 @@ def prepare_base_model(
         study.set_user_attr(BASE_MODEL_ATTR, key)
 
 
-def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Any:
+def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> TaskContext:
     """The trial context from the local cache, or downloaded from the artifact store."""
     task = get_task(study_file.task.kind)
     key = study.user_attrs.get(BASE_MODEL_ATTR)

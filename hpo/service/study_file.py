@@ -7,6 +7,7 @@ that the CLI can print them on one line without a traceback.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from hpo.config import StudyFile, spec_extremes
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.errors import UserError
+from hpo.service.samplers import PRUNERS, SAMPLERS
 from hpo.tasks.registry import get_task, task_kinds
 
 _TAGS = {"floatrange", "intrange", "choice", "fixed"}
@@ -70,19 +72,27 @@ def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
         study = StudyFile.model_validate(raw)
     except ValidationError as err:
         raise UserError(f"{source}: {describe_error(err)}") from None
-    check_strategies(study, source)
+    check_registered(study, source)
     return study
 
 
-def check_strategies(study: StudyFile, source: str | Path) -> None:
-    """`params.ablate`, and every value `search.ablate` can take, name an edit strategy."""
-    candidates = [("params.ablate", study.params.ablate)]
+def check_registered(study: StudyFile, source: str | Path) -> None:
+    """Names the schema leaves to a registry: the sampler, the pruner, and the edit
+    strategy of `params.ablate` and of every value `search.ablate` can take."""
+    names: list[tuple[str, str, str, Collection[str]]] = [
+        ("sampler.name", study.sampler.name, "sampler", SAMPLERS),
+        ("pruner.name", study.pruner.name, "pruner", PRUNERS),
+        ("params.ablate", study.params.ablate, "edit strategy", STRATEGIES),
+    ]
     if "ablate" in study.search:
-        candidates += [("search.ablate", v) for v in spec_extremes(study.search["ablate"])]
-    for field, name in candidates:
-        if name not in STRATEGIES:
+        names += [
+            ("search.ablate", v, "edit strategy", STRATEGIES)
+            for v in spec_extremes(study.search["ablate"])
+        ]
+    for field, name, what, valid in names:
+        if name not in valid:
             raise UserError(
-                f"{source}: {field}: unknown edit strategy {name!r}; valid: {', '.join(STRATEGIES)}"
+                f"{source}: {field}: unknown {what} {name!r}; valid: {', '.join(valid)}"
             )
 
 

@@ -10,7 +10,6 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -20,14 +19,14 @@ from hpo.device import resolve_device
 from hpo.results import TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import TrainResult, train_sae
-from hpo.tasks.base import Saes
+from hpo.tasks.base import Saes, TaskContext
 from hpo.tasks.registry import get_task
 from hpo.versions import package_versions
 
 
 def prepare_task(
     study: StudyFile, *, data_dir: str | Path | None, progress: bool, device: str | None = None
-) -> Any:
+) -> TaskContext:
     """The task's context (its bundle built or taken from the cache), with phase timings."""
     writable_cache_dir()
     task = get_task(study.task.kind)
@@ -41,7 +40,7 @@ def prepare_task(
 
 def run_trial(
     study: StudyFile,
-    ctx: Any,
+    ctx: TaskContext,
     params: TrialParams,
     *,
     with_test: bool,

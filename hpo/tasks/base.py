@@ -13,13 +13,15 @@ and the outputs never ask which task they are holding.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
 from hpo.config import Direction, TaskConfig, TrialParams
-from hpo.results import TrialResult
+from hpo.debias.removal import Removal
+from hpo.results import GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 
@@ -34,6 +36,21 @@ class TaskContext(Protocol):
     data_sha256: str
     bundle_key: str
     timings: dict[str, float]
+    layer: str  # the task's own decomposed layer (`params.layers` may add others)
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """How a task describes its model in an export's README: what it is, its class,
+    the Python that builds it before `load_state_dict`, and its concepts."""
+
+    summary: str
+    class_name: str
+    load: str
+    concept_names: tuple[str, ...] = ()
 
 
 class Task(Protocol):
@@ -43,32 +60,32 @@ class Task(Protocol):
     config: ClassVar[type[TaskConfig]]  # its `[task]` section; says its objectives
 
     def build(
-        self, cfg: Any, *, data_dir: str | Path | None, device: torch.device, progress: bool
+        self, cfg: TaskConfig, *, data_dir: str | Path | None, device: torch.device, progress: bool
     ) -> tuple[Path, dict[str, float]]:
         """The bundle file for `cfg` (built and cached if missing), and phase timings."""
         ...
 
-    def load(self, cfg: Any, path: Path, device: torch.device) -> TaskContext:
+    def load(self, cfg: TaskConfig, path: Path, device: torch.device) -> TaskContext:
         """Everything a trial needs, from the bundle file alone."""
         ...
 
-    def decomposed_layers(self, ctx: Any, params: TrialParams) -> list[str]:
+    def decomposed_layers(self, ctx: TaskContext, params: TrialParams) -> list[str]:
         """The layers a trial with `params` decomposes, in the order the model calls them;
         a UserError naming `params.layers` and the valid names for one it cannot."""
         ...
 
-    def sae_data(self, ctx: Any, layer: str) -> SAEData:
+    def sae_data(self, ctx: TaskContext, layer: str) -> SAEData:
         """What the Faithful-SAE of `layer` trains on."""
         ...
 
     def evaluate(
         self,
-        ctx: Any,
+        ctx: TaskContext,
         saes: Saes,
         params: TrialParams,
         *,
         with_test: bool,
-        removal: Mapping[str, Any] | None = None,
+        removal: Mapping[str, Removal] | None = None,
     ) -> TrialResult:
         """Score a decomposition (one SAE per decomposed layer) on validation, and on test
         for reporting only. `removal`: what a stored trial removed (from its weights
@@ -76,12 +93,19 @@ class Task(Protocol):
         ...
 
     def edited_state_dict(
-        self, ctx: Any, saes: Saes, params: TrialParams, result: TrialResult
+        self, ctx: TaskContext, saes: Saes, params: TrialParams, result: TrialResult
     ) -> dict[str, torch.Tensor] | None:
         """The edited model's state dict (the base model's own keys), or None when the
         task makes no edit."""
         ...
 
-    def model_card(self, ctx: Any) -> dict[str, str]:
-        """How to describe and load the task's model: "summary", "class", "load"."""
+    def score_state_dict(
+        self, ctx: TaskContext, state: Mapping[str, torch.Tensor]
+    ) -> dict[str, GroupMetrics]:
+        """Per split (val, test), the group metrics of the task's model loaded with
+        `state` (strict) and scored from scratch: what export checks model.pt with."""
+        ...
+
+    def model_card(self, ctx: TaskContext) -> ModelCard:
+        """How to describe and load the task's model."""
         ...

@@ -60,6 +60,10 @@ class ClassifierContext:
     def editable_layers(self) -> tuple[str, ...]:
         return tuple(self.probe_inputs)
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def weight_of(self, layer: str) -> torch.Tensor:
         return self.model.get_submodule(layer).weight
 

@@ -9,6 +9,7 @@ validation and reporting test only at that α.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -18,14 +19,14 @@ import torch.nn.functional as F
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.removal import Removal, recorded_fractions, recorded_removal
-from hpo.debias.scoring import alpha_grid, pick_alpha
+from hpo.debias.scoring import Scorer, alpha_grid, pick_alpha
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
-from hpo.results import Edit, TrialResult
+from hpo.results import Edit, GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
-from hpo.tasks.base import Direction, Saes, TaskConfig
+from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
 from hpo.tasks.bundle import ClassifierContext
 
 OBJECTIVES: dict[str, Direction] = {
@@ -210,8 +211,21 @@ class ClassifierTask:
                 )
         return out
 
-    def model_card(self, ctx: ClassifierContext) -> dict[str, str]:
-        return ctx.card
+    def score_state_dict(
+        self, ctx: ClassifierContext, state: Mapping[str, torch.Tensor]
+    ) -> dict[str, GroupMetrics]:
+        model = copy.deepcopy(ctx.model)
+        model.load_state_dict(state, strict=True)
+        scorer = Scorer(model, ctx.layer, ctx.splits, ctx.group_names)  # eval, as loaded
+        return {split: scorer.metrics(split) for split in ("val", "test")}
+
+    def model_card(self, ctx: ClassifierContext) -> ModelCard:
+        return ModelCard(
+            summary=ctx.card["summary"],
+            class_name=ctx.card["class"],
+            load=ctx.card["load"],
+            concept_names=ctx.concept_names,
+        )
 
     kind: ClassVar[str]
 

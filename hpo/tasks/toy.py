@@ -25,10 +25,10 @@ from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.errors import UserError
 from hpo.models import classifiers
 from hpo.models.classifiers import ToySuperpositionAE
-from hpo.results import TrialResult
+from hpo.results import GroupMetrics, TrialResult
 from hpo.sae.training import SAEData
 from hpo.tasks import bundle, classifier
-from hpo.tasks.base import Direction, Saes, TaskConfig
+from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
 
 
 class ToyTask(TaskConfig):
@@ -59,6 +59,11 @@ class ToyContext:
     bundle_key: str
     bundle_path: Path
     timings: dict[str, float] = field(default_factory=dict)
+    layer: str = "W"  # the toy model's one weight, as `params.layers` names it
+
+    @property
+    def device(self) -> torch.device:
+        return self.inputs.device
 
 
 def sparse_features(n: int, n_features: int, prob: float, gen: torch.Generator) -> torch.Tensor:
@@ -185,10 +190,15 @@ class ToySuperposition:
     def edited_state_dict(self, *_: Any) -> None:
         return None
 
-    def model_card(self, ctx: ToyContext) -> dict[str, str]:
+    def score_state_dict(
+        self, ctx: ToyContext, state: Mapping[str, torch.Tensor]
+    ) -> dict[str, GroupMetrics]:
+        return {}  # no groups: the toy is scored by MMCS and ML2R, and makes no edit
+
+    def model_card(self, ctx: ToyContext) -> ModelCard:
         t = ctx.task
-        return {
-            "summary": f"The {t.n_features}-{t.hidden_dim} toy model of superposition",
-            "class": f"{ToySuperpositionAE.__module__}.{ToySuperpositionAE.__qualname__}",
-            "load": f"model = ToySuperpositionAE({t.n_features}, {t.hidden_dim})",
-        }
+        return ModelCard(
+            summary=f"The {t.n_features}-{t.hidden_dim} toy model of superposition",
+            class_name=f"{ToySuperpositionAE.__module__}.{ToySuperpositionAE.__qualname__}",
+            load=f"model = ToySuperpositionAE({t.n_features}, {t.hidden_dim})",
+        )

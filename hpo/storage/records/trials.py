@@ -1,0 +1,190 @@
+"""A trial's user attrs: `write_result` stores a finished trial's `TrialResult`
+(validation numbers only); `read_trial` reads any stored trial back as a `TrialRecord`,
+migrating older layouts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial
+
+from hpo.results import Edit, TrialResult
+from hpo.storage.attrs import (
+    ABLATED_COMPONENTS_ATTR,
+    ALPHA_ATTR,
+    ALPHA_CURVE_ATTR,
+    BASE_MODEL_ATTR,
+    CONFIRMATION_ATTR,
+    DATA_SHA256_ATTR,
+    DEVICE_ATTR,
+    DIVERGED_ATTR,
+    INTERRUPTED_ATTR,
+    LAYER_ATTR,
+    LOSS_HISTORY_ATTR,
+    PRUNED_AT_STEP_ATTR,
+    REMOVED_FRACTIONS_ATTR,
+    SEED_ATTR,
+    SELECTION_ATTR,
+    SURPLUS_ATTR,
+    TIMINGS_ATTR,
+    TRIAL_WEIGHTS_ATTR,
+    VAL_GROUPS_ATTR,
+    VERSIONS_ATTR,
+)
+
+# Trial user attrs that are bookkeeping, not a result value; every other number a trial
+# stored is one of its objectives or errors, under its own name.
+BOOKKEEPING = frozenset(
+    {
+        SEED_ATTR,
+        DATA_SHA256_ATTR,
+        BASE_MODEL_ATTR,
+        TRIAL_WEIGHTS_ATTR,
+        PRUNED_AT_STEP_ATTR,
+        DIVERGED_ATTR,
+        SURPLUS_ATTR,
+        INTERRUPTED_ATTR,
+        CONFIRMATION_ATTR,
+        LAYER_ATTR,
+        ALPHA_ATTR,
+        ABLATED_COMPONENTS_ATTR,
+        SELECTION_ATTR,
+        REMOVED_FRACTIONS_ATTR,
+        ALPHA_CURVE_ATTR,
+        VAL_GROUPS_ATTR,
+        TIMINGS_ATTR,
+        VERSIONS_ATTR,
+        DEVICE_ATTR,
+        LOSS_HISTORY_ATTR,
+    }
+)
+LEGACY_SELECTION = "conditioned"  # trials stored before `ablate` had other strategies
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One stored trial's results and bookkeeping (validation numbers only)."""
+
+    number: int
+    values: dict[str, float]  # every objective and error the trial stored, by name
+    edit: Edit | None = None
+    val_groups: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    seed: int | None = None
+    data_sha256: str | None = None
+    base_model: str | None = None
+    trial_weights: str | None = None  # artifact id of the weights it scored
+    timings: dict[str, float] = field(default_factory=dict)
+    versions: dict[str, str] | None = None
+    device: str | None = None
+    loss_history: dict[str, list[float]] = field(default_factory=dict)
+    pruned_at_step: int | None = None
+    diverged: str | None = None
+    surplus: str | None = None
+    interrupted: bool = False
+
+    def value(self, name: str) -> float | None:
+        return self.values.get(name)
+
+
+def read_trial(trial: FrozenTrial | optuna.Trial, default_layer: str | None = None) -> TrialRecord:
+    """A stored (or running) trial as a `TrialRecord`. `default_layer` names the edited layer of
+    trials stored before `layers` existed (they recorded a list of components)."""
+    attrs = trial.user_attrs
+    values = {
+        k: float(v)
+        for k, v in attrs.items()
+        if k not in BOOKKEEPING and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return TrialRecord(
+        number=trial.number,
+        values=values,
+        edit=_read_edit(attrs, trial.params, default_layer),
+        val_groups=_mapping(attrs.get(VAL_GROUPS_ATTR)),
+        seed=attrs.get(SEED_ATTR),
+        data_sha256=attrs.get(DATA_SHA256_ATTR),
+        base_model=attrs.get(BASE_MODEL_ATTR),
+        trial_weights=attrs.get(TRIAL_WEIGHTS_ATTR),
+        timings=_mapping(attrs.get(TIMINGS_ATTR)),
+        versions=attrs.get(VERSIONS_ATTR),
+        device=attrs.get(DEVICE_ATTR),
+        loss_history=_mapping(attrs.get(LOSS_HISTORY_ATTR)),
+        pruned_at_step=attrs.get(PRUNED_AT_STEP_ATTR),
+        diverged=attrs.get(DIVERGED_ATTR),
+        surplus=attrs.get(SURPLUS_ATTR),
+        interrupted=bool(attrs.get(INTERRUPTED_ATTR, False)),
+    )
+
+
+def _read_edit(
+    attrs: Mapping[str, Any], params: Mapping[str, Any], default_layer: str | None
+) -> Edit | None:
+    """The edit a classifier trial stored (None for a task that makes none). Readers
+    draw what they can: a value of the wrong type reads as missing (NaN, empty), never
+    as an error, so one damaged trial cannot break a report or the dashboard."""
+    if ALPHA_ATTR not in attrs:
+        return None
+    layer = str(attrs.get(LAYER_ATTR, default_layer or "?"))
+    components = attrs.get(ABLATED_COMPONENTS_ATTR, {})
+    if isinstance(components, list):  # stored before `layers`: one layer's list
+        components = {layer: components}
+    return Edit(
+        layer=layer,
+        components={
+            k: [int(c) for c in v]
+            for k, v in _mapping(components).items()
+            if isinstance(v, list) and all(isinstance(c, int) for c in v)
+        },
+        alpha=_number(attrs[ALPHA_ATTR]),
+        # stored before `selection`: the trial's sampled strategy, else the only one
+        selection=str(attrs.get(SELECTION_ATTR, params.get("ablate", LEGACY_SELECTION))),
+        fractions=attrs.get(REMOVED_FRACTIONS_ATTR),
+        alpha_curve=_mapping(attrs.get(ALPHA_CURVE_ATTR)),
+    )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+def write_result(
+    trial: optuna.Trial, result: TrialResult, history: Mapping[str, list[float]]
+) -> None:
+    """Store what a person reads to judge a finished trial (validation numbers only)."""
+    stored = {**result.values(), **({} if result.edit is None else result.edit.to_json())}
+    for key, value in stored.items():  # the edit's JSON names are its attr names
+        trial.set_user_attr(key, value)
+    if result.models:
+        trial.set_user_attr(
+            VAL_GROUPS_ATTR,
+            {name: result.models[name]["val"].groups for name in result.model_names()},
+        )
+    trial.set_user_attr(TIMINGS_ATTR, result.timings)
+    for key in (VERSIONS_ATTR, DEVICE_ATTR):  # stored under the provenance's own names
+        if key in result.provenance:
+            trial.set_user_attr(key, result.provenance[key])
+    trial.set_user_attr(LOSS_HISTORY_ATTR, downsample(dict(history)))
+
+
+def write_provenance(trial: optuna.Trial, *, seed: int, data_sha256: str, base_model: str) -> None:
+    """What every trial records before it trains: enough to reproduce it."""
+    trial.set_user_attr(SEED_ATTR, seed)
+    trial.set_user_attr(DATA_SHA256_ATTR, data_sha256)
+    trial.set_user_attr(BASE_MODEL_ATTR, base_model)
+
+
+def downsample(history: dict[str, list[float]], points: int = 60) -> dict[str, list[float]]:
+    n = len(history.get("step", []))
+    if n <= points:
+        return history
+    idx = [round(i * (n - 1) / (points - 1)) for i in range(points)]
+    return {k: [v[i] for i in idx] for k, v in history.items()}
