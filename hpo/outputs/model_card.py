@@ -44,23 +44,49 @@ def model_card(
     sae_configs: dict[str, dict[str, int]],
     prov: dict[str, Any],
 ) -> str:
+    """The export's README.md: what was decomposed and removed, α, the numbers, how to
+    load the model and the Faithful-SAEs, how to reproduce the trial."""
     lines = [f"# {title}", ""]
-    edit = result.edit
-    if edit is None:
-        values = result.values()
+    if result.edit is None:
         lines += [
             f"Faithful-SAE decomposition of {card.summary} (no debiasing edit).",
             "",
-            *(f"- {k}: {v:.4f}" for k, v in values.items()),
+            *(f"- {k}: {v:.4f}" for k, v in result.values().items()),
             "",
             "Files: `sae.pt`, `config.toml`, `config.json`, `metrics.json`.",
         ]
         return "\n".join(lines) + "\n"
+    layers = list(result.edit.components)
+    lines += [
+        *_edit_section(card, result, params, sae_configs),
+        "",
+        *accuracy_table(result),
+        "",
+        "The sampler only ever saw validation numbers; test was scored once, at export.",
+        "",
+        *_load_section(card, layers),
+        "",
+        "## Reproduce",
+        "",
+        f"`hpo trial --config config.toml` retrains this trial (seed {prov['seed']}, data "
+        f"sha256 `{str(prov['data_sha256'])[:12]}…`). Versions and checksums: `config.json`.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _edit_section(
+    card: ModelCard,
+    result: TrialResult,
+    params: TrialParams,
+    sae_configs: dict[str, dict[str, int]],
+) -> list[str]:
+    assert result.edit is not None
+    edit = result.edit
     how = get_strategy(edit.selection).describe(params, card.concept_names)
     removal = recorded_removal(edit)
-    layers = list(removal)
-    weights = ", ".join(f"`{name}.weight`" for name in layers)
-    lines += [
+    weights = ", ".join(f"`{name}.weight`" for name in removal)
+    return [
         f"{card.summary}, debiased by editing {weights}.",
         "",
         *(
@@ -68,19 +94,20 @@ def model_card(
             f"({sae_configs[name]['d_out']}×{sae_configs[name]['d_in']}), into "
             f"{params.n_components} rank-{params.rank} Faithful-SAE components (top-k "
             f"{params.top_k}); removed {removal[name].describe()}."
-            for name in layers
+            for name in removal
         ),
         f"- **Which:** {how}; faithfulness error {result.errors['faithfulness_error']:.2e}"
-        + (" (the largest over the layers)." if len(layers) > 1 else "."),
+        + (" (the largest over the layers)." if len(removal) > 1 else "."),
         f"- **α = {edit.alpha:.3g}** (chosen on validation): each edited weight ← "
         "W − α · Σ its removed components"
         + (", its bias moved by their mean contribution on probe" if params.ablate_bias else "")
         + ". Same architecture, same forward code.",
-        "",
-        *accuracy_table(result),
-        "",
-        "The sampler only ever saw validation numbers; test was scored once, at export.",
-        "",
+    ]
+
+
+def _load_section(card: ModelCard, layers: list[str]) -> list[str]:
+    weights = ", ".join(f"`{name}.weight`" for name in layers)
+    return [
         "## Load it",
         "",
         f"The model is a `{card.class_name}`; `model.pt` is its state dict with the edited "
@@ -96,11 +123,4 @@ def model_card(
         'The Faithful-SAE of each layer: `d = torch.load("sae.pt", weights_only=True)'
         f'["layers"]["{layers[0]}"]`, then `from hpo.sae.model import FaithfulSAE; '
         'sae = FaithfulSAE(**d["sae_config"]); sae.load_state_dict(d["sae"])`.',
-        "",
-        "## Reproduce",
-        "",
-        f"`hpo trial --config config.toml` retrains this trial (seed {prov['seed']}, data "
-        f"sha256 `{str(prov['data_sha256'])[:12]}…`). Versions and checksums: `config.json`.",
-        "",
     ]
-    return "\n".join(lines)

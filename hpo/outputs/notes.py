@@ -194,6 +194,24 @@ def leaders(
     return [t for t in done if not any(dominates(scores[o.number], scores[t.number]) for o in done)]
 
 
+def as_complete(trial: FrozenTrial, values: Sequence[float]) -> FrozenTrial:
+    """A running trial as it will be stored once its objective returns `values`."""
+    return FrozenTrial(
+        number=trial.number,
+        state=TrialState.COMPLETE,
+        value=None,
+        values=list(values),
+        datetime_start=trial.datetime_start,
+        datetime_complete=trial.datetime_start,
+        params=trial.params,
+        distributions=trial.distributions,
+        user_attrs=trial.user_attrs,
+        system_attrs=trial.system_attrs,  # its constraints: only feasible trials lead
+        intermediate_values=trial.intermediate_values,
+        trial_id=compat.trial_id(trial),
+    )
+
+
 def sync_best_notes(
     study: optuna.Study, pending: tuple[int, Sequence[float]] | None = None
 ) -> list[int]:
@@ -206,21 +224,7 @@ def sync_best_notes(
     storage, study_id = compat.storage_of(study), compat.study_id(study)
     trials = list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if pending is not None:
-        trial = storage.get_trial(pending[0])
-        trial = FrozenTrial(
-            number=trial.number,
-            state=TrialState.COMPLETE,
-            value=None,
-            values=list(pending[1]),
-            datetime_start=trial.datetime_start,
-            datetime_complete=trial.datetime_start,
-            params=trial.params,
-            distributions=trial.distributions,
-            user_attrs=trial.user_attrs,
-            system_attrs=trial.system_attrs,  # its constraints: only feasible trials lead
-            intermediate_values=trial.intermediate_values,
-            trial_id=compat.trial_id(trial),
-        )
+        trial = as_complete(storage.get_trial(pending[0]), pending[1])
         trials = [t for t in trials if compat.trial_id(t) != pending[0]] + [trial]
     front = leaders(trials, study.directions)
     if not front:

@@ -222,40 +222,65 @@ def _confirmation_table(study: optuna.Study) -> str:
     return _table(head, rows) + note
 
 
-def build_report(study: optuna.Study, url: str) -> str:
-    trials = study.get_trials(deepcopy=False)
+def _best(study: optuna.Study, url: str, complete: list[FrozenTrial]) -> tuple[Any, str]:
+    """The best trial re-scored (the lead of a Pareto front: the best by the first
+    objective), or why not; and the re-scored front's table for a multi-objective study."""
+    if not complete:
+        return None, ""
+    if len(study.directions) == 1:
+        return _rescore_or_reason(study, url, study.best_trial), ""
+    front = sorted(study.best_trials, key=lambda t: t.number)
+    first = sign(study.directions[0])
+    lead = max(front, key=lambda t: first * t.values[0])
+    rescored = [_rescore_or_reason(study, url, t) for t in front[:MAX_RESCORED]]
+    best = next(
+        (r for r in rescored if not isinstance(r, str) and r.trial is lead), None
+    ) or _rescore_or_reason(study, url, lead)
+    return best, _front_table(rescored, study)
+
+
+def _sections(
+    study: optuna.Study, trials: list[FrozenTrial], best: Rescored | str | None
+) -> list[tuple[str, list[Any | str]]]:
+    """What the study found first (the best trial), then how the search went."""
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    multi = len(study.directions) > 1
-    sections: list[tuple[str, list[Any | str]]] = []
-    best: Rescored | str | None = None
-    front_html = ""
-    if complete:
-        if multi:
-            front = sorted(study.best_trials, key=lambda t: t.number)
-            first = sign(study.directions[0])
-            lead = max(front, key=lambda t: first * t.values[0])
-            rescored = [_rescore_or_reason(study, url, t) for t in front[:MAX_RESCORED]]
-            best = next(
-                (r for r in rescored if not isinstance(r, str) and r.trial is lead), None
-            ) or _rescore_or_reason(study, url, lead)
-            front_html = _front_table(rescored, study)
-        else:
-            best = _rescore_or_reason(study, url, study.best_trial)
-    # What the study found first (the best trial), then how the search went.
     if isinstance(best, Rescored):
-        sections.append((TITLES["groups"], [groups_figure(best)]))
-        sections.append((TITLES["alpha"], [alpha_figure(best.record)]))
+        found = [(TITLES["groups"], [groups_figure(best)])]
+        found.append((TITLES["alpha"], [alpha_figure(best.record)]))
     else:
         reason = best or "No complete trial yet."
-        sections.append((TITLES["groups"], [reason]))
-        sections.append((TITLES["alpha"], [reason]))
-    sections.append((TITLES["history"], history_figures(study, complete)))
-    sections.append((TITLES["parallel"], [parallel_figure(study, complete)]))
-    sections.append((TITLES["importance"], [importance_figure(study, complete)]))
-    sections.append((TITLES["states"], [states_figure(trials)]))
-    if multi:
-        sections.append((TITLES["pareto"], [pareto_figure(study)]))
+        found = [(TITLES["groups"], [reason]), (TITLES["alpha"], [reason])]
+    search: list[tuple[str, list[Any | str]]] = [
+        (TITLES["history"], history_figures(study, complete)),
+        (TITLES["parallel"], [parallel_figure(study, complete)]),
+        (TITLES["importance"], [importance_figure(study, complete)]),
+        (TITLES["states"], [states_figure(trials)]),
+    ]
+    if len(study.directions) > 1:
+        search.append((TITLES["pareto"], [pareto_figure(study)]))
+    return found + search
 
+
+def _figures_html(sections: list[tuple[str, list[Any | str]]]) -> list[str]:
+    parts, plotly_js = [], True  # plotly.js inlined once, with the first figure
+    for title, figures in sections:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        for fig in figures:
+            if isinstance(fig, str):
+                parts.append(f"<p class='note'>{html.escape(fig)}</p>")
+                continue
+            parts.append(
+                fig.to_html(
+                    full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False}
+                )
+            )
+            plotly_js = False
+    return parts
+
+
+def build_report(study: optuna.Study, url: str) -> str:
+    trials = study.get_trials(deepcopy=False)
+    best, front_html = _best(study, url, [t for t in trials if t.state == TrialState.COMPLETE])
     parts = [
         "<!DOCTYPE html>",
         "<html lang='en'><head><meta charset='utf-8'>",
@@ -274,20 +299,7 @@ def build_report(study: optuna.Study, url: str) -> str:
     confirmed = _confirmation_table(study)
     if confirmed:
         parts += ["<h2>Confirmation over fresh seeds (hpo confirm)</h2>", confirmed]
-    plotly_js = True
-    for title, figures in sections:
-        parts.append(f"<h2>{html.escape(title)}</h2>")
-        for fig in figures:
-            if isinstance(fig, str):
-                parts.append(f"<p class='note'>{html.escape(fig)}</p>")
-                continue
-            parts.append(
-                fig.to_html(
-                    full_html=False, include_plotlyjs=plotly_js, config={"displaylogo": False}
-                )
-            )
-            plotly_js = False
-    parts.append("</body></html>")
+    parts += [*_figures_html(_sections(study, trials, best)), "</body></html>"]
     return "\n".join(parts)
 
 

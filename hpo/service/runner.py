@@ -199,9 +199,43 @@ def _launch(
             quiet,
         )
         return 0
+    codes = _run_workers(study, url, workers, per_worker, study_file.study.timeout, quiet)
+    counts = trial_counts(study)
+    if codes is None:
+        interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
+        _say(
+            f"\ninterrupted: {counts['finished']}/{budget} trials finished{interrupted} "
+            "(interrupted trials are stored as FAIL and not counted in the budget); "
+            "run the same command again to resume",
+            quiet=False,
+        )
+        skip_final_collection()
+        return 130
+    _say(_summary(study, counts, budget), quiet)
+    hint = (
+        ""
+        if url == resolve_url(StorageSection(), study.study_name)
+        else f" --storage '{mask(url)}'"
+    )
+    if summarize is not None:
+        _say("\n".join(summarize(study, hint)), quiet)
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+def _run_workers(
+    study: optuna.Study,
+    url: str,
+    workers: int,
+    threads: int,
+    timeout: float | None,
+    quiet: bool,
+) -> list[int | None] | None:
+    """Run `workers` local worker processes until the budget is reached: their exit
+    codes, or None when Ctrl-C stopped them."""
     # The URL travels by env, not argv (ps shows argv); OpenMP's settings must be in the
     # environment before a worker loads torch.
     env = {**OPENMP_ENV, **os.environ, STORAGE_ENV: url}
+    budget = int(study.user_attrs[BUDGET_ATTR])
     procs: list[subprocess.Popen] = []
 
     def forward() -> None:  # in the signal handler: each worker stops its own trial
@@ -216,31 +250,12 @@ def _launch(
         for i in range(workers):
             if stop.requested:
                 break
-            procs.append(_spawn(study.study_name, i, per_worker, study_file.study.timeout, env))
+            procs.append(_spawn(study.study_name, i, threads, timeout, env))
         _monitor(study, procs, budget, quiet, stop)
         if stop.requested:
             _wait_or_kill(procs, WORKER_STOP_GRACE)
-    counts = trial_counts(study)
-    if stop.requested:
-        interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
-        _say(
-            f"\ninterrupted: {counts['finished']}/{budget} trials finished{interrupted} "
-            "(interrupted trials are stored as FAIL and not counted in the budget); "
-            "run the same command again to resume",
-            quiet=False,
-        )
-        skip_final_collection()
-        return 130
-    codes = [p.returncode for p in procs]
-    _say(_summary(study, counts, budget), quiet)
-    hint = (
-        ""
-        if url == resolve_url(StorageSection(), study.study_name)
-        else f" --storage '{mask(url)}'"
-    )
-    if summarize is not None:
-        _say("\n".join(summarize(study, hint)), quiet)
-    return 0 if all(c == 0 for c in codes) else 1
+            return None
+    return [p.returncode for p in procs]
 
 
 def _spawn(

@@ -139,16 +139,7 @@ def write_bundle(
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = task.model.to(device).eval()
-    full = {
-        name: CachedSplit(
-            z=module_inputs(model, task.layer, s.x.to(device)),
-            y=s.y.to(device).long(),
-            groups=s.groups.to(device).long(),
-            concepts=None if s.concepts is None else s.concepts.to(device).long(),
-            x=s.x.to(device),
-        )
-        for name, s in ((n, getattr(task, n)) for n in SPLITS)
-    }
+    full = cached_splits(model, task, device)
     probe_x = full["probe"].x
     assert probe_x is not None
     later = layers_from(model, task.layer, probe_x)[1:]
@@ -158,16 +149,6 @@ def write_bundle(
     scores = score_references(model, task, full, references, oracle, seed)
     timings["references"] = time.perf_counter() - t0
     keep_x = not runs_from_layer(model, task.layer)
-    splits = {
-        name: {
-            "z": s.z,
-            "y": s.y,
-            "groups": s.groups,
-            **({"concepts": s.concepts} if s.concepts is not None else {}),
-            **({"x": s.x} if keep_x else {}),
-        }
-        for name, s in full.items()
-    }
     bundle = {
         "meta": {
             **meta,
@@ -176,7 +157,7 @@ def write_bundle(
             "concept_names": list(task.concept_names),
         },
         "model": dict(model_payload),
-        "splits": splits,
+        "splits": {name: _split_json(s, keep_x) for name, s in full.items()},
         "probe_inputs": probe_inputs,
         "references": {
             name: {split: _metrics_json(m) for split, m in per_split.items()}
@@ -185,6 +166,33 @@ def write_bundle(
     }
     save_tensors(path, _cpu(bundle))
     return timings
+
+
+def cached_splits(model: nn.Module, task: UserTask, device: torch.device) -> dict[str, CachedSplit]:
+    """Every split with the decomposed layer's inputs computed once (and the model
+    inputs, which scoring the references needs)."""
+    return {
+        name: CachedSplit(
+            z=module_inputs(model, task.layer, s.x.to(device)),
+            y=s.y.to(device).long(),
+            groups=s.groups.to(device).long(),
+            concepts=None if s.concepts is None else s.concepts.to(device).long(),
+            x=s.x.to(device),
+        )
+        for name, s in ((n, getattr(task, n)) for n in SPLITS)
+    }
+
+
+def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, torch.Tensor]:
+    """What the bundle stores of a split: the model inputs only where scoring must run
+    the whole model."""
+    return {
+        "z": s.z,
+        "y": s.y,
+        "groups": s.groups,
+        **({"concepts": s.concepts} if s.concepts is not None else {}),
+        **({"x": s.x} if keep_x and s.x is not None else {}),
+    }
 
 
 def score_references(

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.removal import Removal, recorded_fractions, recorded_removal
-from hpo.debias.scoring import Scorer, alpha_grid, pick_alpha
+from hpo.debias.scoring import Scorer, sweep_alpha
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
@@ -117,34 +117,20 @@ class ClassifierTask:
         instead of being chosen (or fitted) again."""
         removal = dict(removal) if removal is not None else self.removal(ctx, saes, params)
         ablated = {layer: r.ablated_sum(saes[layer]) for layer, r in removal.items()}
-        if params.alpha is None:
-            alphas = alpha_grid(params.alpha_max, params.alpha_steps)
-        else:
-            alphas = [params.alpha]
 
         def edit(alpha: float) -> dict[str, torch.Tensor]:
             return self.model_edit(ctx, ablated, alpha, params)
 
-        sweep = [ctx.scorer.metrics("val", edit(a)) for a in alphas]
-        best = pick_alpha(sweep)
-        for k in range(2, params.alpha_extend + 2 if params.alpha is None else 0):
-            if best != len(alphas) - 1:
-                break  # the best α lies inside the grid
-            longer = alpha_grid(k * params.alpha_max, k * (params.alpha_steps - 1) + 1)
-            extra = longer[len(alphas) :]
-            sweep += [ctx.scorer.metrics("val", edit(a)) for a in extra]
-            alphas = alphas + extra
-            best = pick_alpha(sweep)
-        alpha = alphas[best]
-        debiased = {"val": sweep[best]}
+        sweep = sweep_alpha(lambda a: ctx.scorer.metrics("val", edit(a)), params)
+        debiased = {"val": sweep.best}
         if with_test:
-            debiased["test"] = ctx.scorer.metrics("test", edit(alpha))
+            debiased["test"] = ctx.scorer.metrics("test", edit(sweep.alpha))
         models = {
             name: {s: m for s, m in per_split.items() if with_test or s != "test"}
             for name, per_split in ctx.references.items()
         }
         models["debiased"] = debiased
-        best_val = sweep[best]
+        best_val = sweep.best
         return TrialResult(
             task=self.kind,
             objectives={
@@ -166,13 +152,9 @@ class ClassifierTask:
                 layer="+".join(saes),
                 components={layer: r.components for layer, r in removal.items()},
                 fractions=recorded_fractions(removal),
-                alpha=alpha,
+                alpha=sweep.alpha,
                 selection=params.ablate,
-                alpha_curve={
-                    "alphas": list(alphas),
-                    "val_worst_group": [m.worst_group for m in sweep],
-                    "val_mean_group": [m.mean_group for m in sweep],
-                },
+                alpha_curve=sweep.curve(),
             ),
         )
 
