@@ -352,6 +352,21 @@ def trial_params_layers_repeats_a_layer(w: World) -> list[str]:
 
 
 @case
+def trial_params_ablate_names_no_edit_strategy(w: World) -> list[str]:
+    return ["trial", w.study(params__ablate="fited")]
+
+
+@case
+def launch_search_ablate_names_no_edit_strategy(w: World) -> list[str]:
+    return _launch_with(w, search={"ablate": {"choices": ["conditioned", "bogus"]}})
+
+
+@case
+def trial_sampler_name_unknown(w: World) -> list[str]:
+    return ["trial", w.study(sampler__name="tpee")]
+
+
+@case
 def status_of_a_study_the_storage_lacks(w: World) -> list[str]:
     return ["status", "nosuch", "--storage", w.existing]
 

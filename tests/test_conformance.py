@@ -1,0 +1,268 @@
+"""Every registered plug-in, run through its protocol on tiny data (scikit-learn's
+`check_estimator` is the model): each task kind, each reference method, each edit
+strategy. A new plug-in is covered the moment it is registered; a task kind without a tiny
+case here fails `test_every_plugin_has_a_tiny_case`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from hpo.config import StudyFile, TrialParams
+from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
+from hpo.debias.removal import Removal
+from hpo.debias.scoring import CachedSplit, Scorer
+from hpo.debias.strategies.base import EditSource
+from hpo.debias.strategies.registry import STRATEGIES
+from hpo.models.classifiers import ColorMnistMLP
+from hpo.sae.model import FaithfulSAE
+from hpo.service.study_file import parse_study
+from hpo.service.trial import prepare_task, run_trial
+from hpo.tasks.base import ModelCard
+from hpo.tasks.registry import TASKS, get_task
+
+FACTORY = """
+import torch
+from torch import nn
+from hpo import Split, UserTask
+
+
+def make_task(seed: int) -> UserTask:
+    gen = torch.Generator().manual_seed(seed)
+
+    def split(n: int, bias: float) -> Split:
+        y = torch.randint(0, 2, (n,), generator=gen)
+        tied = torch.rand(n, generator=gen) < bias
+        s = torch.where(tied, y, torch.randint(0, 2, (n,), generator=gen))
+        x = torch.cat([torch.randn(n, 6, generator=gen) + y[:, None], 3.0 * s[:, None]], 1)
+        return Split(x.float(), y, 2 * y + s, s)
+
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(7, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    train = split(256, 0.95)
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(40):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(train.x), train.y).backward()
+        opt.step()
+    return UserTask(
+        model=model.eval(), layer="2", probe=split(128, 0.5), val=split(96, 0.5),
+        test=split(96, 0.5), group_names=("y0/s0", "y0/s1", "y1/s0", "y1/s1"),
+        concept_names=("s0", "s1"),
+    )
+"""
+
+TINY_PARAMS = {"n_components": 12, "top_k": 3, "steps": 30, "eval_every": 10, "batch_size": 64}
+
+
+def tiny_task(kind: str, tmp: Path) -> dict[str, Any]:
+    """The `[task]` section of a tiny case for each registered task kind."""
+    if kind == "colored_mnist":
+        return {
+            "kind": kind,
+            "bias": 0.9,
+            "train_per_digit": 16,
+            "probe_per_digit": 12,
+            "val_per_digit": 8,
+            "test_per_digit": 8,
+            "base_model": "mlp",
+            "base_epochs": 1,
+        }
+    if kind == "toy_superposition":
+        return {"kind": kind, "train_steps": 100, "n_samples": 500}
+    if kind == "python":
+        path = tmp / "tiny_factory.py"
+        path.write_text(FACTORY)
+        return {"kind": kind, "factory": f"{path}:make_task"}
+    raise AssertionError(f"no tiny case for task kind {kind!r}: add one to tiny_task()")
+
+
+def tiny_study(kind: str, tmp: Path, **params: Any) -> StudyFile:
+    task = tiny_task(kind, tmp)
+    objective = next(iter(get_task(kind).config.objectives))
+    doc = {
+        "study": {"name": f"conformance-{kind}", "objectives": [objective]},
+        "task": task,
+        "params": {**TINY_PARAMS, **params},
+    }
+    return parse_study(doc, "conformance")
+
+
+def test_every_plugin_has_a_tiny_case(tmp_path: Path) -> None:
+    """References and strategies share one tiny model each; a task needs its own case."""
+    for kind in TASKS:
+        tiny_task(kind, tmp_path)
+
+
+# ---- tasks ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_each_task_runs_through_its_protocol(
+    kind: str, tmp_path: Path, tiny_mnist_dir: Path
+) -> None:
+    study = tiny_study(kind, tmp_path)
+    task = get_task(kind)
+    assert task.kind == kind and task.config is type(study.task)
+    ctx = prepare_task(study, data_dir=tiny_mnist_dir, progress=False)
+    assert ctx.data_sha256 and ctx.bundle_key and isinstance(ctx.timings, dict)
+    assert ctx.layer in task.decomposed_layers(ctx, study.params)
+    data = task.sae_data(ctx, ctx.layer)
+    assert data.inputs.shape[0] == data.targets.shape[0] == data.concepts.shape[0]
+    assert data.weight_t.shape == (data.inputs.shape[1], data.targets.shape[1])
+
+    result, trained = run_trial(study, ctx, study.params, with_test=True)
+
+    assert set(trained) == set(task.decomposed_layers(ctx, study.params))
+    for name in task.config.objectives:
+        assert math.isfinite(result.value(name)), name
+    json.dumps(result.to_json())  # the JSON form every consumer reads
+    saes = {layer: t.sae for layer, t in trained.items()}
+    state = task.edited_state_dict(ctx, saes, study.params, result)
+    if state is not None:  # an edit: model.pt must score as the trial did
+        assert result.edit is not None and set(result.edit.components) == set(saes)
+        scored = task.score_state_dict(ctx, state)
+        for split in ("val", "test"):
+            assert scored[split] == result.metric("debiased", split)
+        again = task.evaluate(ctx, saes, study.params, with_test=True, removal=None)
+        assert again.value("worst_group") == result.value("worst_group")  # deterministic
+    card = task.model_card(ctx)
+    assert isinstance(card, ModelCard) and card.summary and card.class_name and card.load
+
+
+# ---- references ----------------------------------------------------------------------
+
+
+def reference_source(
+    model: nn.Module, layer: str, x: torch.Tensor
+) -> tuple[ReferenceSource, dict[str, CachedSplit]]:
+    """A probe split of `x` for `model` (labels and concept from two input coordinates)."""
+    flat = x.flatten(1)
+    y = (flat[:, 0] > 0).long()
+    concepts = (flat[:, 1] > 0).long()
+
+    def inputs_of(name: str, xs: torch.Tensor) -> torch.Tensor:
+        captured: list[torch.Tensor] = []
+        handle = model.get_submodule(name).register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0].detach())
+        )
+        with torch.no_grad():
+            model(xs)
+        handle.remove()
+        return captured[0]
+
+    split = CachedSplit(z=inputs_of(layer, x), y=y, groups=2 * y + concepts, concepts=concepts, x=x)
+    source = ReferenceSource(
+        model=model,
+        layer=layer,
+        probe=split,
+        inputs_of=inputs_of,
+        oracle=copy.deepcopy(model),
+        seed=0,
+    )
+    return source, {"probe": split, "val": split, "test": split}
+
+
+def head_model_source() -> tuple[ReferenceSource, dict[str, CachedSplit]]:
+    """A model that declares its head (LAYERS, head()): every reference can run on it."""
+    torch.manual_seed(0)
+    return reference_source(ColorMnistMLP().eval(), "fc1", torch.randn(80, 3, 28, 28))
+
+
+def plain_source() -> tuple[ReferenceSource, dict[str, CachedSplit]]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 2)).eval()
+    return reference_source(model, "0", torch.randn(80, 5))
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCES))
+def test_each_reference_fits_an_edit_of_the_same_model(name: str) -> None:
+    method = REFERENCES[name]
+    assert method.name == name and method.description
+    source, splits = head_model_source()
+    before = {k: v.clone() for k, v in source.model.state_dict().items()}
+    assert method.unavailable(source) is None
+    fitted = method.fit(source)
+    assert isinstance(fitted, Fitted) and (fitted.overrides is None) != (fitted.model is None)
+    keys = set(source.model.state_dict())
+    if fitted.overrides is not None:
+        assert set(fitted.overrides) <= keys
+        scorer = Scorer(source.model, source.layer, splits, ("a", "b", "c", "d"))
+        assert 0.0 <= scorer.metrics("val", fitted.overrides).worst_group <= 1.0
+    else:
+        assert set(fitted.model.state_dict()) == keys  # same architecture
+    after = source.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in keys), "fitting changed the base model"
+
+
+def test_a_reference_that_cannot_run_says_why() -> None:
+    source, _ = plain_source()
+    source.oracle = None
+    assert "oracle" in (REFERENCES["oracle"].unavailable(source) or "")
+    assert REFERENCES["retrain_head"].unavailable(source)  # no LAYERS/head() declared
+
+
+# ---- edit strategies -----------------------------------------------------------------
+
+
+def edit_source(group_loss: bool) -> tuple[EditSource, dict[str, FaithfulSAE]]:
+    torch.manual_seed(0)
+    params = TrialParams(n_components=10, top_k=2, n_ablate=3, concept_latents=2, fit_steps=20)
+    saes = {"a": FaithfulSAE(5, 4, 10, 2), "b": FaithfulSAE(4, 3, 10, 2)}
+    inputs = {"a": torch.randn(40, 5), "b": torch.randn(40, 4)}
+    concepts = nn.functional.one_hot(torch.arange(40) % 2, 2).float()
+    target = {"a": saes["a"].components([1]).sum(0).detach(), "b": torch.zeros(4, 3)}
+
+    def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum((removed[k] - target[k]).square().sum() for k in removed)
+
+    source = EditSource(
+        saes=saes,
+        params=params,
+        probe_inputs=inputs,
+        probe_concepts=concepts,
+        group_loss=loss if group_loss else None,
+    )
+    return source, saes
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_each_edit_strategy_removes_parts_of_the_given_components_only(name: str) -> None:
+    strategy = STRATEGIES[name]
+    assert strategy.name == name and strategy.labels in ("concept", "group")
+    source, saes = edit_source(group_loss=strategy.labels == "group")
+
+    removal = strategy.select(source)
+
+    assert set(removal) == set(saes)
+    for layer, r in removal.items():
+        assert isinstance(r, Removal)
+        assert len(set(r.components)) == len(r.components)
+        assert all(0 <= c < saes[layer].n_latents for c in r.components)
+        if r.fractions is not None:
+            assert len(r.fractions) == len(r.components)
+            assert all(0.0 <= f <= 1.0 for f in r.fractions)
+        assert Removal.from_json(json.loads(json.dumps(r.to_json()))) == r
+        assert r.ablated_sum(saes[layer]).shape == saes[layer].effective_weight().shape
+    assert strategy.select(source) == removal  # deterministic
+    words = strategy.describe(source.params, ("red", "green"))
+    assert isinstance(words, str) and len(words) > 10
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_a_strategy_sees_only_the_labels_of_its_regime(name: str) -> None:
+    strategy = STRATEGIES[name]
+    source, _ = edit_source(group_loss=False)
+    if strategy.labels == "concept":
+        strategy.select(source)  # needs no group labels
+    else:
+        with pytest.raises(ValueError, match="needs group labels"):
+            strategy.select(source)

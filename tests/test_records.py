@@ -1,0 +1,138 @@
+"""What a trial stores reads back as it was written, and older layouts still read."""
+
+from __future__ import annotations
+
+import optuna
+import torch
+from optuna.trial import TrialState
+
+from hpo.debias.removal import Removal
+from hpo.results import Edit, GroupMetrics, TrialResult
+from hpo.sae.model import FaithfulSAE
+from hpo.storage import attrs
+from hpo.storage.records import (
+    Confirmation,
+    ConfirmationRun,
+    ConfirmedBest,
+    Spread,
+    TrialWeights,
+    read_confirmations,
+    read_confirmed_best,
+    read_trial,
+    write_confirmation,
+    write_confirmed_best,
+    write_provenance,
+    write_result,
+)
+
+
+def a_result() -> TrialResult:
+    groups = {"a": 0.5, "b": None}
+    metrics = GroupMetrics(0.5, 0.5, 0.6, groups)
+    return TrialResult(
+        task="colored_mnist",
+        objectives={"worst_group": 0.5, "mean_group": 0.5, "overall": 0.6},
+        errors={"faithfulness_error": 0.01, "prediction_change": 0.0},
+        models={"original": {"val": metrics}, "debiased": {"val": metrics}},
+        edit=Edit(
+            layer="fc1+fc2",
+            components={"fc1": [0, 3], "fc2": [1]},
+            alpha=0.7,
+            selection="fitted",
+            fractions={"fc1": [0.5, 0.25], "fc2": [1.0]},
+            alpha_curve={"alphas": [0.0, 0.7], "val_worst_group": [0.1, 0.5]},
+        ),
+        timings={"sae_training": 1.5},
+        provenance={"versions": {"torch": "x"}, "device": "cpu"},
+    )
+
+
+def stored(result: TrialResult) -> optuna.trial.FrozenTrial:
+    study = optuna.create_study()
+    trial = study.ask()
+    write_provenance(trial, seed=3, data_sha256="abc", base_model="key")
+    write_result(trial, result, {"step": [1, 2], "recon": [2.0, 1.0]})
+    study.tell(trial, 0.5)
+    return study.trials[0]
+
+
+def test_a_stored_result_reads_back_typed() -> None:
+    result = a_result()
+    record = read_trial(stored(result))
+    assert record.values == result.values()
+    assert record.edit == result.edit
+    assert record.val_groups == {
+        "original": {"a": 0.5, "b": None},
+        "debiased": {"a": 0.5, "b": None},
+    }
+    assert (record.seed, record.data_sha256, record.base_model) == (3, "abc", "key")
+    assert record.versions == {"torch": "x"} and record.device == "cpu"
+    assert record.loss_history == {"step": [1, 2], "recon": [2.0, 1.0]}
+
+
+def test_the_edits_json_names_are_the_stored_attr_names() -> None:
+    names = set(a_result().edit.to_json())
+    assert names == {
+        attrs.LAYER_ATTR,
+        attrs.ALPHA_ATTR,
+        attrs.ABLATED_COMPONENTS_ATTR,
+        attrs.REMOVED_FRACTIONS_ATTR,
+        attrs.SELECTION_ATTR,
+        attrs.ALPHA_CURVE_ATTR,
+    }
+
+
+def test_trials_stored_before_layers_and_selection_still_read() -> None:
+    old = optuna.trial.create_trial(
+        state=TrialState.COMPLETE,
+        value=0.4,
+        params={"ablate": "attribution"},
+        distributions={
+            "ablate": optuna.distributions.CategoricalDistribution(["attribution", "both"])
+        },
+        user_attrs={"alpha": 0.5, "ablated_components": [2, 5], "worst_group": 0.4},
+    )
+    record = read_trial(old, default_layer="fc1")
+    assert record.edit.components == {"fc1": [2, 5]} and record.edit.layer == "fc1"
+    assert record.edit.selection == "attribution"  # the trial's sampled strategy
+    assert record.values == {"worst_group": 0.4}
+
+
+def test_damaged_attrs_read_as_missing_never_raise() -> None:
+    bad = optuna.trial.create_trial(
+        state=TrialState.COMPLETE,
+        value=0.0,
+        user_attrs={"alpha": [1], "ablated_components": "x", "val_groups": 3, "seed": 1},
+    )
+    record = read_trial(bad)
+    assert record.edit is not None and record.edit.components == {}
+    assert record.val_groups == {} and record.seed == 1
+
+
+def test_weights_round_trip_and_older_payloads_read() -> None:
+    torch.manual_seed(0)
+    sae = FaithfulSAE(4, 3, 6, 2)
+    weights = TrialWeights.of({"fc1": sae}, a_result(), {"fc1.weight": torch.ones(3, 4)})
+    again = TrialWeights.from_payload(weights.to_payload(), default_layer="unused")
+    assert again.removal == {"fc1": Removal([0, 3], [0.5, 0.25]), "fc2": Removal([1], [1.0])}
+    assert torch.equal(again.saes["fc1"].state["encoder"], sae.state_dict()["encoder"])
+    older = {"sae": sae.state_dict(), "sae_config": sae.config()}  # one SAE, no removal
+    legacy = TrialWeights.from_payload(older, default_layer="fc1")
+    assert set(legacy.saes) == {"fc1"} and legacy.removal is None and legacy.debiased is None
+
+
+def test_confirmations_round_trip_through_the_study() -> None:
+    study = optuna.create_study()
+    record = Confirmation(
+        seeds=[1000, 1001],
+        new_base_model=False,
+        diverged=0,
+        val={"worst_group": Spread.of([0.5, 0.7])},
+        test_worst_group=Spread.of([0.4, 0.6]),
+        runs=[ConfirmationRun(1000, {"worst_group": 0.5}, {}, {"debiased": 0.4}, (0.5, "oracle"))],
+    )
+    write_confirmation(study, 7, record)
+    write_confirmed_best(study, ConfirmedBest(7, "worst_group", 0.6, 2, 1))
+    assert read_confirmations(study) == {7: record}
+    assert read_confirmed_best(study) == ConfirmedBest(7, "worst_group", 0.6, 2, 1)
+    assert study.user_attrs[attrs.CONFIRMATION_ATTR]["7"]["val"]["worst_group"]["mean"] == 0.6
