@@ -87,6 +87,13 @@ class TrialParams(Strict):
     # group-balanced cross-entropy (fit_steps Adam steps at fit_lr; removal_l1 × the mean
     # fraction keeps removal small).
     ablate: str = "conditioned"
+    # The edit budget: at most this many components removed (whole or in part) over all
+    # edited layers, honoured exactly by every strategy (None: no limit).
+    max_components: int | None = Field(None, ge=1)
+    # Controls: the trial's own edit procedure (strategy, budget, fit, α on val) applied
+    # to decompositions that learnt nothing (hpo.debias.controls: "random", the SAE
+    # before training; "svd", the weight's singular vectors); `lift` = debiased − best.
+    controls: tuple[str, ...] = ("random", "svd")
     n_ablate: int = Field(2, ge=1)
     fit_steps: int = Field(300, ge=1)
     fit_lr: float = Field(0.05, gt=0)
@@ -299,6 +306,11 @@ class StudyFile(Strict):
         for name, spec in self.search.items():
             for candidate in spec_extremes(spec):
                 check_param(self.params, name, candidate)
+        if "lift" in self.study.objectives and not self.params.controls:
+            raise ValueError(
+                "study.objectives: lift is debiased minus the best control; it needs "
+                'params.controls (e.g. ["random", "svd"]), which is empty'
+            )
         if len(self.study.objectives) > 1 and self.sampler.name in ("cmaes",):
             raise ValueError(
                 "sampler.name: cmaes supports one objective; use nsgaii, tpe or random"

@@ -13,11 +13,25 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# The order in which models are shown wherever several are compared.
-MODEL_ORDER = ("original", "debiased", "oracle", "last_layer", "retrain_head", "leace")
+# The order in which models are shown wherever several are compared: the edit, its
+# controls (the same edit of decompositions that learnt nothing), then the references.
+MODEL_ORDER = (
+    "original",
+    "debiased",
+    "control_random",
+    "control_svd",
+    "oracle",
+    "last_layer",
+    "retrain_head",
+    "leace",
+)
 SPLIT_ORDER = ("val", "test")
-# The ceilings a debiasing method is measured against: the oracle and the retrained heads.
+# The references of each label regime (which probe labels an edit's fit uses): an edit is
+# compared with, and its gap closed towards, those of its own regime. The oracle (trained
+# without the bias) is the ceiling where a regime has none.
+REGIME_REFERENCES = {"concept": ("leace",), "group": ("last_layer", "retrain_head")}
 CEILINGS = ("oracle", "last_layer", "retrain_head")
+CONTROL_PREFIX = "control_"
 
 
 @dataclass(frozen=True)
@@ -52,6 +66,11 @@ class Edit:
     # "fitted": layer -> the fraction of each of its components removed (else all of each)
     fractions: dict[str, list[float]] | None = None
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)
+    labels: str | None = None  # the regime: "concept" or "group" labels on probe
+
+    @property
+    def components_removed(self) -> int:
+        return sum(len(c) for c in self.components.values())
 
     def to_json(self) -> dict[str, Any]:
         """Flat JSON, the names also used for a trial's stored user attrs."""
@@ -62,6 +81,7 @@ class Edit:
             **({} if self.fractions is None else {"removed_fractions": self.fractions}),
             "selection": self.selection,
             "alpha_curve": self.alpha_curve,
+            **({} if self.labels is None else {"labels": self.labels}),
         }
 
 
@@ -72,6 +92,9 @@ class TrialResult:
     errors: dict[str, float]  # faithfulness_error, reconstruction_error
     models: dict[str, dict[str, GroupMetrics]] = field(default_factory=dict)
     edit: Edit | None = None
+    # Each control's edit (the same procedure on a decomposition that learnt nothing); its
+    # scores are models["control_<name>"].
+    control_edits: dict[str, Edit] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -88,12 +111,34 @@ class TrialResult:
     def metric(self, model: str, split: str) -> GroupMetrics | None:
         return self.models.get(model, {}).get(split)
 
+    def references_of_regime(self) -> tuple[str, ...]:
+        """The references this result is compared with: its regime's, else the ceilings."""
+        regime = None if self.edit is None else self.edit.labels
+        names = REGIME_REFERENCES.get(regime or "", ())
+        return names if any(n in self.models for n in names) else CEILINGS
+
+    def controls(self) -> list[str]:
+        return [m for m in self.model_names() if m.startswith(CONTROL_PREFIX)]
+
+    def lift(self, split: str) -> float | None:
+        """Debiased − best control, worst-group accuracy on `split`: what training the
+        decomposition added to the same edit procedure (None without controls)."""
+        debiased = self.metric("debiased", split)
+        controls = [m.worst_group for c in self.controls() if (m := self.metric(c, split))]
+        if debiased is None or not controls:
+            return None
+        return debiased.worst_group - max(controls)
+
     def gap_closed(self, split: str) -> tuple[float, str] | None:
         """(debiased − original) / (best reference − original) in worst-group accuracy on
-        `split`, and the name of that best reference (max over oracle and retrained heads);
-        None without a debiased model or any ceiling."""
+        `split`, and the name of that best reference (of the edit's label regime, else the
+        oracle and the retrained heads); None without a debiased model or any."""
         original, debiased = self.metric("original", split), self.metric("debiased", split)
-        ceilings = [(m.worst_group, name) for name in CEILINGS if (m := self.metric(name, split))]
+        ceilings = [
+            (m.worst_group, name)
+            for name in self.references_of_regime()
+            if (m := self.metric(name, split))
+        ]
         if original is None or debiased is None or not ceilings:
             return None
         best, name = max(ceilings)
@@ -126,6 +171,18 @@ class TrialResult:
                 out["gap_closed"] = {
                     s: {"fraction": g[0], "towards": g[1]} for s, g in gaps.items()
                 }
+            lifts = {s: x for s in SPLIT_ORDER if (x := self.lift(s)) is not None}
+            if lifts:
+                out["lift_by_split"] = lifts
+        if self.control_edits:
+            out["controls"] = {
+                name: {
+                    "alpha": e.alpha,
+                    "components_removed": e.components_removed,
+                    "ablated_components": {k: list(v) for k, v in e.components.items()},
+                }
+                for name, e in self.control_edits.items()
+            }
         out["timings"] = dict(self.timings)
         out.update(self.provenance)
         return out

@@ -106,6 +106,8 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
     assert set(metrics["models"]) == {
         "original",
         "debiased",
+        "control_random",
+        "control_svd",
         "oracle",
         "last_layer",
         "retrain_head",
@@ -113,6 +115,8 @@ def test_export_writes_every_file_and_the_model_scores_what_the_trial_recorded(
     }
     for by_split in metrics["models"].values():
         assert set(by_split) == {"val", "test"}
+    assert metrics["lift"] == pytest.approx(trial.user_attrs["lift"])  # the same controls
+    assert set(metrics["lift_by_split"]) == {"val", "test"}
     assert metrics["alpha"] == pytest.approx(trial.user_attrs["alpha"])
     assert metrics["ablated_components"] == trial.user_attrs["ablated_components"]
 

@@ -41,6 +41,7 @@ def a_result() -> TrialResult:
             selection="fitted",
             fractions={"fc1": [0.5, 0.25], "fc2": [1.0]},
             alpha_curve={"alphas": [0.0, 0.7], "val_worst_group": [0.1, 0.5]},
+            labels="group",
         ),
         timings={"sae_training": 1.5},
         provenance={"versions": {"torch": "x"}, "device": "cpu"},
@@ -79,6 +80,7 @@ def test_the_edits_json_names_are_the_stored_attr_names() -> None:
         attrs.REMOVED_FRACTIONS_ATTR,
         attrs.SELECTION_ATTR,
         attrs.ALPHA_CURVE_ATTR,
+        attrs.LABELS_ATTR,
     }
 
 

@@ -80,6 +80,24 @@ def conditioned_components(n_latents: int) -> list[int]:
     return list(range(n_latents))
 
 
+@torch.no_grad()
+def attribution_scores(
+    sae: FaithfulSAE, inputs: torch.Tensor, concepts: torch.Tensor
+) -> torch.Tensor:
+    """How much each component's contribution differs between a concept and its absence,
+    [C]. Contribution of component c on input x is ‖x·E_c‖·‖D_c‖: what removing it from
+    the weight takes away. Score = max over concepts of |mean with − mean without|."""
+    e, d = sae.factors()
+    act = torch.einsum("ni,cir->ncr", inputs, e).norm(dim=2) * d.flatten(1).norm(dim=1)
+    scores = torch.zeros(act.shape[1], device=act.device)
+    for j in range(concepts.shape[1]):
+        on = concepts[:, j] > 0.5
+        if on.any() and (~on).any():
+            gap = (act[on].mean(0) - act[~on].mean(0)).abs()
+            scores = torch.maximum(scores, gap)
+    return scores
+
+
 def attribution_components(
     sae: FaithfulSAE,
     inputs: torch.Tensor,
@@ -87,20 +105,8 @@ def attribution_components(
     m: int,
     exclude: list[int] | None = None,
 ) -> list[int]:
-    """The m components whose contribution differs most between a concept and its absence.
-
-    Contribution of component c on input x is (x·E_c)·‖D_c‖: what removing it from the
-    weight takes away. Score = max over concepts of |mean with − mean without|.
-    """
-    with torch.no_grad():
-        e, d = sae.factors()
-        act = torch.einsum("ni,cir->ncr", inputs, e).norm(dim=2) * d.flatten(1).norm(dim=1)
-        scores = torch.zeros(act.shape[1], device=act.device)
-        for j in range(concepts.shape[1]):
-            on = concepts[:, j] > 0.5
-            if on.any() and (~on).any():
-                gap = (act[on].mean(0) - act[~on].mean(0)).abs()
-                scores = torch.maximum(scores, gap)
-        if exclude:
-            scores[exclude] = -1.0  # already chosen: pick m others
-        return scores.topk(min(m, scores.numel())).indices.sort().values.tolist()
+    """The m components with the largest `attribution_scores`, none of `exclude`."""
+    scores = attribution_scores(sae, inputs, concepts)
+    if exclude:
+        scores[exclude] = -1.0  # already chosen: pick m others
+    return scores.topk(min(m, scores.numel())).indices.sort().values.tolist()

@@ -102,7 +102,29 @@ def _edit_section(
         "W − α · Σ its removed components"
         + (", its bias moved by their mean contribution on probe" if params.ablate_bias else "")
         + ". Same architecture, same forward code.",
+        *_controls_lines(result),
     ]
+
+
+def _controls_lines(result: TrialResult) -> list[str]:
+    """The label regime, and the lift over the controls: what the decomposition is worth."""
+    labels = None if result.edit is None else result.edit.labels
+    refs = ", ".join(r.replace("_", " ") for r in result.references_of_regime())
+    lines = []
+    if labels is not None:
+        used = "only the concept labels" if labels == "concept" else "group labels"
+        lines.append(
+            f"- **Labels:** the edit's fit used {used} of the probe split; compare it with {refs}."
+        )
+    lifts = {s: x for s in ("val", "test") if (x := result.lift(s)) is not None}
+    if lifts:
+        shown = ", ".join(f"{100 * x:+.1f} pts on {s}" for s, x in lifts.items())
+        controls = ", ".join(c.removeprefix("control_") for c in result.controls())
+        lines.append(
+            f"- **Lift over the controls** (the same edit of decompositions that learnt "
+            f"nothing: {controls}): {shown} (worst group)."
+        )
+    return lines
 
 
 def _load_section(card: ModelCard, layers: list[str]) -> list[str]:

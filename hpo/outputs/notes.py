@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.debias.removal import recorded_removal
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
-from hpo.results import Edit
+from hpo.results import CONTROL_PREFIX, Edit
 from hpo.storage import compat
 from hpo.storage.attrs import BEST_NOTES_ATTR, STUDY_FILE_ATTR
 from hpo.storage.records import (
@@ -82,6 +82,12 @@ def best_note(
     groups = record.val_groups
     if groups and record.edit is not None:
         lines += [*_edit_lines(record.edit, how), *_gain_lines(groups)]
+        if "lift" in record.values:
+            lines += [
+                f"**Lift over the best control: {100 * record.values['lift']:+.1f} pts** "
+                "(worst group, validation).",
+                "",
+            ]
     else:
         shown = [k for k in ("mmcs", "ml2r") if k in record.values]
         if shown:
@@ -114,9 +120,11 @@ def _edit_lines(edit: Edit, how: str | None) -> list[str]:
         f"** of the `{layer}` weight"
         for layer, removal in recorded_removal(edit).items()
     ]
+    regime = {"concept": "concept labels only", "group": "group labels"}.get(edit.labels or "")
     return [
         *removed,
         f"- picked by: {how or edit.selection}",
+        *([f"- label regime: {regime} on probe"] if regime else []),
         f"- **α = {edit.alpha:.2f}**, chosen on validation",
         "",
     ]
@@ -133,7 +141,13 @@ def _gain_lines(groups: Mapping[str, Mapping[str, float | None]]) -> list[str]:
     for g, before in groups["original"].items():
         after = groups["debiased"].get(g)
         lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
-    refs = [m for m in groups if m not in ("original", "debiased")]
+    controls = [m for m in groups if m.startswith(CONTROL_PREFIX)]
+    refs = [m for m in groups if m not in ("original", "debiased", *controls)]
+    if controls:
+        worst = ", ".join(
+            f"{m.removeprefix(CONTROL_PREFIX)} {_pct(_summary(groups[m])[0])}" for m in controls
+        )
+        lines += ["", f"Controls (the same edit, decompositions that learnt nothing): {worst}."]
     if refs:
         worst = ", ".join(f"{m.replace('_', ' ')} {_pct(_summary(groups[m])[0])}" for m in refs)
         lines += ["", f"References, worst group on validation: {worst}."]

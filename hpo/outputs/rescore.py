@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial
 
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import UserError
-from hpo.results import TrialResult
+from hpo.results import CONTROL_PREFIX, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.storage.artifacts import artifact_store
 from hpo.storage.attrs import STUDY_FILE_ATTR
@@ -76,7 +76,9 @@ def load_trial_weights(
 
 def compare_recorded(record: TrialRecord, result: TrialResult) -> list[str]:
     """'name: recorded X, re-scored Y' for every validation number that differs."""
-    now: dict[str, float] = result.values()
+    # The controls are re-derived (their fits are not stored), so they and the lift over
+    # them are reported, not checked: what export hands over is the debiased model.
+    now = {k: v for k, v in result.values().items() if k != "lift"}
     tols = {k: ACC_TOL for k in ("worst_group", "mean_group", "overall")}
     out = []
     for key, value in now.items():
@@ -95,6 +97,8 @@ def compare_recorded(record: TrialRecord, result: TrialResult) -> list[str]:
         if recorded.fractions is not None and recorded.fractions != edit.fractions:
             out.append("removed_fractions: the recorded fractions differ from the re-scored ones")
     for model, groups in record.val_groups.items():
+        if model.startswith(CONTROL_PREFIX):
+            continue
         metric = result.metric(model, "val")
         for g, v in groups.items():
             w = None if metric is None else metric.groups.get(g)
@@ -117,7 +121,14 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     params = trial_params(study_file, trial)
     task = get_task(study_file.task.kind)
     # what the trial removed, re-applied as it was (never refitted)
-    result = task.evaluate(ctx, saes, params, with_test=True, removal=weights.removal)
+    result = task.evaluate(
+        ctx,
+        saes,
+        params,
+        with_test=True,
+        removal=weights.removal,
+        control_removals=weights.controls,
+    )
     mismatches = compare_recorded(record, result)
     return Rescored(
         study, trial, record, study_file, params, ctx, saes, weights, result, mismatches

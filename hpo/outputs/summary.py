@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.results import CONTROL_PREFIX
 from hpo.storage.records import read_confirmations, read_confirmed_best, read_trial
 
 
@@ -43,9 +44,25 @@ def study_summary(study: optuna.Study, storage_hint: str = "") -> list[str]:
             f"validation worst-group accuracy: original {_pct(original)} → best debiased "
             f"{_pct(debiased)} (trial {best.number})"
         )
-        if by_model:
-            refs = ", ".join(f"{m.replace('_', ' ')} {_pct(v)}" for m, v in by_model.items())
-            lines.append(f"references on the same split: {refs}")
+        controls = {m: v for m, v in by_model.items() if m.startswith(CONTROL_PREFIX)}
+        if controls:
+            shown = ", ".join(
+                f"{m.removeprefix(CONTROL_PREFIX)} {_pct(v)}" for m, v in controls.items()
+            )
+            lift = record.values.get("lift")
+            lines.append(
+                f"controls (the same edit, untrained decompositions): {shown}"
+                + ("" if lift is None else f"; lift {100 * lift:+.1f} pts")
+            )
+        refs = {m: v for m, v in by_model.items() if m not in controls}
+        if refs:
+            shown = ", ".join(f"{m.replace('_', ' ')} {_pct(v)}" for m, v in refs.items())
+            regime = None if record.edit is None else record.edit.labels
+            label = {
+                "concept": " (this edit used concept labels: compare with leace)",
+                "group": " (this edit used group labels: compare with last layer, retrain head)",
+            }
+            lines.append(f"references on the same split: {shown}{label.get(regime or '', '')}")
     elif best is not None:
         lines.append(f"best value {best.value:.4f} (trial {best.number})")
     confirmed = read_confirmed_best(study)

@@ -57,6 +57,7 @@ def _group_table(result: TrialResult) -> list[str]:
             f"alpha {edit.alpha:.2f} (chosen on val) · ablated components {removed} · "
             f"faithfulness error {result.errors['faithfulness_error']:.2e}"
         )
+        lines.append(regime_line(result))
     lines += [top, sub]
     rows = [(g, g) for g in groups]
     rows += [("worst group", "worst_group"), ("mean group", "mean_group"), ("overall", "overall")]
@@ -67,6 +68,13 @@ def _group_table(result: TrialResult) -> list[str]:
             cells.append(f"  {_pct(None if metric is None else metric.get(key))}")
         lines.append(f"{label:<{width}}" + "".join(cells))
     for s in splits:
+        lift = result.lift(s)
+        if lift is not None:
+            lines.append(
+                f"lift on {s}: {100 * lift:+.1f} pts worst group over the best control "
+                "(the same edit of a decomposition that learnt nothing)"
+            )
+    for s in splits:
         gap = result.gap_closed(s)
         if gap is not None:
             lines.append(
@@ -74,3 +82,13 @@ def _group_table(result: TrialResult) -> list[str]:
                 f"{gap[1].replace('_', ' ')} (worst group)"
             )
     return lines
+
+
+def regime_line(result: TrialResult) -> str:
+    """Which probe labels the edit's fit used, and so which references it answers to."""
+    edit = result.edit
+    labels = None if edit is None else edit.labels
+    refs = ", ".join(r.replace("_", " ") for r in result.references_of_regime())
+    count = 0 if edit is None else edit.components_removed
+    what = {"concept": "concept labels only", "group": "group labels"}.get(labels or "", "?")
+    return f"label regime: {what} on probe (compare with {refs}) · {count} components removed"

@@ -163,6 +163,18 @@ def check_fits(
         )
 
 
+def initial_sae(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
+    """The Faithful-SAE a trial starts from, seeded by `params.seed`: what training then
+    changes, and the untrained control its edit is compared with."""
+    torch.manual_seed(params.seed)
+    d_in, d_out = weight_t.shape
+    top_k = min(params.top_k, params.n_components)
+    sae = FaithfulSAE(d_in, d_out, params.n_components, top_k, params.rank).to(weight_t.device)
+    if params.init == "tied":
+        sae.tie_to(weight_t)
+    return sae
+
+
 def train_sae(
     data: SAEData,
     params: TrialParams,
@@ -178,10 +190,7 @@ def train_sae(
     torch.manual_seed(params.seed)
     d_in, d_out = data.weight_t.shape
     check_fits(d_in, d_out, params, data.inputs.shape[0], device)
-    top_k = min(params.top_k, params.n_components)
-    sae = FaithfulSAE(d_in, d_out, params.n_components, top_k, params.rank).to(device)
-    if params.init == "tied":
-        sae.tie_to(data.weight_t)
+    sae = initial_sae(data.weight_t, params)
     opt = optimizer(sae, params)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
     n = data.inputs.shape[0]

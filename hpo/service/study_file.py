@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from hpo.config import StudyFile, spec_extremes
+from hpo.debias.controls import CONTROLS
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.errors import UserError
 from hpo.service.samplers import PRUNERS, SAMPLERS
@@ -84,6 +85,7 @@ def check_registered(study: StudyFile, source: str | Path) -> None:
         ("pruner.name", study.pruner.name, "pruner", PRUNERS),
         ("params.ablate", study.params.ablate, "edit strategy", STRATEGIES),
     ]
+    names += [("params.controls", c, "control", CONTROLS) for c in study.params.controls]
     if "ablate" in study.search:
         names += [
             ("search.ablate", v, "edit strategy", STRATEGIES)

@@ -37,6 +37,7 @@ LAYER_ATTR = "layer"  # the edited layer
 ALPHA_ATTR = "alpha"  # the ablation strength chosen on validation
 ABLATED_COMPONENTS_ATTR = "ablated_components"
 SELECTION_ATTR = "selection"  # how the components were picked
+LABELS_ATTR = "labels"  # the edit's label regime: "concept" or "group" labels on probe
 REMOVED_FRACTIONS_ATTR = "removed_fractions"  # ablate = "fitted": layer -> fractions
 ALPHA_CURVE_ATTR = "alpha_curve"  # {"alphas", "val_worst_group", "val_mean_group"}
 VAL_GROUPS_ATTR = "val_groups"  # {model: {group: accuracy}} on validation

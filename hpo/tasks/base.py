@@ -86,6 +86,7 @@ class Task(Protocol):
         *,
         with_test: bool,
         removal: Mapping[str, Removal] | None = None,
+        control_removals: Mapping[str, Mapping[str, Removal]] | None = None,
     ) -> TrialResult:
         """Score a decomposition (one SAE per decomposed layer) on validation, and on test
         for reporting only. `removal`: what a stored trial removed (from its weights

@@ -51,6 +51,8 @@ class ClassifierContext:
     probe_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     scorer: Scorer = field(init=False)
+    # The controls' scores of the last trials (hpo.tasks.classifier.controls), by params.
+    control_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.scorer = Scorer(self.model, self.layer, self.splits, self.group_names)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 
 from hpo.config import TrialParams
 from hpo.debias import ablation
+from hpo.debias.controls import CONTROLS, control_name
 from hpo.debias.removal import Removal, recorded_fractions, recorded_removal
-from hpo.debias.scoring import Scorer, sweep_alpha
+from hpo.debias.scoring import AlphaSweep, Scorer, sweep_alpha
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
@@ -31,6 +33,8 @@ from hpo.tasks.bundle import ClassifierContext
 
 OBJECTIVES: dict[str, Direction] = {
     "worst_group": "maximize",
+    "lift": "maximize",  # debiased − best control (needs params.controls)
+    "components_removed": "minimize",
     "mean_group": "maximize",
     "overall": "maximize",
     "faithfulness_error": "minimize",
@@ -111,33 +115,34 @@ class ClassifierTask:
         *,
         with_test: bool,
         removal: Mapping[str, Removal] | None = None,
+        control_removals: Mapping[str, Mapping[str, Removal]] | None = None,
     ) -> TrialResult:
         """α chosen on val (or fixed), the same in every edited layer; test only reported,
-        at that α. `removal`: one recorded earlier (a stored trial's), applied as it was
-        instead of being chosen (or fitted) again."""
-        removal = dict(removal) if removal is not None else self.removal(ctx, saes, params)
-        ablated = {layer: r.ablated_sum(saes[layer]) for layer, r in removal.items()}
-
-        def edit(alpha: float) -> dict[str, torch.Tensor]:
-            return self.model_edit(ctx, ablated, alpha, params)
-
-        sweep = sweep_alpha(lambda a: ctx.scorer.metrics("val", edit(a)), params)
-        debiased = {"val": sweep.best}
-        if with_test:
-            debiased["test"] = ctx.scorer.metrics("test", edit(sweep.alpha))
+        at that α. `removal` (and `control_removals`, by control): what a stored trial
+        removed, applied as it was instead of being chosen (or fitted) again. Beside the
+        references, the same edit procedure on each control decomposition
+        (`params.controls`), and the lift over the best of them."""
+        scored = self.edit_and_score(ctx, saes, params, with_test, removal)
         models = {
             name: {s: m for s, m in per_split.items() if with_test or s != "test"}
             for name, per_split in ctx.references.items()
         }
-        models["debiased"] = debiased
-        best_val = sweep.best
+        models["debiased"] = scored.metrics
+        controls = self.controls(ctx, saes, params, with_test, control_removals)
+        models |= {control_name(name): c.metrics for name, c in controls.items()}
+        best_val = scored.sweep.best
+        objectives = {
+            "worst_group": best_val.worst_group,
+            "mean_group": best_val.mean_group,
+            "overall": best_val.overall,
+            "components_removed": float(scored.components_removed),
+        }
+        if controls:
+            best_control = max(c.sweep.best.worst_group for c in controls.values())
+            objectives["lift"] = best_val.worst_group - best_control
         return TrialResult(
             task=self.kind,
-            objectives={
-                "worst_group": best_val.worst_group,
-                "mean_group": best_val.mean_group,
-                "overall": best_val.overall,
-            },
+            objectives=objectives,
             errors={
                 **worst_errors(
                     [
@@ -148,15 +153,59 @@ class ClassifierTask:
                 "prediction_change": prediction_change(ctx, saes),
             },
             models=models,
-            edit=Edit(
-                layer="+".join(saes),
-                components={layer: r.components for layer, r in removal.items()},
-                fractions=recorded_fractions(removal),
-                alpha=sweep.alpha,
-                selection=params.ablate,
-                alpha_curve=sweep.curve(),
-            ),
+            edit=scored.edit(params),
+            control_edits={name: c.edit(params) for name, c in controls.items()},
         )
+
+    def edit_and_score(
+        self,
+        ctx: ClassifierContext,
+        saes: Saes,
+        params: TrialParams,
+        with_test: bool,
+        removal: Mapping[str, Removal] | None = None,
+    ) -> ScoredEdit:
+        """The edit of `saes` (the strategy's removal, or `removal`), α swept on val, and
+        test at that α if asked."""
+        removal = dict(removal) if removal is not None else self.removal(ctx, saes, params)
+        ablated = {layer: r.ablated_sum(saes[layer]) for layer, r in removal.items()}
+
+        def edit(alpha: float) -> dict[str, torch.Tensor]:
+            return self.model_edit(ctx, ablated, alpha, params)
+
+        sweep = sweep_alpha(lambda a: ctx.scorer.metrics("val", edit(a)), params)
+        test = ctx.scorer.metrics("test", edit(sweep.alpha)) if with_test else None
+        return ScoredEdit(removal, sweep, test)
+
+    def controls(
+        self,
+        ctx: ClassifierContext,
+        saes: Saes,
+        params: TrialParams,
+        with_test: bool,
+        recorded: Mapping[str, Mapping[str, Removal]] | None = None,
+    ) -> dict[str, ScoredEdit]:
+        """The trial's edit procedure on each control decomposition of the same layers
+        (`recorded`: their removals as a stored trial made them). They do not depend on
+        the trained SAE, so a trial's pruning evaluations share them (the context keeps
+        the last few)."""
+        recorded = recorded or {}
+        key = (params.model_dump_json(), tuple(saes), with_test, repr(sorted(recorded.items())))
+        if key not in ctx.control_cache:
+            made = {}
+            for name in params.controls:
+                decompose = CONTROLS[name]
+                control = {
+                    layer: decompose(ctx.weight_of(layer).detach().T.contiguous(), params)
+                    for layer in saes
+                }
+                made[name] = self.edit_and_score(
+                    ctx, control, params, with_test, recorded.get(name)
+                )
+            while len(ctx.control_cache) >= CONTROL_CACHE_SIZE:
+                ctx.control_cache.pop(next(iter(ctx.control_cache)))
+            ctx.control_cache[key] = made
+        return ctx.control_cache[key]
 
     def edited_state_dict(
         self, ctx: ClassifierContext, saes: Saes, params: TrialParams, result: TrialResult
@@ -210,6 +259,37 @@ class ClassifierTask:
         )
 
     kind: ClassVar[str]
+
+
+CONTROL_CACHE_SIZE = 4  # trials' worth of control scores a context keeps
+
+
+@dataclass(frozen=True)
+class ScoredEdit:
+    """One decomposition's edit: what it removed, the α sweep on val, test at that α."""
+
+    removal: dict[str, Removal]
+    sweep: AlphaSweep
+    test: GroupMetrics | None
+
+    @property
+    def metrics(self) -> dict[str, GroupMetrics]:
+        return {"val": self.sweep.best, **({} if self.test is None else {"test": self.test})}
+
+    @property
+    def components_removed(self) -> int:
+        return sum(len(r.components) for r in self.removal.values())
+
+    def edit(self, params: TrialParams) -> Edit:
+        return Edit(
+            layer="+".join(self.removal),
+            components={layer: r.components for layer, r in self.removal.items()},
+            fractions=recorded_fractions(self.removal),
+            alpha=self.sweep.alpha,
+            selection=params.ablate,
+            alpha_curve=self.sweep.curve(),
+            labels=get_strategy(params.ablate).labels,
+        )
 
 
 def balanced_probe_loss(

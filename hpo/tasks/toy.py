@@ -180,6 +180,7 @@ class ToySuperposition:
         *,
         with_test: bool,
         removal: Any = None,  # the toy makes no edit
+        control_removals: Any = None,
     ) -> TrialResult:
         (sae,) = saes.values()
         w = ctx.model.W.detach()

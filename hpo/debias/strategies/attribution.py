@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
+import torch
+
 from hpo.config import TrialParams
-from hpo.debias import ablation
 from hpo.debias.removal import Removal
-from hpo.debias.strategies.base import EditSource, Labels
+from hpo.debias.strategies.base import EditSource, Labels, within_budget
 
 
 class Attribution:
@@ -16,7 +17,9 @@ class Attribution:
     labels: ClassVar[Labels] = "concept"
 
     def select(self, source: EditSource) -> dict[str, Removal]:
-        return {layer: Removal(by_attribution(source, layer, exclude=[])) for layer in source.saes}
+        scores = {layer: source.attribution(layer) for layer in source.saes}
+        removal = {layer: Removal(top(scores[layer], source.params.n_ablate)) for layer in scores}
+        return within_budget(removal, scores, source.budget)
 
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         return (
@@ -25,12 +28,9 @@ class Attribution:
         )
 
 
-def by_attribution(source: EditSource, layer: str, exclude: list[int]) -> list[int]:
-    """`params.n_ablate` components of `layer` by attribution, none of `exclude`."""
-    return ablation.attribution_components(
-        source.saes[layer],
-        source.probe_inputs[layer],
-        source.probe_concepts,
-        source.params.n_ablate,
-        exclude=exclude,
-    )
+def top(scores: torch.Tensor, m: int, exclude: list[int] | None = None) -> list[int]:
+    """The m components with the largest scores, none of `exclude`, in index order."""
+    scores = scores.clone()
+    if exclude:
+        scores[exclude] = -1.0  # already chosen: pick m others
+    return scores.topk(min(m, scores.numel())).indices.sort().values.tolist()

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal, Protocol
 import torch
 
 from hpo.config import TrialParams
+from hpo.debias import ablation
 from hpo.debias.removal import Removal
 from hpo.sae.model import FaithfulSAE
 
@@ -40,6 +41,18 @@ class EditSource:
     def n_concepts(self) -> int:
         return int(self.probe_concepts.shape[1])
 
+    @property
+    def budget(self) -> int | None:
+        """At most this many components removed, over all layers (`max_components`)."""
+        return self.params.max_components
+
+    def attribution(self, layer: str) -> torch.Tensor:
+        """Each component's `attribution_scores` on probe: how differently it contributes
+        with and without a concept, [C]."""
+        return ablation.attribution_scores(
+            self.saes[layer], self.probe_inputs[layer], self.probe_concepts
+        )
+
     def require_group_loss(self, strategy: str) -> RemovalLoss:
         if self.group_loss is None:
             raise ValueError(f"edit strategy {strategy!r} needs group labels on probe")
@@ -47,7 +60,10 @@ class EditSource:
 
 
 class EditStrategy(Protocol):
-    """One way to choose what an edit removes (sklearn-shaped: configured by params)."""
+    """One way to choose what an edit removes (sklearn-shaped: configured by params).
+
+    `select` honours `source.budget` exactly: at most that many components, whole or in
+    part, over all layers."""
 
     name: ClassVar[str]
     labels: ClassVar[Labels]
@@ -59,6 +75,33 @@ class EditStrategy(Protocol):
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         """How the components were chosen, in words for notes, model cards and reports."""
         ...
+
+
+def within_budget(
+    removal: Mapping[str, Removal], scores: Mapping[str, torch.Tensor], budget: int | None
+) -> dict[str, Removal]:
+    """At most `budget` components over all layers (None: no limit): those with the
+    largest scores; ties go to the earlier layer, then the lower index, so the choice is
+    deterministic. Every layer keeps its entry, perhaps with no component."""
+    total = sum(len(r.components) for r in removal.values())
+    if budget is None or total <= budget:
+        return dict(removal)
+    ranked = sorted(
+        (
+            (-float(scores[layer][c]), order, c, layer)
+            for order, (layer, r) in enumerate(removal.items())
+            for c in r.components
+        )
+    )
+    kept = {(layer, c) for _, _, c, layer in ranked[:budget]}
+    out = {}
+    for layer, r in removal.items():
+        at = [i for i, c in enumerate(r.components) if (layer, c) in kept]
+        out[layer] = Removal(
+            [r.components[i] for i in at],
+            None if r.fractions is None else [r.fractions[i] for i in at],
+        )
+    return out
 
 
 def concepts_text(concept_names: Sequence[str]) -> str:

@@ -8,8 +8,8 @@ from typing import ClassVar
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.removal import Removal
-from hpo.debias.strategies.attribution import Attribution, by_attribution
-from hpo.debias.strategies.base import EditSource, Labels
+from hpo.debias.strategies.attribution import Attribution, top
+from hpo.debias.strategies.base import EditSource, Labels, within_budget
 from hpo.debias.strategies.conditioned import Conditioned
 
 
@@ -21,12 +21,16 @@ class Both:
         conditioned = ablation.conditioned_components(
             source.n_concepts * source.params.concept_latents
         )
-        return {
+        scores = {layer: source.attribution(layer) for layer in source.saes}
+        removal = {
             layer: Removal(
-                sorted(set(conditioned) | set(by_attribution(source, layer, conditioned)))
+                sorted(
+                    set(conditioned) | set(top(scores[layer], source.params.n_ablate, conditioned))
+                )
             )
-            for layer in source.saes
+            for layer in scores
         }
+        return within_budget(removal, scores, source.budget)
 
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         return (

@@ -8,7 +8,7 @@ from typing import ClassVar
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.removal import Removal
-from hpo.debias.strategies.base import EditSource, Labels, concepts_text
+from hpo.debias.strategies.base import EditSource, Labels, concepts_text, within_budget
 
 
 class Conditioned:
@@ -17,7 +17,11 @@ class Conditioned:
 
     def select(self, source: EditSource) -> dict[str, Removal]:
         chosen = ablation.conditioned_components(source.n_concepts * source.params.concept_latents)
-        return {layer: Removal(list(chosen)) for layer in source.saes}
+        removal = {layer: Removal(list(chosen)) for layer in source.saes}
+        if source.budget is None:
+            return removal
+        scores = {layer: source.attribution(layer) for layer in source.saes}
+        return within_budget(removal, scores, source.budget)
 
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         return (

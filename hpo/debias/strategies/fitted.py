@@ -10,7 +10,8 @@ import torch
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.removal import Removal
-from hpo.debias.strategies.base import EditSource, Labels
+from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.sae.model import FaithfulSAE
 
 
 class Fitted:
@@ -18,17 +19,54 @@ class Fitted:
     labels: ClassVar[Labels] = "group"
 
     def select(self, source: EditSource) -> dict[str, Removal]:
+        """Fit a fraction of every component; over budget, keep the components whose
+        fitted removal is largest (fraction × ‖E_c D_c‖) and refit the fractions of those
+        alone, so the kept ones make up for the dropped ones."""
+        everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
+        removal = self._fit(source, everything)
+        total = sum(len(r.components) for r in removal.values())
+        if source.budget is None or total <= source.budget:
+            return removal
+        sizes = {}
+        for layer, sae in source.saes.items():
+            norms = component_norms(sae)
+            fraction = torch.zeros_like(norms)
+            fraction[removal[layer].components] = torch.tensor(
+                removal[layer].fractions or [], dtype=norms.dtype, device=norms.device
+            )
+            sizes[layer] = fraction * norms
+        kept = within_budget(removal, sizes, source.budget)
+        return self._fit(source, {layer: r.components for layer, r in kept.items()})
+
+    def _fit(self, source: EditSource, which: dict[str, list[int]]) -> dict[str, Removal]:
+        """Fractions of the components in `which`, fitted together on probe."""
         loss = source.require_group_loss(self.name)
-        components = {layer: sae.components().detach() for layer, sae in source.saes.items()}
         params = source.params
+        components = {
+            layer: source.saes[layer].components(idx).detach() for layer, idx in which.items()
+        }
         with torch.enable_grad():
             fitted = ablation.fit_removal(
                 components, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
             )
-        return {layer: Removal.from_fractions(f) for layer, f in fitted.items()}
+        out = {}
+        for layer, fractions in fitted.items():
+            r = Removal.from_fractions(fractions)
+            out[layer] = Removal([which[layer][i] for i in r.components], r.fractions)
+        return out
 
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         return (
             "a fraction of each component, fitted on the balanced probe split by "
             "group-balanced cross-entropy (at α = 1 it only takes parts of the weight away)"
         )
+
+
+@torch.no_grad()
+def component_norms(sae: FaithfulSAE) -> torch.Tensor:
+    """‖E_c D_c‖_F of every component, [C], from r × r Gram matrices (never [C, in, out]):
+    ‖E_c D_c‖² = Σ (E_cᵀE_c) ∘ (D_c D_cᵀ)."""
+    e, d = sae.factors()
+    gram_e = e.transpose(1, 2) @ e
+    gram_d = d @ d.transpose(1, 2)
+    return (gram_e * gram_d).sum(dim=(1, 2)).clamp(min=0).sqrt()

@@ -23,6 +23,7 @@ from hpo.storage.attrs import (
     DEVICE_ATTR,
     DIVERGED_ATTR,
     INTERRUPTED_ATTR,
+    LABELS_ATTR,
     LAYER_ATTR,
     LOSS_HISTORY_ATTR,
     PRUNED_AT_STEP_ATTR,
@@ -53,6 +54,7 @@ BOOKKEEPING = frozenset(
         ALPHA_ATTR,
         ABLATED_COMPONENTS_ATTR,
         SELECTION_ATTR,
+        LABELS_ATTR,
         REMOVED_FRACTIONS_ATTR,
         ALPHA_CURVE_ATTR,
         VAL_GROUPS_ATTR,
@@ -143,6 +145,7 @@ def _read_edit(
         selection=str(attrs.get(SELECTION_ATTR, params.get("ablate", LEGACY_SELECTION))),
         fractions=attrs.get(REMOVED_FRACTIONS_ATTR),
         alpha_curve=_mapping(attrs.get(ALPHA_CURVE_ATTR)),
+        labels=attrs.get(LABELS_ATTR),  # stored before regimes: None
     )
 
 

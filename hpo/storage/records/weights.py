@@ -35,6 +35,8 @@ class TrialWeights:
     saes: dict[str, StoredSAE]  # decomposed layer -> its SAE, in call order
     removal: dict[str, Removal] | None = None  # None: chosen again (older payloads)
     debiased: dict[str, torch.Tensor] | None = None  # the edited model's state dict
+    # each control's removal, re-applied as it was (None: chosen again, older payloads)
+    controls: dict[str, dict[str, Removal]] | None = None
 
     @classmethod
     def of(
@@ -53,6 +55,7 @@ class TrialWeights:
             },
             removal=None if result.edit is None else recorded_removal(result.edit),
             debiased=None if debiased is None else {k: v.cpu() for k, v in debiased.items()},
+            controls={name: recorded_removal(e) for name, e in result.control_edits.items()},
         )
 
     def to_payload(self) -> dict[str, Any]:
@@ -63,6 +66,11 @@ class TrialWeights:
             payload["removal"] = {k: r.to_json() for k, r in self.removal.items()}
         if self.debiased is not None:
             payload["debiased"] = self.debiased
+        if self.controls:
+            payload["controls"] = {
+                name: {k: r.to_json() for k, r in removal.items()}
+                for name, removal in self.controls.items()
+            }
         return payload
 
     @classmethod
@@ -76,6 +84,11 @@ class TrialWeights:
             if removal is None
             else {k: Removal.from_json(d) for k, d in removal.items()},
             debiased=payload.get("debiased"),
+            controls={
+                name: {k: Removal.from_json(d) for k, d in removal.items()}
+                for name, removal in payload.get("controls", {}).items()
+            }
+            or None,
         )
 
 

@@ -1,0 +1,55 @@
+"""Controls: decompositions that learnt nothing, edited exactly as the trial's SAE is.
+
+A gain belongs to the Faithful-SAE only if the same edit procedure (strategy, budget,
+fit, α chosen on validation) does worse on a decomposition that carries no learning.
+Each control maps a layer's weight (in × out) and the trial's params to a decomposition
+of the same kind, a `FaithfulSAE` whose components sum to (about) that weight:
+
+- `random`: the trial's own SAE before training (same seed, same init): any component
+  basis of the right shape, so a supervised fit in it is a fine-tune in a random subspace.
+- `svd`: the weight's singular vectors, min(in, out) exact rank-1 components: the
+  decomposition a linear-algebra textbook gives for free.
+
+`lift` = debiased − best control (worst-group accuracy on validation) says what training
+the SAE added. A new control is one function and one line in `CONTROLS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from hpo.config import TrialParams
+from hpo.sae.model import FaithfulSAE
+from hpo.sae.training import initial_sae
+
+Control = Callable[[torch.Tensor, TrialParams], FaithfulSAE]
+
+
+def untrained(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
+    """The trial's SAE as training finds it; the global random state is left as it was."""
+    devices = [weight_t.device] if weight_t.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return initial_sae(weight_t, params).eval()
+
+
+@torch.no_grad()
+def singular_vectors(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
+    """W = Σ σ_i u_i v_iᵀ as rank-1 components E_i = √σ_i u_i, D_i = √σ_i v_iᵀ, largest
+    first (so "the first latents" are the largest directions)."""
+    u, s, vh = torch.linalg.svd(weight_t.double(), full_matrices=False)
+    n = s.numel()
+    sae = FaithfulSAE(weight_t.shape[0], weight_t.shape[1], n, min(params.top_k, n), rank=1)
+    root = s.sqrt()
+    sae.encoder.copy_((u * root).to(weight_t.dtype))
+    sae.decoder.copy_((root[:, None] * vh).to(weight_t.dtype))
+    return sae.to(weight_t.device).eval()
+
+
+CONTROLS: dict[str, Control] = {"random": untrained, "svd": singular_vectors}
+
+
+def control_name(name: str) -> str:
+    """How a control's edited model is named beside the references ("control_svd")."""
+    return f"control_{name}"

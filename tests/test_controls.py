@@ -1,0 +1,84 @@
+"""Controls and the edit budget: every gain is shown beside the same edit procedure on
+decompositions that learnt nothing, and a budget caps what any strategy removes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_conformance import edit_source
+from test_levers import small_context
+
+from hpo.config import TrialParams
+from hpo.debias.controls import CONTROLS, singular_vectors, untrained
+from hpo.debias.strategies.registry import STRATEGIES
+from hpo.sae.model import FaithfulSAE
+from hpo.sae.training import initial_sae
+from hpo.tasks.registry import get_task
+
+
+def test_the_svd_control_is_an_exact_decomposition() -> None:
+    torch.manual_seed(0)
+    weight_t = torch.randn(6, 4)
+    sae = singular_vectors(weight_t, TrialParams(top_k=2))
+    assert sae.n_components == 4 and sae.top_k == 2
+    torch.testing.assert_close(sae.effective_weight(), weight_t, atol=1e-5, rtol=1e-5)
+    norms = [float(c.norm()) for c in sae.components().detach()]
+    assert norms == sorted(norms, reverse=True)  # largest first
+
+
+@pytest.mark.parametrize("init", ["xavier", "tied"])
+def test_the_random_control_is_the_sae_before_training(init: str) -> None:
+    weight_t = torch.randn(6, 4)
+    params = TrialParams(n_components=8, top_k=2, init=init, seed=5)
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    control = untrained(weight_t, params)
+    assert torch.equal(torch.rand(1), expected)  # the global random state is untouched
+    start = initial_sae(weight_t, params)
+    assert torch.equal(control.encoder, start.encoder)
+    assert torch.equal(control.decoder, start.decoder)
+
+
+def test_every_result_carries_its_controls_and_the_lift_over_them() -> None:
+    ctx = small_context()
+    task = get_task("colored_mnist")
+    params = TrialParams(n_components=8, top_k=2, fit_steps=20, ablate="fitted")
+    torch.manual_seed(1)
+    result = task.evaluate(ctx, {"0": FaithfulSAE(6, 4, 8, 2)}, params, with_test=True)
+    assert result.controls() == [f"control_{c}" for c in CONTROLS]
+    for name in result.controls():
+        assert set(result.models[name]) == {"val", "test"}
+    best = max(result.metric(c, "val").worst_group for c in result.controls())
+    assert result.value("lift") == pytest.approx(result.value("worst_group") - best)
+    assert result.lift("val") == pytest.approx(result.value("lift"))
+    assert result.edit.labels == "group"
+    assert result.value("components_removed") == result.edit.components_removed
+    assert result.to_json()["lift_by_split"].keys() == {"val", "test"}
+    none = task.evaluate(
+        ctx,
+        {"0": FaithfulSAE(6, 4, 8, 2)},
+        params.model_copy(update={"controls": ()}),
+        with_test=False,
+    )
+    assert none.controls() == [] and "lift" not in none.objectives
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5])
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_honours_the_budget(name: str, budget: int) -> None:
+    strategy = STRATEGIES[name]
+    source, _ = edit_source(group_loss=strategy.labels == "group")
+    unlimited = strategy.select(source)
+    capped_source = type(source)(
+        **{**source.__dict__, "params": source.params.model_copy(update={"max_components": budget})}
+    )
+    capped = strategy.select(capped_source)
+    total = sum(len(r.components) for r in capped.values())
+    assert total <= budget
+    assert total == min(budget, sum(len(r.components) for r in unlimited.values())) or (
+        strategy.labels == "group"  # a refit may leave a kept component under 1 %
+    )
+    if strategy.name != "fitted":  # whole components: the budget keeps a subset
+        for layer, r in capped.items():
+            assert set(r.components) <= set(unlimited[layer].components)
