@@ -20,6 +20,7 @@ from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.scoring import alpha_grid, pick_alpha
 from hpo.errors import UserError
+from hpo.models.linear_layers import per_row, rows
 from hpo.results import Edit, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
@@ -57,12 +58,15 @@ class ClassifierTask:
         return sorted(names, key=valid.index)
 
     def sae_data(self, ctx: ClassifierContext, layer: str) -> SAEData:
-        """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts."""
+        """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts;
+        one row per token where the layer sees a sequence (see `rows`)."""
         probe = ctx.splits["probe"]
-        inputs = ctx.probe_inputs[layer]
+        stored = ctx.probe_inputs[layer]
+        inputs = rows(stored)
         weight_t = ctx.weight_of(layer).detach().T.contiguous()
         assert probe.concepts is not None
-        concepts = torch.nn.functional.one_hot(probe.concepts, len(ctx.concept_names)).float()
+        one_hot = torch.nn.functional.one_hot(probe.concepts, len(ctx.concept_names)).float()
+        concepts = per_row(one_hot, stored)
         return SAEData(
             inputs=inputs, targets=inputs @ weight_t, weight_t=weight_t, concepts=concepts
         )
@@ -203,7 +207,7 @@ class ClassifierTask:
             weight = layer.weight.detach()
             out[f"{name}.weight"] = ablation.debiased_weight(weight, ablated_t, alpha)
             if params.ablate_bias and getattr(layer, "bias", None) is not None:
-                mean_input = ctx.probe_inputs[name].mean(dim=0)
+                mean_input = rows(ctx.probe_inputs[name]).mean(dim=0)
                 out[f"{name}.bias"] = ablation.compensated_bias(
                     layer.bias.detach(), ablated_t, mean_input, alpha
                 )
