@@ -105,6 +105,25 @@ def test_every_reference_says_why_it_cannot_run() -> None:
     assert REFERENCES["leace"].unavailable(src) is None
 
 
+def test_last_layer_says_it_cannot_retrain_a_final_layer_that_sees_sequences() -> None:
+    """Per-token logits averaged afterwards: there is no per-sample input to refit on."""
+
+    class PerToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(x).mean(dim=1)
+
+    model = PerToken()
+    x, c = concept_data(50)
+    tokens = x[:, None, :].expand(50, 4, 8)
+    why = LastLayer().unavailable(source(model, "out", tokens, c))
+    assert why is not None and "out" in why and "sequences" in why
+    assert LastLayer().unavailable(source(nn.Sequential(nn.Linear(8, 3)), "0", x, c)) is None
+
+
 def test_gap_closed_is_measured_towards_the_best_ceiling() -> None:
     from hpo.results import GroupMetrics, TrialResult
 

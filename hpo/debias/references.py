@@ -98,8 +98,11 @@ class LastLayer:
     def unavailable(self, source: ReferenceSource) -> str | None:
         if source.probe.x is None:
             return "the probe split has no model inputs"
-        if final_linear(source.model, source.probe.x) is None:
+        name = final_linear(source.model, source.probe.x)
+        if name is None:
             return "the model calls no nn.Linear layer"
+        if source.inputs_of(name, source.probe.x[:2]).dim() != 2:
+            return f"its final nn.Linear ({name}) sees sequences, not one vector per sample"
         return None
 
     def fit(self, source: ReferenceSource) -> Fitted:
