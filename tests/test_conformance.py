@@ -228,7 +228,7 @@ def edit_source(group_loss: bool) -> tuple[EditSource, dict[str, FaithfulSAE]]:
         saes=saes,
         params=params,
         probe_inputs=inputs,
-        probe_concepts=concepts,
+        probe_concepts={layer: concepts for layer in inputs},
         group_loss=loss if group_loss else None,
     )
     return source, saes

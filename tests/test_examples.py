@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import inspect
 import json
 import os
 import subprocess
@@ -35,7 +36,7 @@ from hpo.service.study_file import load_study_file
 from hpo.tasks.user import validate_user_task
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ("spurious_tabular", "spurious_last_layer")
+EXAMPLES = ("spurious_tabular", "spurious_last_layer", "spurious_tokens")
 SEEDS = (0, 1)
 
 
@@ -153,6 +154,9 @@ def test_the_model_is_biased_and_worth_debiasing(
         ("spurious_last_layer", {"n_classes": 1}, "n_classes = 1"),
         ("spurious_last_layer", {"n_sensors": 1}, "n_sensors = 1"),
         ("spurious_last_layer", {"n_test": 10}, "n_test = 10"),
+        ("spurious_tokens", {"n_heads": 3}, "n_heads = 3"),
+        ("spurious_tokens", {"seq_len": 2}, "seq_len = 2"),
+        ("spurious_tokens", {"bias": -0.1}, "bias = -0.1"),
     ],
 )
 def test_bad_options_are_value_errors_naming_them(
@@ -162,12 +166,131 @@ def test_bad_options_are_value_errors_naming_them(
         modules[name].make_task(seed=0, **options)
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
-def test_the_study_files_validate(name: str, modules: dict[str, ModuleType]) -> None:
-    study = load_study_file(ROOT / f"examples/{name}.toml")
+STUDY_FILES = {name: name for name in EXAMPLES} | {
+    "spurious_tokens_two_blocks": "spurious_tokens"
+}  # study file -> the example module it names
+
+
+@pytest.mark.parametrize(("study_name", "name"), STUDY_FILES.items())
+def test_the_study_files_validate(
+    study_name: str, name: str, modules: dict[str, ModuleType]
+) -> None:
+    study = load_study_file(ROOT / f"examples/{study_name}.toml")
     assert study.task.kind == "python"
+    assert study.study.name == study_name
     assert study.task.factory == f"examples.{name}:make_task"
     assert set(study.task.options) <= modules[name].make_task.__kwdefaults__.keys()
+
+
+# ------------------------------------------- the transformer: sequences, blocks, export
+
+# A transformer the size of a unit test: trains in a fraction of a second.
+TINY_TOKENS = {"n_train": 400, "n_probe": 200, "n_val": 200, "n_test": 200, "epochs": 2}
+TINY_TOKENS_ARCH = {"seq_len": 8, "d_model": 16, "d_mlp": 32}
+TINY_PARAMS = {"n_components": 16, "top_k": 4, "steps": 40, "eval_every": 20, "batch_size": 64}
+TWO_BLOCKS = ("blocks.0.mlp.fc1", "blocks.1.mlp.fc1")
+
+
+def tiny_tokens_study(tmp_path: Path, study_name: str) -> Path:
+    """The example's study file with a tiny task and a short SAE training, storage here."""
+    doc = tomllib.loads((ROOT / f"examples/{study_name}.toml").read_text())
+    doc["task"]["options"] |= TINY_TOKENS | TINY_TOKENS_ARCH
+    doc["params"] |= TINY_PARAMS
+    doc["study"]["n_trials"] = 2
+    doc["pruner"] = {"name": "none"}
+    doc["storage"] = {"url": f"sqlite:///{tmp_path / 'storage' / f'{study_name}.db'}"}
+    path = tmp_path / f"{study_name}.toml"
+    path.write_text(tomli_w.dumps(doc))
+    return path
+
+
+def test_layer_inputs_of_the_transformer_are_sequences_decomposed_token_by_token(
+    modules: dict[str, ModuleType],
+) -> None:
+    """The MLP layers see [N, seq_len, d]: the SAE trains on N·seq_len rows, every token
+    labelled with its sequence's concept (whether S is in it)."""
+    from hpo.service.trial import prepare_task
+    from hpo.tasks.registry import get_task
+
+    study = load_study_file(
+        ROOT / "examples/spurious_tokens_two_blocks.toml",
+        [f"task.options.{k}={v}" for k, v in (TINY_TOKENS | TINY_TOKENS_ARCH).items()],
+    )
+    ctx = prepare_task(study, data_dir=None, progress=False)
+    task = get_task("python")
+    n, seq_len = TINY_TOKENS["n_probe"], TINY_TOKENS_ARCH["seq_len"]
+    assert ctx.splits["probe"].z.shape == (n, seq_len, TINY_TOKENS_ARCH["d_model"])
+    assert set(TWO_BLOCKS) <= set(ctx.editable_layers)
+    for layer in TWO_BLOCKS:
+        data = task.sae_data(ctx, layer)
+        assert data.inputs.shape == (n * seq_len, TINY_TOKENS_ARCH["d_model"])
+        assert data.targets.shape == (n * seq_len, TINY_TOKENS_ARCH["d_mlp"])
+        concepts = data.concepts.argmax(1).reshape(n, seq_len)
+        assert torch.equal(concepts, ctx.splits["probe"].concepts[:, None].expand(n, seq_len))
+
+
+@pytest.mark.parametrize(
+    ("study_name", "layers"),
+    [("spurious_tokens", ("blocks.0.mlp.fc1",)), ("spurious_tokens_two_blocks", TWO_BLOCKS)],
+)
+def test_a_transformer_trial_edits_one_layer_or_two_blocks_and_scores_every_group(
+    study_name: str, layers: tuple[str, ...], tmp_path: Path, modules: dict[str, ModuleType]
+) -> None:
+    from hpo.service.trial import prepare_task, run_trial
+
+    study = load_study_file(tiny_tokens_study(tmp_path, study_name))
+    ctx = prepare_task(study, data_dir=None, progress=False)
+    result, trained = run_trial(study, ctx, study.params, with_test=True)
+
+    assert tuple(trained) == layers
+    assert result.edit is not None and result.edit.layer == "+".join(layers)
+    assert set(result.edit.components) == set(layers)
+    assert {"original", "debiased", "last_layer", "leace"} <= set(result.models)
+    group_names = modules["spurious_tokens"].GROUP_NAMES
+    for model, per_split in result.models.items():
+        for split in ("val", "test"):
+            metrics = per_split[split]
+            assert list(metrics.groups) == list(group_names), (model, split)
+            accuracies = [a for a in metrics.groups.values() if a is not None]
+            assert len(accuracies) == 4 and all(0.0 <= a <= 1.0 for a in accuracies)
+            assert metrics.worst_group == min(accuracies)
+    assert result.errors["faithfulness_error"] >= 0.0  # large after 40 steps; measured
+    assert 0.0 <= result.errors["prediction_change"] <= 1.0
+
+
+def test_a_two_block_transformer_study_exports_a_model_that_reloads_strictly(
+    tmp_path: Path, modules: dict[str, ModuleType]
+) -> None:
+    """Both blocks' edited weights travel in model.pt, which loads into the example's own
+    class (strict, weights only) and scores exactly what metrics.json says."""
+    from hpo.cli import main
+    from hpo.service.runner import launch, work
+
+    path = tiny_tokens_study(tmp_path, "spurious_tokens_two_blocks")
+    doc = tomllib.loads(path.read_text())
+    doc["params"]["alpha"] = 1.0  # a fixed α: both layers are edited, whatever val prefers
+    path.write_text(tomli_w.dumps(doc))
+    url, name = doc["storage"]["url"], doc["study"]["name"]
+    assert launch(str(path), workers=0, n_trials=None, storage_url=None, data_dir=None) == 0
+    assert work(name, url, worker="test", threads=1) == 0
+    out = tmp_path / "export"
+    assert main(["export", name, "--storage", url, "--out", str(out)]) == 0
+
+    module = modules["spurious_tokens"]
+    options = doc["task"]["options"]
+    arch = inspect.signature(module.TokenTransformer).parameters
+    model = module.TokenTransformer(**{k: v for k, v in options.items() if k in arch})
+    model.load_state_dict(torch.load(out / "model.pt", weights_only=True), strict=True)
+    model.eval()
+    task = module.make_task(seed=doc["task"].get("seed", 0), **options)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for split in ("val", "test"):
+        got = worst_group(model, getattr(task, split), len(module.GROUP_NAMES))
+        want = metrics["models"]["debiased"][split]["worst_group"]
+        assert got == pytest.approx(want, abs=1e-9), split
+    original, edited = task.model.state_dict(), model.state_dict()
+    changed = {k for k in original if not torch.equal(original[k], edited[k])}
+    assert changed == {f"{layer}.weight" for layer in TWO_BLOCKS}
 
 
 # ------------------------------------------------------------- end to end, through the CLI

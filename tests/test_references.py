@@ -53,6 +53,27 @@ def test_leace_folded_into_the_layer_equals_erasing_its_inputs() -> None:
     torch.testing.assert_close(means - means.mean(0), torch.zeros_like(means), atol=1e-4, rtol=0)
 
 
+def test_leace_on_a_layer_that_sees_sequences_erases_the_concept_from_every_token() -> None:
+    """A transformer's Linear sees [N, seq, d]: the eraser is fitted on the tokens as
+    rows, each labelled with its sequence's concept, and folded into the same layer."""
+    torch.manual_seed(0)
+    x, c = concept_data(600)
+    tokens = x[:, None, :] + torch.randn(600, 5, 8, generator=torch.Generator().manual_seed(1))
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 3))
+    probe = CachedSplit(z=tokens, y=c, groups=c, concepts=c, x=tokens)
+    src = ReferenceSource(model, "0", probe, lambda _, data: data, oracle=None, seed=0)
+    fitted = Leace().fit(src)
+
+    hidden = functional_call(model[0], {k[2:]: v for k, v in fitted.overrides.items()}, (tokens,))
+    assert hidden.shape == (600, 5, 4)
+    token_c = c.repeat_interleave(5)
+    flat = hidden.reshape(-1, 4)
+    means = torch.stack([flat[token_c == k].mean(0) for k in range(3)])
+    torch.testing.assert_close(means - means.mean(0), torch.zeros_like(means), atol=1e-4, rtol=0)
+    before = torch.stack([model[0](tokens).reshape(-1, 4)[token_c == k].mean(0) for k in range(3)])
+    assert (before - before.mean(0)).abs().max() > 0.1  # there was a trace to erase
+
+
 def test_last_layer_refits_only_the_final_linear_layer() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
@@ -82,6 +103,25 @@ def test_every_reference_says_why_it_cannot_run() -> None:
     assert REFERENCES["oracle"].unavailable(src) == "this task does not train an oracle"
     assert "LAYERS" in REFERENCES["retrain_head"].unavailable(src)
     assert REFERENCES["leace"].unavailable(src) is None
+
+
+def test_last_layer_says_it_cannot_retrain_a_final_layer_that_sees_sequences() -> None:
+    """Per-token logits averaged afterwards: there is no per-sample input to refit on."""
+
+    class PerToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(x).mean(dim=1)
+
+    model = PerToken()
+    x, c = concept_data(50)
+    tokens = x[:, None, :].expand(50, 4, 8)
+    why = LastLayer().unavailable(source(model, "out", tokens, c))
+    assert why is not None and "out" in why and "sequences" in why
+    assert LastLayer().unavailable(source(nn.Sequential(nn.Linear(8, 3)), "0", x, c)) is None
 
 
 def test_gap_closed_is_measured_towards_the_best_ceiling() -> None:

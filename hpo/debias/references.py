@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.debias.scoring import CachedSplit, Overrides
-from hpo.models.linear_layers import linear_call_order
+from hpo.models.linear_layers import linear_call_order, per_row, rows
 
 
 @dataclass
@@ -98,8 +98,11 @@ class LastLayer:
     def unavailable(self, source: ReferenceSource) -> str | None:
         if source.probe.x is None:
             return "the probe split has no model inputs"
-        if final_linear(source.model, source.probe.x) is None:
+        name = final_linear(source.model, source.probe.x)
+        if name is None:
             return "the model calls no nn.Linear layer"
+        if source.inputs_of(name, source.probe.x[:2]).dim() != 2:
+            return f"its final nn.Linear ({name}) sees sequences, not one vector per sample"
         return None
 
     def fit(self, source: ReferenceSource) -> Fitted:
@@ -154,9 +157,9 @@ class Leace:
         from concept_erasure import LeaceEraser
 
         layer = source.model.get_submodule(source.layer)
-        z = source.probe.z.double()
+        z = rows(source.probe.z).double()  # one row per token where the layer sees sequences
         assert source.probe.concepts is not None
-        concepts = F.one_hot(source.probe.concepts).double()
+        concepts = per_row(F.one_hot(source.probe.concepts).double(), source.probe.z)
         affine = layer.bias is not None
         eraser = LeaceEraser.fit(z, concepts, affine=affine)
         weight = layer.weight.double()

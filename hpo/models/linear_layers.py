@@ -1,4 +1,10 @@
-"""Which nn.Linear layers a model has, and in which order its forward pass calls them."""
+"""Which nn.Linear layers a model has, in which order its forward pass calls them, and
+their inputs as rows.
+
+An nn.Linear acts on the last dimension alone: in a transformer its input is
+[batch, seq, d] and every token is one input of the layer. Decompositions and erasers
+fit on `rows(inputs)`, [batch·seq, d], with each sample's labels repeated for its tokens
+(`per_row`); scoring still runs the whole model on whole samples."""
 
 from __future__ import annotations
 
@@ -36,3 +42,15 @@ def layers_from(model: nn.Module, layer: str, x: torch.Tensor) -> list[str]:
     `layer`'s inputs can change."""
     order = linear_call_order(model, x)
     return order[order.index(layer) :] if layer in order else [layer]
+
+
+def rows(inputs: torch.Tensor) -> torch.Tensor:
+    """A Linear layer's inputs [N, ..., d] as rows [N·..., d] (a view where possible);
+    [N, d] is returned as it is."""
+    return inputs.reshape(-1, inputs.shape[-1])
+
+
+def per_row(labels: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Per-sample `labels` ([N] or [N, m]) repeated for each of a sample's rows in
+    `rows(inputs)`: every token carries its sequence's label."""
+    return labels.repeat_interleave(inputs[0].numel() // inputs.shape[-1], dim=0)

@@ -25,6 +25,7 @@ from hpo.debias.scoring import AlphaSweep, Scorer, sweep_alpha
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
+from hpo.models.linear_layers import per_row, rows
 from hpo.results import Edit, GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
@@ -69,14 +70,16 @@ class ClassifierTask:
         return sorted(names, key=valid.index)
 
     def sae_data(self, ctx: ClassifierContext, layer: str) -> SAEData:
-        """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts."""
-        inputs = ctx.probe_inputs[layer]
+        """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts;
+        one row per token where the layer sees a sequence (see `rows`)."""
+        stored = ctx.probe_inputs[layer]
+        inputs = rows(stored)
         weight_t = ctx.weight_of(layer).detach().T.contiguous()
         return SAEData(
             inputs=inputs,
             targets=inputs @ weight_t,
             weight_t=weight_t,
-            concepts=self.probe_concepts(ctx),
+            concepts=per_row(self.probe_concepts(ctx), stored),
         )
 
     def removal(
@@ -90,12 +93,13 @@ class ClassifierTask:
             group_loss = balanced_probe_loss(
                 ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params)
             )
+        data = {layer: self.sae_data(ctx, layer) for layer in saes}  # tokens as rows
         return strategy.select(
             EditSource(
                 saes=saes,
                 params=params,
-                probe_inputs=ctx.probe_inputs,
-                probe_concepts=self.probe_concepts(ctx),
+                probe_inputs={layer: d.inputs for layer, d in data.items()},
+                probe_concepts={layer: d.concepts for layer, d in data.items()},
                 group_loss=group_loss,
             )
         )
@@ -236,7 +240,7 @@ class ClassifierTask:
             weight = layer.weight.detach()
             out[f"{name}.weight"] = ablation.debiased_weight(weight, ablated_t, alpha)
             if params.ablate_bias and getattr(layer, "bias", None) is not None:
-                mean_input = ctx.probe_inputs[name].mean(dim=0)
+                mean_input = rows(ctx.probe_inputs[name]).mean(dim=0)
                 out[f"{name}.bias"] = ablation.compensated_bias(
                     layer.bias.detach(), ablated_t, mean_input, alpha
                 )

@@ -28,18 +28,19 @@ RemovalLoss = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 @dataclass(frozen=True)
 class EditSource:
     """What a strategy may use: the decomposition of each layer, the trial's params, the
-    probe split's inputs of each layer and its concept labels (one-hot), and — for a
-    strategy that declares group labels — a group-balanced loss on probe."""
+    probe split's inputs of each layer and their concept labels (one-hot; a layer that
+    sees sequences has a row per token), and — for a strategy that declares group
+    labels — a group-balanced loss on probe."""
 
     saes: Mapping[str, FaithfulSAE]
     params: TrialParams
-    probe_inputs: Mapping[str, torch.Tensor]
-    probe_concepts: torch.Tensor  # [N, n_concepts] one-hot
+    probe_inputs: Mapping[str, torch.Tensor]  # layer -> its inputs as rows [N, in]
+    probe_concepts: Mapping[str, torch.Tensor]  # layer -> its rows' concepts, one-hot
     group_loss: RemovalLoss | None = None
 
     @property
     def n_concepts(self) -> int:
-        return int(self.probe_concepts.shape[1])
+        return int(next(iter(self.probe_concepts.values())).shape[1])
 
     @property
     def budget(self) -> int | None:
@@ -50,7 +51,7 @@ class EditSource:
         """Each component's `attribution_scores` on probe: how differently it contributes
         with and without a concept, [C]."""
         return ablation.attribution_scores(
-            self.saes[layer], self.probe_inputs[layer], self.probe_concepts
+            self.saes[layer], self.probe_inputs[layer], self.probe_concepts[layer]
         )
 
     def require_group_loss(self, strategy: str) -> RemovalLoss:
