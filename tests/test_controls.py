@@ -82,3 +82,16 @@ def test_every_strategy_honours_the_budget(name: str, budget: int) -> None:
     if strategy.name != "fitted":  # whole components: the budget keeps a subset
         for layer, r in capped.items():
             assert set(r.components) <= set(unlimited[layer].components)
+
+
+def test_the_budget_curve_edits_each_decomposition_within_each_budget() -> None:
+    ctx = small_context()
+    task = get_task("colored_mnist")
+    params = TrialParams(n_components=8, top_k=2, ablate="attribution", n_ablate=3)
+    torch.manual_seed(1)
+    curves = task.budget_curve(ctx, {"0": FaithfulSAE(6, 4, 8, 2)}, params, [1, 2, None])
+    assert set(curves) == {"debiased", "control_random", "control_svd"}
+    for points in curves.values():
+        assert [p.budget for p in points] == [1, 2, None]
+        assert [p.removed for p in points] == [1, 2, 3]  # n_ablate = 3 without a budget
+        assert all(0.0 <= p.val_worst_group <= 1.0 for p in points)

@@ -40,12 +40,12 @@ def test_report_has_every_figure_and_opens_offline(tiny: str, tmp_path: Path) ->
 
     text = report(tiny, "tiny", tmp_path / "tiny.html")
 
-    for key in ("history", "parallel", "importance", "states", "alpha", "groups"):
+    for key in ("history", "parallel", "importance", "states", "alpha", "groups", "budget"):
         assert f"<h2>{TITLES[key]}</h2>" in text, key
         assert f'"text":"{TITLES[key]}' in text, key  # the plotly figure's own title
     assert TITLES["pareto"] not in text  # one objective: no front
     assert text.count("plotly.js v") == 1  # inlined once, with the first figure
-    assert text.count("Plotly.newPlot(") >= 6
+    assert text.count("Plotly.newPlot(") >= 7
     for pattern in EXTERNAL:
         assert not re.search(pattern, text, re.IGNORECASE), pattern
 

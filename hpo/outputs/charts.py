@@ -41,6 +41,8 @@ MODEL_COLORS = {
     "last_layer": "#f58518",
     "retrain_head": "#b279a2",
     "leace": "#72b7b2",
+    "control_random": "#e45756",
+    "control_svd": "#9d755d",
 }
 FIRST_MODELS = ("original", "debiased")
 WIDTH = 5.0  # inches: 480 px in a browser (SVG sizes are in pt, 96 px per inch)

@@ -23,6 +23,7 @@ from hpo.errors import UserError
 from hpo.outputs.report_figures import (
     TITLES,
     alpha_figure,
+    budget_figure,
     groups_figure,
     history_figures,
     importance_figure,
@@ -247,6 +248,7 @@ def _sections(
     if isinstance(best, Rescored):
         found = [(TITLES["groups"], [groups_figure(best)])]
         found.append((TITLES["alpha"], [alpha_figure(best.record)]))
+        found.append((TITLES["budget"], [budget_figure(best)]))
     else:
         reason = best or "No complete trial yet."
         found = [(TITLES["groups"], [reason]), (TITLES["alpha"], [reason])]

@@ -15,6 +15,8 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.outputs.charts import MODEL_COLORS
 from hpo.outputs.rescore import Rescored
 from hpo.storage.records import TrialRecord, stored_objectives
+from hpo.tasks.base import BUDGETS
+from hpo.tasks.registry import get_task
 
 TEMPLATE = "plotly_white"
 STATE_COLORS = {
@@ -32,6 +34,8 @@ TITLES = {
     "alpha": "Worst-group accuracy vs alpha (best trial, validation)",
     "groups": "Per-group accuracy: original vs debiased (best trial, val and test)",
     "pareto": "Pareto front",
+    "budget": "What the decomposition is worth: worst-group accuracy vs components removed "
+    "(best trial's edit procedure at each budget; its SAE and the controls)",
 }
 
 
@@ -197,6 +201,46 @@ def groups_figure(r: Rescored) -> Any | str:
     fig.update_yaxes(range=[0, 1.1], title="accuracy", row=1, col=1)
     fig.update_layout(barmode="group")
     return _titled(fig, f"{TITLES['groups']}: trial {r.trial.number}")
+
+
+def budget_figure(r: Rescored) -> Any | str:
+    """Test worst-group accuracy (val dotted) against the components removed, for the
+    trial's SAE and each control: the same strategy, fit and α choice at every budget."""
+    import plotly.graph_objects as go
+
+    if r.result.edit is None:
+        return "This task makes no edit."
+    task = get_task(r.study_file.task.kind)
+    curves = task.budget_curve(r.ctx, r.saes, r.params, BUDGETS)
+    if not curves:
+        return "This task makes no edit."
+    fig = go.Figure()
+    for name, points in curves.items():
+        label = name.replace("_", " ").replace("debiased", "Faithful-SAE")
+        x = [p.removed for p in points]
+        hover = [f"budget {p.budget or 'none'}" for p in points]
+        color = MODEL_COLORS.get(name)
+        fig.add_scatter(
+            x=x,
+            y=[p.test_worst_group for p in points],
+            mode="lines+markers",
+            name=f"{label} (test)",
+            line_color=color,
+            hovertext=hover,
+        )
+        fig.add_scatter(
+            x=x,
+            y=[p.val_worst_group for p in points],
+            mode="lines",
+            line_dash="dot",
+            name=f"{label} (val)",
+            line_color=color,
+            hovertext=hover,
+            visible="legendonly",
+        )
+    fig.update_xaxes(title="components removed (budget 1, 2, 4, … 32, none)", type="log")
+    fig.update_yaxes(title="worst-group accuracy", range=[0, 1.02])
+    return _titled(fig, f"{TITLES['budget']}: trial {r.trial.number}")
 
 
 def pareto_figure(study: optuna.Study) -> Any | str:

@@ -12,7 +12,7 @@ and the outputs never ask which task they are holding.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -40,6 +40,20 @@ class TaskContext(Protocol):
 
     @property
     def device(self) -> torch.device: ...
+
+
+# The budgets a report draws its curve at (None: no limit).
+BUDGETS: tuple[int | None, ...] = (1, 2, 4, 8, 16, 32, None)
+
+
+@dataclass(frozen=True)
+class BudgetPoint:
+    """One point of a budget curve: the edit with at most `budget` components removed."""
+
+    budget: int | None  # None: no limit
+    removed: int  # how many it removed
+    val_worst_group: float
+    test_worst_group: float
 
 
 @dataclass(frozen=True)
@@ -105,6 +119,13 @@ class Task(Protocol):
     ) -> dict[str, GroupMetrics]:
         """Per split (val, test), the group metrics of the task's model loaded with
         `state` (strict) and scored from scratch: what export checks model.pt with."""
+        ...
+
+    def budget_curve(
+        self, ctx: TaskContext, saes: Saes, params: TrialParams, budgets: Sequence[int | None]
+    ) -> dict[str, list[BudgetPoint]]:
+        """Per decomposition (the SAE as "debiased", each control), the edit at each
+        budget; {} for a task that makes no edit."""
         ...
 
     def model_card(self, ctx: TaskContext) -> ModelCard:

@@ -10,7 +10,7 @@ validation and reporting test only at that α.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,7 +29,7 @@ from hpo.models.linear_layers import per_row, rows
 from hpo.results import Edit, GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
-from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
+from hpo.tasks.base import BudgetPoint, Direction, ModelCard, Saes, TaskConfig
 from hpo.tasks.bundle import ClassifierContext
 
 OBJECTIVES: dict[str, Direction] = {
@@ -210,6 +210,32 @@ class ClassifierTask:
                 ctx.control_cache.pop(next(iter(ctx.control_cache)))
             ctx.control_cache[key] = made
         return ctx.control_cache[key]
+
+    @torch.no_grad()
+    def budget_curve(
+        self, ctx: ClassifierContext, saes: Saes, params: TrialParams, budgets: Sequence[int | None]
+    ) -> dict[str, list[BudgetPoint]]:
+        """Worst-group accuracy against the number of components removed: the trial's
+        edit procedure at each budget (None: no limit), for its SAE (`debiased`) and each
+        control; α chosen on val at every point, test reported."""
+        curves: dict[str, list[BudgetPoint]] = {"debiased": []}
+        curves |= {control_name(name): [] for name in params.controls}
+        for budget in budgets:
+            capped = params.model_copy(update={"max_components": budget})
+            edits = {"debiased": self.edit_and_score(ctx, saes, capped, True)}
+            for name, c in self.controls(ctx, saes, capped, True).items():
+                edits[control_name(name)] = c
+            for name, scored in edits.items():
+                assert scored.test is not None
+                curves[name].append(
+                    BudgetPoint(
+                        budget,
+                        scored.components_removed,
+                        scored.sweep.best.worst_group,
+                        scored.test.worst_group,
+                    )
+                )
+        return curves
 
     def edited_state_dict(
         self, ctx: ClassifierContext, saes: Saes, params: TrialParams, result: TrialResult

@@ -28,7 +28,7 @@ from hpo.models.classifiers import ToySuperpositionAE
 from hpo.results import GroupMetrics, TrialResult
 from hpo.sae.training import SAEData
 from hpo.tasks import bundle, classifier
-from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
+from hpo.tasks.base import BudgetPoint, Direction, ModelCard, Saes, TaskConfig
 
 
 class ToyTask(TaskConfig):
@@ -195,6 +195,9 @@ class ToySuperposition:
         self, ctx: ToyContext, state: Mapping[str, torch.Tensor]
     ) -> dict[str, GroupMetrics]:
         return {}  # no groups: the toy is scored by MMCS and ML2R, and makes no edit
+
+    def budget_curve(self, *_: Any) -> dict[str, list[BudgetPoint]]:
+        return {}  # no edit
 
     def model_card(self, ctx: ToyContext) -> ModelCard:
         t = ctx.task
