@@ -35,7 +35,7 @@ TITLES = {
     "groups": "Per-group accuracy: original vs debiased (best trial, val and test)",
     "pareto": "Pareto front",
     "budget": "What the decomposition is worth: worst-group accuracy vs components removed "
-    "(best trial's edit procedure at each budget; its SAE and the controls)",
+    "(the best trial edit procedure at each budget, for its SAE and the controls)",
 }
 
 
