@@ -230,6 +230,7 @@ def edit_source(group_loss: bool) -> tuple[EditSource, dict[str, FaithfulSAE]]:
         probe_inputs=inputs,
         probe_concepts={layer: concepts for layer in inputs},
         group_loss=loss if group_loss else None,
+        weights={layer: sae.effective_weight().detach() for layer, sae in saes.items()},
     )
     return source, saes
 

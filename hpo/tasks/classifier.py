@@ -101,6 +101,7 @@ class ClassifierTask:
                 probe_inputs={layer: d.inputs for layer, d in data.items()},
                 probe_concepts={layer: d.concepts for layer, d in data.items()},
                 group_loss=group_loss,
+                weights={layer: d.weight_t for layer, d in data.items()},
             )
         )
 

@@ -10,7 +10,7 @@ labels choose α in every regime (hpo.tasks.classifier), as in DFR and its succe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
 import torch
@@ -29,14 +29,17 @@ RemovalLoss = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 class EditSource:
     """What a strategy may use: the decomposition of each layer, the trial's params, the
     probe split's inputs of each layer and their concept labels (one-hot; a layer that
-    sees sequences has a row per token), and — for a strategy that declares group
-    labels — a group-balanced loss on probe."""
+    sees sequences has a row per token), each layer's weight, and — for a strategy that
+    declares group labels — a group-balanced loss on probe."""
 
     saes: Mapping[str, FaithfulSAE]
     params: TrialParams
     probe_inputs: Mapping[str, torch.Tensor]  # layer -> its inputs as rows [N, in]
     probe_concepts: Mapping[str, torch.Tensor]  # layer -> its rows' concepts, one-hot
     group_loss: RemovalLoss | None = None
+    # layer -> its weight W in (in × out) layout, the one the edit changes (a decomposition
+    # sums to it only as far as it is faithful; a control's may not at all)
+    weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def n_concepts(self) -> int:
