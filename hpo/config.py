@@ -161,6 +161,10 @@ class StudySection(Strict):
     # Trials whose relative faithfulness error ‖W − ΣP‖²/‖W‖² exceeds this are infeasible
     # (Optuna's constrained optimization): the weight is no longer the sum of components.
     max_faithfulness_error: float | None = Field(None, gt=0)
+    # ... and trials that change more than this share of validation predictions when each
+    # weight is replaced by the sum of its components (`prediction_change`): what a
+    # faithfulness error means for the model's decisions.
+    max_prediction_change: float | None = Field(None, ge=0, le=1)
 
 
 class StorageSection(Strict):

@@ -104,11 +104,16 @@ class Objective:
         return values[0] if single else values
 
     def _constrain(self, trial: optuna.Trial, result: TrialResult) -> None:
-        """Faithful by constraint: positive (infeasible) when the error is over the limit."""
-        limit = self.study_file.study.max_faithfulness_error
-        error = result.errors.get("faithfulness_error")
-        if limit is not None and error is not None:
-            trial.set_constraint("faithfulness_error", error - limit)
+        """Faithful by constraint: positive (infeasible) when an error is over its limit."""
+        study = self.study_file.study
+        limits = {
+            "faithfulness_error": study.max_faithfulness_error,
+            "prediction_change": study.max_prediction_change,
+        }
+        for name, limit in limits.items():
+            error = result.errors.get(name)
+            if limit is not None and error is not None:
+                trial.set_constraint(name, error - limit)
 
     def _check_budget(self, trial: optuna.Trial) -> None:
         earlier = trial.study.get_trials(deepcopy=False)
