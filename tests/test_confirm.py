@@ -43,7 +43,15 @@ def test_confirm_stores_mean_and_std_and_export_takes_the_confirmed_best(
         assert [run["seed"] for run in record["runs"]] == [1000, 1001]
         for run in record["runs"]:
             assert {"original", "debiased", "leace", "oracle"} <= set(run["test_worst_group"])
+            assert {"control_random", "control_svd"} <= set(run["test_worst_group"])
             assert run["errors"]["faithfulness_error"] >= 0
+        lifts = [
+            run["test_worst_group"]["debiased"]
+            - max(run["test_worst_group"]["control_random"], run["test_worst_group"]["control_svd"])
+            for run in record["runs"]
+        ]
+        assert record["test_lift"]["values"] == pytest.approx(lifts)
+    assert "lift over controls (test)" in table
 
     summary = "\n".join(study_summary(study))  # what hpo launch prints at the end
     assert "validation worst-group accuracy: original" in summary

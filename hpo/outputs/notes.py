@@ -169,6 +169,11 @@ def confirmation_lines(record: Confirmation, objective: str) -> list[str]:
             f"- test worst-group {_pct(test.mean)} ± {100 * test.std:.1f} pts "
             "(reported, never searched on)"
         )
+    if record.test_lift is not None:
+        lines.append(
+            f"- lift over the controls {100 * record.test_lift.mean:+.1f} ± "
+            f"{100 * record.test_lift.std:.1f} pts (test)"
+        )
     if record.diverged:
         lines.append(f"- {record.diverged} run(s) diverged")
     return lines

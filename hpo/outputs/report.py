@@ -33,6 +33,7 @@ from hpo.outputs.report_figures import (
     states_figure,
 )
 from hpo.outputs.rescore import Rescored, rescore
+from hpo.results import MODEL_ORDER
 from hpo.storage.attrs import BUDGET_ATTR
 from hpo.storage.engine import mask
 from hpo.storage.records import read_confirmations, read_confirmed_best, sign
@@ -179,7 +180,10 @@ def _confirmation_table(study: optuna.Study) -> str:
     objective = objective_names(study)[0]
     confirmed = read_confirmed_best(study)
     best = None if confirmed is None else confirmed.trial
-    models = sorted({m for r in records.values() for run in r.runs for m in run.test_worst_group})
+    models = sorted(
+        {m for r in records.values() for run in r.runs for m in run.test_worst_group},
+        key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m),
+    )
 
     def spread(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
         if not values:
@@ -205,6 +209,7 @@ def _confirmation_table(study: optuna.Study) -> str:
                 ),
                 spread(errors, 1.0, 3),
                 spread(gaps, 100.0, 0) + ("%" if gaps else ""),
+                "–" if r.test_lift is None else spread(r.test_lift.values) + " pts",
             ]
         )
     head = [
@@ -214,6 +219,7 @@ def _confirmation_table(study: optuna.Study) -> str:
         *(f"{m.replace('_', ' ')} (test)" for m in models),
         "faithfulness error",
         "gap closed (test)",
+        "lift over controls (test)",
     ]
     note = (
         "<p class='note'>★ the confirmed best, by mean validation value: what hpo export "

@@ -68,6 +68,7 @@ def confirm_trial(
     objectives = list(study_file.study.objectives)
     val: dict[str, list[float]] = {name: [] for name in objectives}
     test: list[float] = []
+    lifts: dict[str, list[float]] = {"val": [], "test": []}
     runs: list[ConfirmationRun] = []
     diverged = 0
     for seed in seeds:
@@ -87,6 +88,9 @@ def confirm_trial(
         metric = result.metric("debiased", "test")
         if metric is not None:
             test.append(metric.worst_group)
+        for split, values in lifts.items():
+            if (lift := result.lift(split)) is not None:
+                values.append(lift)
         runs.append(run_record(seed, result))
         _say(
             f"trial {trial.number} seed {seed}: "
@@ -101,6 +105,8 @@ def confirm_trial(
         val={name: Spread.of(v) for name, v in val.items()},
         test_worst_group=Spread.of(test) if test else None,
         runs=runs,
+        val_lift=Spread.of(lifts["val"]) if lifts["val"] else None,
+        test_lift=Spread.of(lifts["test"]) if lifts["test"] else None,
     )
 
 
@@ -187,15 +193,20 @@ class Confirmed:
 
 
 def format_rows(rows: list[Confirmed], objective: str) -> str:
+    def spread(x: Spread | None) -> str:
+        return "-" if x is None else f"{100 * x.mean:.1f} ± {100 * x.std:.1f}"
+
     lines = [
         f"{'trial':>5}  {'study value':>11}  {objective + ' (val) mean ± std':>28}  "
-        f"{'test worst group':>18}"
+        f"{'test worst group':>18}  {'lift over controls (test)':>26}"
     ]
     for r in rows:
         v = r.record.val[objective]
-        t = r.record.test_worst_group
-        test = "-" if t is None else f"{100 * t.mean:.1f} ± {100 * t.std:.1f}%"
-        lines.append(f"{r.trial:>5}  {r.value:>11.4f}  {v.mean:>19.4f} ± {v.std:.4f}  {test:>18}")
+        test, lift = spread(r.record.test_worst_group), spread(r.record.test_lift)
+        lines.append(
+            f"{r.trial:>5}  {r.value:>11.4f}  {v.mean:>19.4f} ± {v.std:.4f}  {test + '%':>18}  "
+            f"{(lift + ' pts') if r.record.test_lift else '-':>26}"
+        )
     return "\n".join(lines)
 
 

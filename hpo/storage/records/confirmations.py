@@ -51,6 +51,9 @@ class Confirmation:
     val: dict[str, Spread]
     test_worst_group: Spread | None
     runs: list[ConfirmationRun] = field(default_factory=list)
+    # debiased − best control, worst group (None: no controls, or stored before them)
+    val_lift: Spread | None = None
+    test_lift: Spread | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -62,6 +65,7 @@ class Confirmation:
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Confirmation:
         test = d.get("test_worst_group")
+        lifts = {k: None if d.get(k) is None else Spread(**d[k]) for k in ("val_lift", "test_lift")}
         return cls(
             seeds=list(d["seeds"]),
             new_base_model=bool(d.get("new_base_model", False)),
@@ -69,6 +73,7 @@ class Confirmation:
             val={k: Spread(**v) for k, v in d["val"].items()},
             test_worst_group=None if test is None else Spread(**test),
             runs=[_run_from_json(r) for r in d.get("runs", [])],  # older: no runs
+            **lifts,
         )
 
 
