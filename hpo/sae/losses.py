@@ -21,6 +21,27 @@ def faithfulness(effective_weight: torch.Tensor, weight_t: torch.Tensor) -> torc
     return F.mse_loss(effective_weight, weight_t)
 
 
+def faithfulness_sketch(
+    encoder: torch.Tensor, decoder: torch.Tensor, weight_t: torch.Tensor, probes: torch.Tensor
+) -> torch.Tensor:
+    """An unbiased estimate of `faithfulness(encoder @ decoder, weight_t)` that never forms
+    the in × out product: ‖(W − E·D)·S‖² / (in·out) for probes S [out, s] with entries
+    N(0, 1/s), since E[S·Sᵀ] = I. E·(D·S) costs (in + out)·C·s and W·S in·out·s
+    multiply-adds, against in·C·out for E·D; its gradient is unbiased too. The relative
+    standard deviation of one estimate is at most √(2/s): draw new probes every step
+    (`sketch_probes`) so that the noise averages out over training.
+    """
+    residual = weight_t @ probes - encoder @ (decoder @ probes)
+    return residual.square().sum() / weight_t.numel()
+
+
+def sketch_probes(d_out: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Probes for `faithfulness_sketch`: [d_out, size], entries N(0, 1/size), on the
+    generator's device."""
+    probes = torch.randn(d_out, size, generator=generator, device=generator.device)
+    return probes.mul_(size**-0.5)
+
+
 def quadratic_ramp(step: int, steps: int) -> float:
     """The seed's schedule for the faithfulness weight: (step / steps)²."""
     return (step / max(1, steps)) ** 2

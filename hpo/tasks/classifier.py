@@ -92,11 +92,11 @@ class ClassifierTask:
                 layer: Removal(self.ablated_components(ctx, layer, sae, params), None)
                 for layer, sae in saes.items()
             }
-        components = {layer: sae.components().detach() for layer, sae in saes.items()}
+        factors = {layer: tuple(f.detach() for f in sae.factors()) for layer, sae in saes.items()}
         loss = balanced_probe_loss(ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params))
         with torch.enable_grad():
             fitted = ablation.fit_removal(
-                components, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
+                factors, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
             )
         return {layer: Removal.from_fractions(f) for layer, f in fitted.items()}
 
