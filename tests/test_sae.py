@@ -75,6 +75,15 @@ def test_top_k_keeps_exactly_k_components_per_sample(rank: int) -> None:
     assert torch.equal(actual, expected)
 
 
+def test_a_wide_output_decodes_by_gathering_to_the_dense_product() -> None:
+    torch.manual_seed(0)
+    sae = FaithfulSAE(8, 512, n_components=16, top_k=4)  # 16 latents, 4 kept: ratio 4
+    z = torch.randn(10, 16)
+    with torch.no_grad():
+        kept = sae.select(z)
+        torch.testing.assert_close(sae.decode(kept), sae.densify(kept, z) @ sae.decoder)
+
+
 def test_top_k_equal_to_n_components_keeps_everything() -> None:
     sae = FaithfulSAE(4, 3, n_components=5, top_k=5)
     x = torch.randn(7, 4, generator=seeded())
@@ -110,9 +119,10 @@ def test_faithfulness_is_zero_at_a_perfect_fit_and_positive_otherwise() -> None:
 def test_the_faithfulness_sketch_is_unbiased_in_value_and_gradient() -> None:
     """The mean of many sketches is the exact loss, and so is the mean of their gradients.
 
-    One estimate's relative standard deviation is at most √(2/s) = 0.71 at s = 4; over
-    M = 20 000 sketches the mean's is at most 0.005, and the probes come from a seeded
-    generator: the 3 % tolerance is six standard deviations, on a draw that never changes.
+    One estimate's relative standard deviation is at most √(2/s) = 0.71 at s = 4
+    (Gaussian probes; orthonormal ones have less); over M = 20 000 sketches the mean's is
+    at most 0.005, and the probes come from a seeded generator: the 3 % tolerance is six
+    standard deviations, on a draw that never changes.
     """
     gen = seeded(5)
     e = torch.randn(6, 4, generator=gen, requires_grad=True)
@@ -133,13 +143,23 @@ def test_the_faithfulness_sketch_is_unbiased_in_value_and_gradient() -> None:
         assert (approx - true).norm() < 0.05 * true.norm()
 
 
-def test_the_faithfulness_sketch_is_exact_when_the_residual_is_zero() -> None:
-    sae = random_sae(2)
+def test_the_faithfulness_sketch_is_exact_at_zero_residual_or_as_many_probes_as_outputs() -> None:
+    sae = random_sae(2)  # rank 2, 5 outputs
     with torch.no_grad():
         weight_t = sae.effective_weight().clone()
         probes = losses.sketch_probes(5, 3, seeded(0))
         value = losses.faithfulness_sketch(sae.encoder, sae.decoder, weight_t, probes)
-    assert value.item() == pytest.approx(0.0, abs=1e-10)
+        assert value.item() == pytest.approx(0.0, abs=1e-10)
+
+        other = torch.randn(6, 5, generator=seeded(1))
+        exact = losses.faithfulness(sae.effective_weight(), other)
+        for size in (5, 8):  # s ≥ out: orthonormal probes, S·Sᵀ = I
+            probes = losses.sketch_probes(5, size, seeded(size))
+            assert probes.shape == (5, 5)
+            value = losses.faithfulness_sketch(sae.encoder, sae.decoder, other, probes)
+            assert value.item() == pytest.approx(exact.item(), rel=1e-5)
+        few = losses.sketch_probes(5, 2, seeded(2))
+        assert losses.faithfulness_sketch(sae.encoder, sae.decoder, other, few) != exact
 
 
 def test_auto_sketches_wide_layers_and_keeps_small_ones_exact() -> None:
