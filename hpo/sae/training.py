@@ -39,6 +39,7 @@ class Step:
     params: TrialParams
     zero: torch.Tensor  # what a term that is not computed reports
     probes: torch.Tensor | None = None  # [out, s]: sketch the faithfulness loss (None: exact)
+    anchor: losses.Anchor | None = None  # the sketch's control variate
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ def _conditioning(s: Step) -> torch.Tensor:
 def _faithful(s: Step) -> torch.Tensor:
     if s.probes is None:
         return losses.faithfulness(s.sae.effective_weight(), s.weight_t)
-    return losses.faithfulness_sketch(s.sae.encoder, s.sae.decoder, s.weight_t, s.probes)
+    return losses.faithfulness_sketch(s.sae.encoder, s.sae.decoder, s.weight_t, s.probes, s.anchor)
 
 
 def _decorrelation(s: Step) -> torch.Tensor:
@@ -131,6 +132,9 @@ def faithful_sketch_size(params: TrialParams, d_in: int, d_out: int) -> int | No
 # (512 -> 256), 1.39x at 4 (1024 -> 512), 2.9x at 9 (4096 -> 2048); a sketched loss
 # is a noisy one, so only clear savings take it.
 SKETCH_MIN_SAVING = 4
+# A sketched loss is anchored at the exact one every this many steps (see
+# losses.faithfulness_sketch): 3/this of the exact loss's work per step, on average.
+ANCHOR_EVERY = 16
 
 
 def loss_weights(params: TrialParams, step: int) -> dict[str, float]:
@@ -153,9 +157,11 @@ def loss_terms(
     params: TrialParams,
     weights: dict[str, float],
     probes: torch.Tensor | None = None,
+    anchor: losses.Anchor | None = None,
 ) -> dict[str, torch.Tensor]:
     """One step's losses by name. Terms whose weight is zero are not computed. `probes`
-    [out, s]: the faithfulness loss is sketched with them (None: exact).
+    [out, s]: the faithfulness loss is sketched with them (None: exact), and with the
+    `anchor`'s control variate if given.
 
     The top-k latents stay in compact form (values, indices), from which decoding and the
     decorrelation loss work (see `FaithfulSAE.decode`, `losses.decorrelation_topk`). The
@@ -164,7 +170,9 @@ def loss_terms(
     pre = sae.pre_activations(x)
     kept = sae.select(pre)
     recon = pre @ sae.decoder if kept is None else sae.decode(kept)
-    step = Step(sae, pre, kept, recon, target, concepts, weight_t, params, x.new_zeros(()), probes)
+    step = Step(
+        sae, pre, kept, recon, target, concepts, weight_t, params, x.new_zeros(()), probes, anchor
+    )
     return {
         name: loss.term(step) if loss.always or weights[name] else step.zero
         for name, loss in LOSSES.items()
@@ -217,6 +225,7 @@ def train_sae(
     opt = optimizer(sae, params)
     sketch = faithful_sketch_size(params, d_in, d_out)
     sketch_gen = torch.Generator(device=device).manual_seed(params.seed)
+    anchor = None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
     n = data.inputs.shape[0]
     batch = min(params.batch_size, n)
@@ -241,6 +250,8 @@ def train_sae(
             perm = torch.randperm(n, generator=gen).to(device)
         idx = perm[pos * batch : (pos + 1) * batch]
         weights = loss_weights(params, step)
+        if sketch is not None and step % ANCHOR_EVERY == 0:
+            anchor = losses.faithfulness_anchor(sae.encoder, sae.decoder, data.weight_t)
         terms = loss_terms(
             sae,
             data.inputs.index_select(0, idx),
@@ -250,6 +261,7 @@ def train_sae(
             params,
             weights,
             None if sketch is None else losses.sketch_probes(d_out, sketch, sketch_gen),
+            anchor,
         )
         total = sum(weights[k] * v for k, v in terms.items())
         opt.zero_grad(set_to_none=True)
