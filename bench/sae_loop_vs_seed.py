@@ -43,7 +43,7 @@ from hpo.sae.model import FaithfulSAE  # noqa: E402
 from hpo.sae.training import SAEData, loss_weights, train_sae  # noqa: E402
 from hpo.service.study_file import load_study_file  # noqa: E402
 from hpo.service.trial import prepare_task  # noqa: E402
-from hpo.tasks import colored_mnist  # noqa: E402
+from hpo.tasks import get_task  # noqa: E402
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "colored_mnist.toml"
 COLOUR_NAMES = ("red", "green")
@@ -143,7 +143,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     study = load_study_file(STUDY, [])
     ctx = prepare_task(study, data_dir=args.data_dir, progress=True, device="cpu")
-    data = colored_mnist.sae_data(ctx, ctx.layer)
+    data = get_task("colored_mnist").sae_data(ctx, ctx.layer)
     params = study.params
     assert params.batch_size == 512 and params.n_components == 1024 and params.top_k == 32
     runs: dict[str, list[float]] = {"seed-style": [], "ours": []}

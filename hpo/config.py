@@ -70,6 +70,13 @@ class TrialParams(Strict):
     sparsity_weight: float = Field(0.13, ge=0)
     decorr_weight: float = Field(0.4, ge=0)
     faithful_ramp: bool = False
+    # How the training loss measures ‖W − E·D‖²: "exact" forms E·D (in × C × out
+    # multiply-adds a step); "sketch" an unbiased estimate from `sketch_size` random
+    # probes, ‖(W − E·D)S‖² (see hpo.sae.losses.faithfulness_sketch); "auto" sketches where
+    # that is several times cheaper (hpo.sae.training.faithful_sketch_size). Evaluation
+    # and the recorded faithfulness_error are always exact.
+    faithful_estimate: Literal["auto", "exact", "sketch"] = "auto"
+    sketch_size: int = Field(64, ge=1)
     schatten_p: float = Field(1.0, gt=0)
     # Structure.
     n_components: int = Field(1024, ge=1)

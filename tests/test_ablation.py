@@ -57,6 +57,15 @@ def test_ablated_sum_adds_the_chosen_components() -> None:
         torch.testing.assert_close(total, expected)
         everything = ablation.ablated_sum(sae, list(range(6)))
         torch.testing.assert_close(everything, sae.effective_weight())
+        part = ablation.ablated_sum(sae, [1, 4], [0.25, 0.5])
+        torch.testing.assert_close(part, 0.25 * sae.components()[1] + 0.5 * sae.components()[4])
+
+
+def test_ablated_sum_of_rank_2_components() -> None:
+    sae = FaithfulSAE(5, 3, n_components=4, top_k=2, rank=2)
+    with torch.no_grad():
+        part = ablation.ablated_sum(sae, [0, 3], [1.0, 0.5])
+        torch.testing.assert_close(part, sae.components()[0] + 0.5 * sae.components()[3])
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn"])
@@ -152,3 +161,9 @@ def test_alpha_grid_runs_from_zero_to_alpha_max() -> None:
     grid = scoring.alpha_grid(1.2, 13)
     assert grid[0] == 0 and grid[-1] == pytest.approx(1.2) and len(grid) == 13
     assert 0.7 in scoring.alpha_grid(1.2, 13)  # recorded α re-scores to the same float
+
+
+def test_removing_no_component_removes_nothing() -> None:
+    sae = FaithfulSAE(5, 3, n_components=4, top_k=2, rank=2)
+    with torch.no_grad():
+        assert torch.equal(ablation.ablated_sum(sae, []), torch.zeros(5, 3))

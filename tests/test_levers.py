@@ -123,18 +123,22 @@ def test_ablate_bias_keeps_the_layers_mean_output_on_probe() -> None:
 
 def test_a_fitted_removal_takes_away_what_the_loss_wants_gone_and_nothing_it_needs() -> None:
     torch.manual_seed(0)
-    components = {"a": torch.randn(4, 3, 2), "b": torch.randn(2, 3, 2)}
+    factors = {  # E_c [C, in, r], D_c [C, r, out]; rank 2 in "b"
+        "a": (torch.randn(4, 3, 1), torch.randn(4, 1, 2)),
+        "b": (torch.randn(2, 3, 2), torch.randn(2, 2, 2)),
+    }
+    components = {k: e @ d for k, (e, d) in factors.items()}
     target = {"a": components["a"][1] + components["a"][3], "b": components["b"][0]}
 
     def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum((removed[k] - target[k]).square().sum() for k in target)
 
-    fitted = ablation.fit_removal(components, loss, steps=600, lr=0.05, l1=0.0)
+    fitted = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=0.0)
 
     assert fitted["a"][[1, 3]].min() > 0.9 and fitted["a"][[0, 2]].max() < 0.1
     assert fitted["b"][0] > 0.9 and fitted["b"][1] < 0.1
     assert all(((f >= 0) & (f <= 1)).all() for f in fitted.values())  # removal only
-    sparse = ablation.fit_removal(components, loss, steps=600, lr=0.05, l1=100.0)
+    sparse = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=100.0)
     assert sparse["a"].sum() < fitted["a"].sum()  # the l1 keeps removal small
 
 

@@ -17,15 +17,26 @@ def ablated_sum(
     sae: FaithfulSAE, index: list[int], fractions: list[float] | None = None
 ) -> torch.Tensor:
     """Σ of the chosen components (each times its fraction, if given), (in × out)."""
-    components = sae.components(index)
+    e, d = sae.factors()
+    e, d = e[index], d[index]
     if fractions is None:
-        return components.sum(dim=0)
-    weights = torch.tensor(fractions, dtype=components.dtype, device=components.device)
-    return torch.einsum("c,cio->io", weights, components)
+        weights = e.new_ones(len(index))
+    else:
+        weights = torch.tensor(fractions, dtype=e.dtype, device=e.device)
+    return weighted_sum(e, d, weights)
+
+
+def weighted_sum(e: torch.Tensor, d: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Σ_c w_c · E_c D_c (in × out) from the factors E_c [C, in, r], D_c [C, r, out]: one
+    (in × C·r) @ (C·r × out) product, never the [C, in, out] components (34 GB at
+    C = 1024 on a 4096 -> 2048 layer)."""
+    c, d_in, r = e.shape
+    scaled = (e * weights[:, None, None]).permute(1, 0, 2).reshape(d_in, c * r)
+    return scaled @ d.reshape(c * r, d.shape[-1])  # also for no component: zeros
 
 
 def fit_removal(
-    components: Mapping[str, torch.Tensor],
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
     *,
     steps: int,
@@ -35,23 +46,21 @@ def fit_removal(
     """How much of each component to remove, fitted: r ∈ [0, 1] per component (a sigmoid,
     starting near 0) minimising `loss({layer: Σ r_c · component_c})` + l1 · mean(r).
 
-    `components` maps a layer to its [C, in, out] components; the loss sees each layer's
-    removed part in (in × out) layout. At α = 1 the edit only takes parts of the layer's
+    `factors` maps a layer to its components' factors (E_c [C, in, r], D_c [C, r, out],
+    as `FaithfulSAE.factors`); the loss sees each layer's removed part in (in × out)
+    layout. At α = 1 the edit only takes parts of the layer's
     own components away, never adds; α then scales it like every edit (α > 1 removes
     more than was fitted, as the seed's α sweep does).
     """
     logits = {
-        layer: torch.full((c.shape[0],), INITIAL_LOGIT, device=c.device, requires_grad=True)
-        for layer, c in components.items()
+        layer: torch.full((e.shape[0],), INITIAL_LOGIT, device=e.device, requires_grad=True)
+        for layer, (e, _) in factors.items()
     }
     opt = torch.optim.Adam(list(logits.values()), lr=lr)
-    total = sum(c.shape[0] for c in components.values())
+    total = sum(e.shape[0] for e, _ in factors.values())
     for _ in range(steps):
         fractions = {layer: torch.sigmoid(v) for layer, v in logits.items()}
-        removed = {
-            layer: torch.einsum("c,cio->io", fractions[layer], components[layer])
-            for layer in components
-        }
+        removed = {layer: weighted_sum(e, d, fractions[layer]) for layer, (e, d) in factors.items()}
         value = loss(removed) + l1 * sum(f.sum() for f in fractions.values()) / total
         opt.zero_grad(set_to_none=True)
         value.backward()

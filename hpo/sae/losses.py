@@ -5,7 +5,7 @@ Each returns a scalar; the trainer weighs them and returns them by name.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,78 @@ def reconstruction(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def faithfulness(effective_weight: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
     """MSE between Σ components and the layer's weight (both in × out)."""
     return F.mse_loss(effective_weight, weight_t)
+
+
+class Anchor(NamedTuple):
+    """The exact faithfulness loss and its gradients at a recent point (E₀, D₀): what
+    `faithfulness_sketch` subtracts the sketch's own noise with (a control variate)."""
+
+    encoder: torch.Tensor
+    decoder: torch.Tensor
+    value: torch.Tensor
+    grad_encoder: torch.Tensor
+    grad_decoder: torch.Tensor
+
+
+@torch.no_grad()
+def faithfulness_anchor(
+    encoder: torch.Tensor, decoder: torch.Tensor, weight_t: torch.Tensor
+) -> Anchor:
+    """`faithfulness(E·D, W)` and its gradients, exactly (3·in·C·out multiply-adds)."""
+    residual = weight_t - encoder @ decoder
+    scale = -2 / weight_t.numel()
+    return Anchor(
+        encoder.detach().clone(),
+        decoder.detach().clone(),
+        residual.square().sum() / weight_t.numel(),
+        scale * (residual @ decoder.T),
+        scale * (encoder.T @ residual),
+    )
+
+
+def faithfulness_sketch(
+    encoder: torch.Tensor,
+    decoder: torch.Tensor,
+    weight_t: torch.Tensor,
+    probes: torch.Tensor,
+    anchor: Anchor | None = None,
+) -> torch.Tensor:
+    """An unbiased estimate of `faithfulness(encoder @ decoder, weight_t)`, in value and
+    gradient, that never forms the in × out product: ‖(W − E·D)·S‖² / (in·out) for
+    probes S [out, s] with E[S·Sᵀ] = I (`sketch_probes`). E·(D·S) costs (in + out)·C·s
+    and W·S in·out·s multiply-adds, against in·C·out for E·D.
+
+    Alone, its gradient's error grows like √(out / s) times the gradient. With an
+    `anchor` (exact at a recent E₀, D₀) the same probes also sketch the loss at the
+    anchor, and the estimate is sketch(E, D) − sketch(E₀, D₀) + exact(E₀, D₀), in value
+    and in gradient (SVRG's control variate): still unbiased, with an error that
+    shrinks with the distance to the anchor, and exact when s ≥ out.
+    """
+    n = weight_t.numel()
+    ws = weight_t @ probes
+    estimate = (ws - encoder @ (decoder @ probes)).square().sum() / n
+    if anchor is None:
+        return estimate
+    with torch.no_grad():
+        ds0 = anchor.decoder @ probes
+        r0 = ws - anchor.encoder @ ds0  # (W − E₀D₀)S
+        sketch0 = r0.square().sum() / n
+        # the exact gradient at the anchor, less the sketch's gradient there
+        fix_e = anchor.grad_encoder + (2 / n) * (r0 @ ds0.T)
+        fix_d = anchor.grad_decoder + (2 / n) * ((anchor.encoder.T @ r0) @ probes.T)
+    linear = (encoder * fix_e).sum() + (decoder * fix_d).sum()
+    return estimate - sketch0 + anchor.value + (linear - linear.detach())
+
+
+def sketch_probes(d_out: int, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Probes for `faithfulness_sketch`, on the generator's device: √(out / s)·Q, where Q
+    [out, s] has orthonormal columns spanning a uniformly random subspace (those of a
+    Gaussian draw), so that E[S·Sᵀ] = (out / s)·(s / out)·I = I. Orthonormal columns
+    estimate with less variance than Gaussian ones, and exactly once s ≥ out (then
+    s = out and S·Sᵀ = I)."""
+    size = min(size, d_out)
+    gaussian = torch.randn(d_out, size, generator=generator, device=generator.device)
+    return torch.linalg.qr(gaussian).Q.mul_((d_out / size) ** 0.5)
 
 
 def quadratic_ramp(step: int, steps: int) -> float:

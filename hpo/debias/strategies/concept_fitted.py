@@ -57,12 +57,13 @@ class ConceptFitted:
         def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
             return sum(losses[layer](part) for layer, part in removed.items())
 
-        components = {
-            layer: source.saes[layer].components(idx).detach() for layer, idx in which.items()
-        }
+        factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
+        for layer, idx in which.items():
+            e, d = source.saes[layer].factors()
+            factors[layer] = (e[idx].detach(), d[idx].detach())
         with torch.enable_grad():
             fitted = ablation.fit_removal(
-                components, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
+                factors, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
             )
         out = {}
         for layer, fractions in fitted.items():
