@@ -9,54 +9,22 @@ and no float may be infinite or NaN.
 
 from __future__ import annotations
 
-import types
-import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Discriminator,
     Field,
     SerializeAsAny,
-    Tag,
     ValidationError,
     field_validator,
     model_validator,
 )
 
+from hpo.search_spec import SearchSpec, spec_extremes
+from hpo.strict import Strict
+
 Direction = Literal["maximize", "minimize"]
-
-
-def _is_tuple(annotation: Any) -> bool:
-    if typing.get_origin(annotation) is tuple:
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_is_tuple(a) for a in typing.get_args(annotation))
-    return False
-
-
-def _as_tuples(value: Any) -> Any:
-    return tuple(_as_tuples(v) for v in value) if isinstance(value, list) else value
-
-
-class Strict(BaseModel):
-    """Frozen, no unknown keys, strict types, finite floats."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _arrays_are_tuples(cls, data: Any) -> Any:
-        """TOML and JSON arrays arrive as lists; strict tuple fields take them as tuples."""
-        if not isinstance(data, dict):
-            return data
-        fields = cls.model_fields
-        return {
-            k: _as_tuples(v) if k in fields and _is_tuple(fields[k].annotation) else v
-            for k, v in data.items()
-        }
 
 
 class TrialParams(Strict):
@@ -195,73 +163,6 @@ class PrunerSection(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class FloatRange(Strict):
-    low: float  # finite: an infinite bound is an error here, not a crashed worker later
-    high: float
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> FloatRange:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got low = {self.low}")
-        return self
-
-
-class IntRange(Strict):
-    low: int
-    high: int
-    step: int = Field(1, ge=1)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _ordered(self) -> IntRange:
-        if self.low >= self.high:
-            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs low > 0, got low = {self.low}")
-        if self.log and self.step != 1:
-            raise ValueError("an int range cannot have both log = true and step > 1")
-        if (self.high - self.low) % self.step:
-            top = self.low + (self.high - self.low) // self.step * self.step
-            raise ValueError(
-                f"step ({self.step}) does not divide high - low ({self.high - self.low}); "
-                f"Optuna would silently stop at {top}: use high = {top} or "
-                f"{top + self.step}"
-            )
-        return self
-
-
-class Choice(Strict):
-    choices: tuple[Any, ...] = Field(min_length=1)
-
-
-class Fixed(Strict):
-    value: Any
-
-
-def _spec_kind(value: Any) -> str:
-    """Pick the spec type from the keys present, so errors name one kind, not four."""
-    if isinstance(value, BaseModel):
-        return type(value).__name__.lower()
-    if "choices" in value:
-        return "choice"
-    if "value" in value:
-        return "fixed"
-    ints = all(type(value.get(k)) is int for k in ("low", "high"))
-    return "intrange" if ints else "floatrange"
-
-
-SearchSpec = Annotated[
-    Annotated[FloatRange, Tag("floatrange")]
-    | Annotated[IntRange, Tag("intrange")]
-    | Annotated[Choice, Tag("choice")]
-    | Annotated[Fixed, Tag("fixed")],
-    Discriminator(_spec_kind),
-]
-
-
 class StudyFile(Strict):
     """A whole study file. `params` fixes values; `search` samples them per trial."""
 
@@ -338,15 +239,6 @@ class StudyFile(Strict):
             return list(self.study.directions)
         allowed = self.task_objectives
         return [allowed[name] for name in self.study.objectives]
-
-
-def spec_extremes(spec: SearchSpec) -> list[Any]:
-    """The values a spec can reach at its edges: enough to type-check it against a field."""
-    if isinstance(spec, (FloatRange, IntRange)):
-        return [spec.low, spec.high]
-    if isinstance(spec, Choice):
-        return list(spec.choices)
-    return [spec.value]
 
 
 def check_param(base: TrialParams, name: str, value: Any) -> TrialParams:

@@ -14,7 +14,7 @@ from hpo.debias import ablation
 from hpo.debias.scoring import CachedSplit
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
-from hpo.tasks import classifier
+from hpo.tasks import classifier_metrics
 from hpo.tasks.bundle import ClassifierContext
 from hpo.tasks.colored_mnist import ColoredMnistTask
 from hpo.tasks.registry import get_task
@@ -180,5 +180,5 @@ def test_prediction_change_is_zero_for_an_exact_decomposition_and_not_for_a_wron
         wrong.decoder.zero_()
         wrong.decoder[:4, :] = torch.eye(4)
 
-    assert classifier.prediction_change(ctx, {"0": exact}) == 0.0
-    assert classifier.prediction_change(ctx, {"0": wrong}) > 0.05  # the layer negated
+    assert classifier_metrics.prediction_change(ctx, {"0": exact}) == 0.0
+    assert classifier_metrics.prediction_change(ctx, {"0": wrong}) > 0.05  # the layer negated

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from hpo.config import FloatRange, StudyFile, TrialParams
+from hpo.config import StudyFile, TrialParams
 from hpo.data.colored_mnist import PALETTE
 from hpo.errors import UserError
+from hpo.search_spec import FloatRange
 from hpo.service.study_file import load_study_file
 from hpo.tasks.colored_mnist import ColoredMnistTask
 from hpo.tasks.toy import ToyTask

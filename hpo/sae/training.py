@@ -11,7 +11,7 @@ unbiased estimate; evaluation measures the error exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,14 +236,8 @@ def train_sae(
     sketch_gen = torch.Generator(device=device).manual_seed(params.seed)
     anchor = None
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
-    n = data.inputs.shape[0]
-    batch = min(params.batch_size, n)
-    per_epoch = n // batch
-    log_every = max(1, params.steps // log_points)
-    names = (*LOSS_NAMES, "total")
-    history: dict[str, list[float]] = {"step": [], **{k: [] for k in names}}
-    running = torch.zeros(len(names), device=device)  # Σ of each loss since the last log
-    perm = torch.randperm(n, generator=gen).to(device)
+    batches = batch_indices(data.inputs.shape[0], params.batch_size, params.steps, gen, device)
+    log = LossLog(params.steps, log_points, device)
     start = time.perf_counter()
     bar = tqdm(
         total=params.steps,
@@ -253,49 +247,81 @@ def train_sae(
         unit="step",
         mininterval=1.0,
     )
-    for step in range(params.steps):
+    with bar:
+        for step, idx in enumerate(batches):
+            weights = loss_weights(params, step)
+            if sketch is not None and step % ANCHOR_EVERY == 0:
+                anchor = losses.faithfulness_anchor(sae.encoder, sae.decoder, data.weight_t)
+            terms = loss_terms(
+                sae,
+                data.inputs.index_select(0, idx),
+                data.targets.index_select(0, idx),
+                data.concepts.index_select(0, idx),
+                data.weight_t,
+                params,
+                weights,
+                None if sketch is None else losses.sketch_probes(d_out, sketch, sketch_gen),
+                anchor,
+            )
+            total = sum(weights[k] * v for k, v in terms.items())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            sched.step()
+            values = log.add(step, terms, total)
+            if values is not None:
+                bar.set_postfix(
+                    recon=f"{values['recon']:.3g}", faithful=f"{values['faithful']:.3g}"
+                )
+            bar.update(1)
+            if (
+                on_eval is not None
+                and (step + 1) % params.eval_every == 0
+                and step + 1 < params.steps
+            ):
+                on_eval(step + 1, sae)
+    return TrainResult(sae=sae, history=log.history, seconds=time.perf_counter() - start)
+
+
+def batch_indices(
+    n: int, batch_size: int, steps: int, gen: torch.Generator, device: torch.device
+) -> Iterator[torch.Tensor]:
+    """`steps` minibatches of sample indices: a fresh permutation each epoch (from `gen`),
+    the last partial batch of an epoch dropped."""
+    batch = min(batch_size, n)
+    per_epoch = n // batch
+    perm = torch.randperm(n, generator=gen).to(device)
+    for step in range(steps):
         pos = step % per_epoch
         if pos == 0 and step:
             perm = torch.randperm(n, generator=gen).to(device)
-        idx = perm[pos * batch : (pos + 1) * batch]
-        weights = loss_weights(params, step)
-        if sketch is not None and step % ANCHOR_EVERY == 0:
-            anchor = losses.faithfulness_anchor(sae.encoder, sae.decoder, data.weight_t)
-        terms = loss_terms(
-            sae,
-            data.inputs.index_select(0, idx),
-            data.targets.index_select(0, idx),
-            data.concepts.index_select(0, idx),
-            data.weight_t,
-            params,
-            weights,
-            None if sketch is None else losses.sketch_probes(d_out, sketch, sketch_gen),
-            anchor,
-        )
-        total = sum(weights[k] * v for k, v in terms.items())
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        opt.step()
-        sched.step()
+        yield perm[pos * batch : (pos + 1) * batch]
+
+
+class LossLog:
+    """Each named loss's mean over the steps since the last log point, recorded about
+    `points` times over training; a mean that is not finite ends the trial as diverged."""
+
+    def __init__(self, steps: int, points: int, device: torch.device) -> None:
+        self.steps, self.every = steps, max(1, steps // points)
+        self.names = (*LOSS_NAMES, "total")
+        self.history: dict[str, list[float]] = {"step": [], **{k: [] for k in self.names}}
+        self.running = torch.zeros(len(self.names), device=device)  # Σ since the last log
+
+    def add(
+        self, step: int, terms: dict[str, torch.Tensor], total: torch.Tensor
+    ) -> dict[str, float] | None:
+        """Account for `step`; at a log point, the means logged (else None)."""
         with torch.no_grad():
-            running += torch.stack([*(terms[k] for k in LOSS_NAMES), total])
-        if (step + 1) % log_every == 0 or step + 1 == params.steps:
-            count = (step % log_every) + 1
-            values = dict(zip(names, (running / count).tolist(), strict=True))
-            if not all(math.isfinite(v) for v in values.values()):
-                bar.close()
-                raise DivergedError(step + 1, values)
-            history["step"].append(step + 1)
-            for k, v in values.items():
-                history[k].append(v)
-            running.zero_()
-            bar.set_postfix(recon=f"{values['recon']:.3g}", faithful=f"{values['faithful']:.3g}")
-        bar.update(1)
-        if (
-            on_eval is not None
-            and ((step + 1) % params.eval_every == 0)
-            and step + 1 < params.steps
-        ):
-            on_eval(step + 1, sae)
-    bar.close()
-    return TrainResult(sae=sae, history=history, seconds=time.perf_counter() - start)
+            self.running += torch.stack([*(terms[k] for k in LOSS_NAMES), total])
+        if (step + 1) % self.every and step + 1 != self.steps:
+            return None
+        count = (step % self.every) + 1
+        values = dict(zip(self.names, (self.running / count).tolist(), strict=True))
+        if not all(math.isfinite(v) for v in values.values()):
+            raise DivergedError(step + 1, values)
+        self.history["step"].append(step + 1)
+        for k, v in values.items():
+            self.history[k].append(v)
+        self.running.zero_()
+        return values

@@ -17,11 +17,12 @@ from typing import Any
 
 import optuna
 
-from hpo.config import StudyFile, TrialParams, spec_extremes
+from hpo.config import StudyFile, TrialParams
 from hpo.data.cache import writable_cache_dir
 from hpo.device import resolve_device
 from hpo.errors import UserError
 from hpo.sae.training import check_fits
+from hpo.search_spec import spec_extremes
 from hpo.service.samplers import check_options
 from hpo.storage.artifacts import artifact_target
 from hpo.storage.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR

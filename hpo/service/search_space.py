@@ -6,7 +6,8 @@ from typing import Any
 
 import optuna
 
-from hpo.config import Choice, FloatRange, IntRange, StudyFile, TrialParams
+from hpo.config import StudyFile, TrialParams
+from hpo.search_spec import Choice, FloatRange, IntRange
 
 
 def suggest(trial: optuna.Trial, study: StudyFile) -> TrialParams:

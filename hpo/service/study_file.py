@@ -13,10 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from hpo.config import StudyFile, spec_extremes
+from hpo.config import StudyFile
 from hpo.debias.controls import CONTROLS
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.errors import UserError
+from hpo.search_spec import spec_extremes
 from hpo.service.samplers import PRUNERS, SAMPLERS
 from hpo.tasks.registry import get_task, task_kinds
 
