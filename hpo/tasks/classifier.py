@@ -2,9 +2,11 @@
 
 A classifier task hands over a `UserTask` (a trained model, the layer, probe/val/test)
 and, if it can, an oracle. From there everything is common: hpo.tasks.bundle caches the
-layer's inputs on every split and scores the references once; `evaluate` here scores a
-Faithful-SAE ablation in one layer or several (`params.layers`), choosing α on
-validation and reporting test only at that α.
+layer's inputs on every split and scores the references once; `evaluate` here edits one
+layer or several (`params.layers`) by the removal the edit strategy (`params.ablate`)
+chooses, α chosen on validation and test reported only at that α, and runs the very same
+procedure on each control decomposition (hpo.debias.controls), so that every result
+carries what training the SAE added: its lift over the best control.
 """
 
 from __future__ import annotations
