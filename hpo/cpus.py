@@ -142,6 +142,29 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+# torch threads inside `reproducible_threads`: one, the only count that every `--threads`
+# (and every machine) can give.
+REPRODUCIBLE_THREADS = 1
+
+
+@contextmanager
+def reproducible_threads() -> Iterator[None]:
+    """One torch thread inside the block, whatever `--threads` is, as before after it.
+
+    A sum split over threads is added in an order that follows the thread count: oneDNN's
+    convolution weight gradients sum the batch in one part per thread, and MKL's matrix
+    products split a long inner dimension (a small layer's weight gradient) the same way.
+    The last bits differ, training amplifies them, and a seed gives other numbers on
+    other thread counts (24.4 -> 89.4 % on one thread, 22.6 -> 83.0 % on two, one CNN
+    trial). So everything that trains on summed gradients and is cached or recorded, the
+    base model, the references and the fitted removal, runs here; the SAE's training and
+    scoring (products split over rows, not summed across threads) keep `--threads`,
+    which tests/test_reproducible.py checks.
+    """
+    with torch_threads(REPRODUCIBLE_THREADS):
+        yield
+
+
 def set_openmp_env() -> None:
     """OPENMP_ENV as defaults of this process's environment (a value the user set wins),
     before torch is imported; afterwards it changes only the processes started later."""

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from hpo.config import TrialParams
+from hpo.cpus import reproducible_threads
 from hpo.debias import ablation
 from hpo.debias.scoring import alpha_grid, pick_alpha
 from hpo.errors import UserError
@@ -94,7 +95,8 @@ class ClassifierTask:
             }
         components = {layer: sae.components().detach() for layer, sae in saes.items()}
         loss = balanced_probe_loss(ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params))
-        with torch.enable_grad():
+        # one thread: the fit's gradient sums C×in×out products (cpus.reproducible_threads)
+        with torch.enable_grad(), reproducible_threads():
             fitted = ablation.fit_removal(
                 components, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
             )
