@@ -24,7 +24,9 @@ from hpo.cpus import torch_threads
 from hpo.data.cache import load_tensors
 from hpo.models import training
 from hpo.models.classifiers import ColorMnistCNN
+from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData, train_sae
+from hpo.tasks.classifier import decomposition_errors
 
 
 def cnn_weights(threads: int, train: Any = training.train_classifier) -> dict[str, torch.Tensor]:
@@ -93,6 +95,22 @@ def test_the_sae_trains_to_the_same_bits_on_one_and_two_threads(
         with torch_threads(threads):
             runs.append(train_sae(data, params))
     assert same(runs[0].sae.state_dict(), runs[1].sae.state_dict())
+
+
+def test_the_decomposition_errors_are_the_same_bits_on_one_and_two_threads() -> None:
+    """A reconstruction error over 4096 × 64 outputs: more numbers than one thread sums."""
+    gen = torch.Generator().manual_seed(2)
+    inputs = torch.randn(4096, 128, generator=gen)
+    weight_t = torch.randn(128, 64, generator=gen) / 128**0.5
+    concepts = torch.zeros(4096, 0)
+    data = SAEData(inputs=inputs, targets=inputs @ weight_t, weight_t=weight_t, concepts=concepts)
+    torch.manual_seed(0)
+    sae = FaithfulSAE(128, 64, 256, 16)
+    errors = []
+    for threads in (1, 2):
+        with torch_threads(threads):
+            errors.append(decomposition_errors(sae, data))
+    assert errors[0] == errors[1]
 
 
 def without_timings(result: dict[str, Any]) -> dict[str, Any]:
