@@ -151,15 +151,15 @@ REPRODUCIBLE_THREADS = 1
 def reproducible_threads() -> Iterator[None]:
     """One torch thread inside the block, whatever `--threads` is, as before after it.
 
-    A sum split over threads is added in an order that follows the thread count: oneDNN's
-    convolution weight gradients sum the batch in one part per thread, and MKL's matrix
-    products split a long inner dimension (a small layer's weight gradient) the same way.
-    The last bits differ, training amplifies them, and a seed gives other numbers on
-    other thread counts (24.4 -> 89.4 % on one thread, 22.6 -> 83.0 % on two, one CNN
-    trial). So everything that trains on summed gradients and is cached or recorded, the
-    base model, the references and the fitted removal, runs here; the SAE's training and
-    scoring (products split over rows, not summed across threads) keep `--threads`,
-    which tests/test_reproducible.py checks.
+    torch adds a sum split over threads in an order that follows the thread count:
+    oneDNN's convolution weight gradients (the batch in one part per thread), MKL's
+    products over a long inner dimension (a small layer's weight gradient), any sum over
+    more than 32768 numbers. The last bits differ, training amplifies them, and a seed
+    gave other figures on two threads than on one (a CNN trial: 24.4 -> 89.4 % against
+    22.6 -> 83.0 %). So what trains on such sums or reports one runs here: the base model
+    and the oracle, the references, the fitted removal, the decomposition errors. The
+    SAE's training and the scoring keep `--threads` (their products split over rows);
+    tests/test_reproducible.py checks both.
     """
     with torch_threads(REPRODUCIBLE_THREADS):
         yield
