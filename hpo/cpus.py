@@ -142,6 +142,29 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+# torch threads inside `reproducible_threads`: one, the only count that every `--threads`
+# (and every machine) can give.
+REPRODUCIBLE_THREADS = 1
+
+
+@contextmanager
+def reproducible_threads() -> Iterator[None]:
+    """One torch thread inside the block, whatever `--threads` is, as before after it.
+
+    torch adds a sum split over threads in an order that follows the thread count:
+    oneDNN's convolution weight gradients (the batch in one part per thread), MKL's
+    products over a long inner dimension (a small layer's weight gradient), any sum over
+    more than 32768 numbers. The last bits differ, training amplifies them, and a seed
+    gave other figures on two threads than on one (a CNN trial: 24.4 -> 89.4 % against
+    22.6 -> 83.0 %). So what trains on such sums or reports one runs here: the base model
+    and the oracle, the references, the fitted removal, the decomposition errors. The
+    SAE's training and the scoring keep `--threads` (their products split over rows);
+    tests/test_reproducible.py checks both.
+    """
+    with torch_threads(REPRODUCIBLE_THREADS):
+        yield
+
+
 def set_openmp_env() -> None:
     """OPENMP_ENV as defaults of this process's environment (a value the user set wins),
     before torch is imported; afterwards it changes only the processes started later."""

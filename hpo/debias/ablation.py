@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
+from hpo.cpus import reproducible_threads
 from hpo.sae.model import FaithfulSAE
 
 
@@ -57,6 +58,20 @@ def fit_removal(
         for layer, (e, _) in factors.items()
     }
     opt = torch.optim.Adam(list(logits.values()), lr=lr)
+    with reproducible_threads():  # its gradient sums long products: see hpo.cpus
+        _fit(logits, factors, loss, opt, steps=steps, l1=l1)
+    return {layer: torch.sigmoid(v).detach() for layer, v in logits.items()}
+
+
+def _fit(
+    logits: dict[str, torch.Tensor],
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    loss: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    opt: torch.optim.Optimizer,
+    *,
+    steps: int,
+    l1: float,
+) -> None:
     total = sum(e.shape[0] for e, _ in factors.values())
     for _ in range(steps):
         fractions = {layer: torch.sigmoid(v) for layer, v in logits.items()}
@@ -65,7 +80,6 @@ def fit_removal(
         opt.zero_grad(set_to_none=True)
         value.backward()
         opt.step()
-    return {layer: torch.sigmoid(v).detach() for layer, v in logits.items()}
 
 
 INITIAL_LOGIT = -6.0  # sigmoid(-6) ≈ 0.0025: the fit starts from (almost) no removal

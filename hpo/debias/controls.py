@@ -21,6 +21,7 @@ from collections.abc import Callable
 import torch
 
 from hpo.config import TrialParams
+from hpo.cpus import reproducible_threads
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import initial_sae
 
@@ -38,7 +39,8 @@ def untrained(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
 def singular_vectors(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
     """W = Σ σ_i u_i v_iᵀ as rank-1 components E_i = √σ_i u_i, D_i = √σ_i v_iᵀ, largest
     first (so "the first latents" are the largest directions)."""
-    u, s, vh = torch.linalg.svd(weight_t.double(), full_matrices=False)
+    with reproducible_threads():  # LAPACK splits its sums by thread count: see hpo.cpus
+        u, s, vh = torch.linalg.svd(weight_t.double(), full_matrices=False)
     n = s.numel()
     sae = FaithfulSAE(weight_t.shape[0], weight_t.shape[1], n, min(params.top_k, n), rank=1)
     root = s.sqrt()

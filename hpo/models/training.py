@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from hpo.cpus import reproducible_threads
 from hpo.models.classifiers import ColoredMnistClassifier
 
 
@@ -13,6 +14,7 @@ def images_to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+@reproducible_threads()
 def train_classifier(
     model: ColoredMnistClassifier,
     images: torch.Tensor,
@@ -25,7 +27,9 @@ def train_classifier(
     desc: str,
     progress: bool,
 ) -> ColoredMnistClassifier:
-    """Adam on cross-entropy; images stay uint8 on the device and are scaled per batch."""
+    """Adam on cross-entropy; images stay uint8 on the device and are scaled per batch.
+    One torch thread (`reproducible_threads`): the same seed, the same model, on any
+    `--threads`."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(digits)
@@ -47,6 +51,7 @@ def train_classifier(
     return model.eval()
 
 
+@reproducible_threads()
 def retrain_head(
     model: ColoredMnistClassifier,
     layer: str,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hpo.cpus import reproducible_threads
 from hpo.data.cache import save_tensors
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit, Scorer, runs_from_layer
@@ -122,6 +123,7 @@ def check_references(names: Sequence[str], can_train_oracle: bool, kind: str) ->
             raise ValueError(f"task kind {kind} cannot train an oracle; remove 'oracle'")
 
 
+@reproducible_threads()
 def write_bundle(
     path: Path,
     task: UserTask,
@@ -134,6 +136,7 @@ def write_bundle(
     device: torch.device,
 ) -> dict[str, float]:
     """Cache the layer inputs on every split and the references' scores, in one file.
+    One torch thread (`reproducible_threads`): the references train and fit covariances.
 
     The model inputs (x) are kept only when scoring has to run the whole model; a model
     that runs from the layer (`head`) is scored from the cached inputs alone.
