@@ -220,8 +220,8 @@ BAD_FILES = [
     ({"study__colour": "x"}, "study.colour: unknown key; valid keys: name"),
     ({"search": {"lr": {"low": 0.1, "high": 0.01}}}, "search.lr: low (0.1) must be below high"),
     ({"search": {"lr": {"low": 0.0, "high": 0.1, "log": True}}}, "log range needs low > 0"),
-    ({"sampler__name": "annealing"}, "sampler.name: Input should be 'tpe'"),
-    ({"pruner__name": "always"}, "pruner.name: Input should be 'median'"),
+    ({"sampler__name": "annealing"}, "sampler.name: unknown sampler 'annealing'; valid: tpe"),
+    ({"pruner__name": "always"}, "pruner.name: unknown pruner 'always'; valid: median"),
     ({"study__directions": ["maximize", "minimize"]}, "study.directions has 2 entries"),
     ({"study__objectives": ["worst_group"]}, "unknown objective 'worst_group'"),
     (
