@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+import torch
 from helpers import toy_study
 
 from hpo.cli import main
@@ -66,6 +67,11 @@ class World:
 
     def env(self, key: str, value: str) -> None:
         self.monkeypatch.setenv(key, value)
+
+    def gpus(self, n: int) -> None:
+        """This process sees `n` CUDA devices (faked: the checks run before any CUDA call)."""
+        self.monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        self.monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
 
 
 def tree(root: Path) -> dict[str, bytes | None]:
@@ -567,6 +573,70 @@ def launch_negative_workers(w: World) -> list[str]:
 @case
 def dashboard_port_out_of_range(w: World) -> list[str]:
     return ["dashboard", "--storage", w.existing, "--port", "70000"]
+
+
+# ---- GPUs (the device count faked; nothing here needs one) ----------------------------------
+
+
+@case
+def launch_gpus_beyond_the_visible(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--workers", "2", "--gpus", "5"]
+
+
+@case
+def launch_gpus_not_indices(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--gpus", "abc"]
+
+
+@case
+def launch_gpus_negative(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--gpus", "0,-1"]
+
+
+@case
+def launch_gpus_repeated(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--gpus", "1,1"]
+
+
+@case
+def launch_gpus_without_cuda(w: World) -> list[str]:
+    w.gpus(0)
+    return _launch_with(w) + ["--gpus", "0"]
+
+
+@case
+def launch_gpus_contradict_the_study_device(w: World) -> list[str]:
+    w.gpus(2)
+    study = w.study(params__device="cpu")
+    return ["launch", study, "--workers", "0", "--storage", "sqlite:///db/toy.db", "--gpus", "1"]
+
+
+@case
+def worker_gpu_negative(w: World) -> list[str]:
+    w.gpus(2)
+    return ["worker", "--study", "toy", "--storage", w.existing, "--gpu", "-1"]
+
+
+@case
+def worker_gpu_beyond_the_visible(w: World) -> list[str]:
+    w.gpus(2)
+    return ["worker", "--study", "toy", "--storage", w.existing, "--gpu", "2"]
+
+
+@case
+def worker_gpu_without_cuda(w: World) -> list[str]:
+    w.gpus(0)
+    return ["worker", "--study", "toy", "--storage", w.existing, "--gpu", "0"]
+
+
+@case
+def trial_params_device_beyond_the_visible(w: World) -> list[str]:
+    w.gpus(2)
+    return ["trial", w.study(params__device="cuda:5")]
 
 
 def test_the_battery_is_large() -> None:
