@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import tomli_w
+import torch
 from helpers import toy_study
 
 from hpo.cli import main
@@ -67,6 +68,11 @@ class World:
     def env(self, key: str, value: str) -> None:
         self.monkeypatch.setenv(key, value)
 
+    def gpus(self, n: int) -> None:
+        """This process sees `n` CUDA devices (faked: the checks run before any CUDA call)."""
+        self.monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
+        self.monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
+
 
 def tree(root: Path) -> dict[str, bytes | None]:
     """Every file (its bytes) and folder (None) under `root`."""
@@ -103,8 +109,14 @@ def world(tmp_path: Path, existing: str, monkeypatch: pytest.MonkeyPatch) -> Ite
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-def _existing_db(world: World) -> bytes:
-    return Path(world.existing.removeprefix("sqlite:///")).read_bytes()
+def _existing_db(world: World) -> dict[str, bytes | None]:
+    """The shared study's folder: its database and whatever lies beside it, so a -wal or
+    -shm file a reader left shows here. This process keeps the study's connections open
+    (the fixture launched it here), so its -wal and -shm may exist already; the -shm is
+    SQLite's shared-memory index, whose read marks every reader moves: its name counts,
+    not its bytes."""
+    found = tree(Path(world.existing.removeprefix("sqlite:///")).parent)
+    return {k: None if k.endswith("-shm") else v for k, v in found.items()}
 
 
 # ---- the study file itself --------------------------------------------------------------
@@ -456,6 +468,10 @@ def launch_colorized_folder_missing(w: World) -> list[str]:
     return ["launch", study, "--workers", "0"]
 
 
+def _existing_db_bytes(w: World) -> bytes:
+    return Path(w.existing.removeprefix("sqlite:///")).read_bytes()
+
+
 # ---- readers never create or change a storage ------------------------------------------------
 
 
@@ -487,6 +503,23 @@ def status_sqlite_without_studies(w: World) -> list[str]:
     conn.commit()
     conn.close()
     return ["status", "--storage", "sqlite:///other.db"]
+
+
+@case
+def status_truncated_study_database(w: World) -> list[str]:
+    """The first 100 bytes of a real study database: a whole header, nothing else."""
+    return ["status", "--storage", f"sqlite:///{w.file('cut.db', _existing_db_bytes(w)[:100])}"]
+
+
+@case
+def export_truncated_study_database_header_count_stale(w: World) -> list[str]:
+    """Its first three pages, with a page count SQLite does not trust (bytes 92-95 no
+    longer match the change counter): only reading it finds the damage. The file is in
+    WAL mode, whose readers make -wal and -shm files unless told it cannot change."""
+    data = bytearray(_existing_db_bytes(w)[: 3 * 4096])
+    assert data[18] == data[19] == 2  # WAL mode
+    data[92:96] = (int.from_bytes(data[24:28], "big") + 1).to_bytes(4, "big")
+    return ["export", "toy", "--storage", f"sqlite:///{w.file('cut.db', bytes(data))}"]
 
 
 @case
@@ -540,6 +573,70 @@ def launch_negative_workers(w: World) -> list[str]:
 @case
 def dashboard_port_out_of_range(w: World) -> list[str]:
     return ["dashboard", "--storage", w.existing, "--port", "70000"]
+
+
+# ---- GPUs (the device count faked; nothing here needs one) ----------------------------------
+
+
+@case
+def launch_gpus_beyond_the_visible(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--workers", "2", "--gpus", "5"]
+
+
+@case
+def launch_gpus_not_indices(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--gpus", "abc"]
+
+
+@case
+def launch_gpus_negative(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--gpus", "0,-1"]
+
+
+@case
+def launch_gpus_repeated(w: World) -> list[str]:
+    w.gpus(2)
+    return _launch_with(w) + ["--gpus", "1,1"]
+
+
+@case
+def launch_gpus_without_cuda(w: World) -> list[str]:
+    w.gpus(0)
+    return _launch_with(w) + ["--gpus", "0"]
+
+
+@case
+def launch_gpus_contradict_the_study_device(w: World) -> list[str]:
+    w.gpus(2)
+    study = w.study(params__device="cpu")
+    return ["launch", study, "--workers", "0", "--storage", "sqlite:///db/toy.db", "--gpus", "1"]
+
+
+@case
+def worker_gpu_negative(w: World) -> list[str]:
+    w.gpus(2)
+    return ["worker", "--study", "toy", "--storage", w.existing, "--gpu", "-1"]
+
+
+@case
+def worker_gpu_beyond_the_visible(w: World) -> list[str]:
+    w.gpus(2)
+    return ["worker", "--study", "toy", "--storage", w.existing, "--gpu", "2"]
+
+
+@case
+def worker_gpu_without_cuda(w: World) -> list[str]:
+    w.gpus(0)
+    return ["worker", "--study", "toy", "--storage", w.existing, "--gpu", "0"]
+
+
+@case
+def trial_params_device_beyond_the_visible(w: World) -> list[str]:
+    w.gpus(2)
+    return ["trial", w.study(params__device="cuda:5")]
 
 
 def test_the_battery_is_large() -> None:

@@ -51,10 +51,19 @@ def a_result() -> TrialResult:
 def stored(result: TrialResult) -> optuna.trial.FrozenTrial:
     study = optuna.create_study()
     trial = study.ask()
-    write_provenance(trial, seed=3, data_sha256="abc", base_model="key")
+    write_provenance(trial, seed=3, data_sha256="abc", base_model="key", device="cpu")
     write_result(trial, result, {"step": [1, 2], "recon": [2.0, 1.0]})
     study.tell(trial, 0.5)
     return study.trials[0]
+
+
+def test_a_trial_records_its_device_before_it_trains() -> None:
+    """A pruned trial never reaches write_result: it still says where it ran."""
+    study = optuna.create_study()
+    trial = study.ask()
+    write_provenance(trial, seed=3, data_sha256="abc", base_model="key", device="cuda:1")
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    assert read_trial(study.trials[0]).device == "cuda:1"
 
 
 def test_a_stored_result_reads_back_typed() -> None:

@@ -80,11 +80,18 @@ def add_launch(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", help="folder with the MNIST IDX files")
     add_overrides(p)
     add_threads(p, "torch CPU threads per worker (default: the usable cores / workers)")
+    p.add_argument(
+        "--gpus",
+        metavar="LIST",
+        help="CUDA indices to place workers on, worker i on the (i mod n)-th, e.g. 0,2; "
+        "none = the CPU (default: every visible GPU, when params.device is auto)",
+    )
     p.set_defaults(func=cmd_launch)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
     from hpo.cpus import check_threads
+    from hpo.device import parse_gpus, visible_gpus
     from hpo.service.runner import launch
 
     if args.workers < 0:
@@ -94,8 +101,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from hpo.outputs.summary import study_summary
 
     check_threads(args.threads)
+    gpus = None if args.gpus is None else parse_gpus(args.gpus, visible_gpus())
     return launch(
         args.study_file,
+        gpus=gpus,
         summarize=study_summary,
         workers=args.workers,
         n_trials=args.n_trials,
@@ -113,16 +122,23 @@ def add_worker(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-id", help="a name for this worker (default: host-pid)")
     add_threads(p, "torch CPU threads for this worker (default: the cores it may use)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    p.add_argument(
+        "--gpu",
+        metavar="K",
+        help="run on CUDA device K (none = the CPU), where the study's params.device is auto",
+    )
     p.set_defaults(func=cmd_worker)
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
 
     from hpo.cpus import check_threads
+    from hpo.device import parse_gpu, visible_gpus
     from hpo.service.runner import work
     from hpo.storage.urls import given_url
 
     check_threads(args.threads)
+    device = None if args.gpu is None else parse_gpu(args.gpu, visible_gpus())
     url = given_url(args.storage, "hpo worker")
     worker = args.worker_id or f"{os.uname().nodename}-{os.getpid()}"
     from hpo.outputs.notes import publish_for_dashboard
@@ -134,4 +150,5 @@ def cmd_worker(args: argparse.Namespace) -> int:
         threads=args.threads,
         timeout=args.timeout,
         on_complete=publish_for_dashboard,
+        device=device,
     )

@@ -103,6 +103,8 @@ def best_note(
     ]
     if record.seed is not None:
         tail.append(f"seed {record.seed}")
+    if record.device is not None:
+        tail.append(f"trained on {record.device}")
     if tail:
         lines += [" · ".join(tail) + ".", ""]
     if groups:

@@ -106,6 +106,8 @@ def _best_table(r: Rescored) -> str:
             html.escape(f"{r.record.seed} · {str(r.record.data_sha256)[:16]}…"),
         ]
     )
+    if r.record.device is not None:
+        rows.append(["trained on", html.escape(r.record.device)])
     out = _table(["best trial", ""], rows)
     if res.models:
         cols = [(m, s) for m in res.model_names() for s in ("val", "test") if res.metric(m, s)]

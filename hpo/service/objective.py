@@ -69,6 +69,7 @@ class Objective:
             seed=params.seed,
             data_sha256=self.ctx.data_sha256,
             base_model=self.ctx.bundle_key,
+            device=str(self.ctx.device),
         )
         single = len(self.objectives) == 1
 

@@ -35,10 +35,17 @@ SIZE_FIELDS = ("n_components", "rank", "batch_size")
 
 
 def check_launch(
-    path: str | Path, study_file: StudyFile, url: str, *, workers: int, data_dir: str | None
+    path: str | Path,
+    study_file: StudyFile,
+    url: str,
+    *,
+    workers: int,
+    data_dir: str | None,
+    device: str | None = None,
 ) -> Path | None:
     """A UserError for anything wrong that can be known before the study exists. Returns
-    the base model's bundle file when the study will need one (built here), else None."""
+    the base model's bundle file when the study will need one (built here, on `device`,
+    else the study's), else None."""
     try:
         check_options(study_file, parallel=workers > 1)
     except UserError as err:
@@ -46,7 +53,7 @@ def check_launch(
     check_url(url)
     artifact_target(url, study_file.storage)
     writable_cache_dir()
-    device = resolve_device(study_file.params.device)
+    device = resolve_device(device or study_file.params.device)
     existing = existing_study(url, study_file)
     if existing is not None and existing.user_attrs.get(BASE_MODEL_ATTR) is not None:
         return None  # resuming: the study keeps the base model it has

@@ -20,6 +20,7 @@ import optuna
 
 from hpo.config import StorageSection
 from hpo.cpus import OPENMP_ENV, threads_per_worker, torch_threads, usable_cpus
+from hpo.device import gpu_arg, launch_flags, visible_gpus, worker_device
 from hpo.errors import DivergedError
 from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.objective import Objective, SurplusTrial
@@ -61,12 +62,23 @@ def work(
     threads: int | None,
     timeout: float | None = None,
     on_complete: OnComplete | None = None,
+    device: str | None = None,
 ) -> int:
     """One worker: run trials until the study-wide budget is reached, or Ctrl-C (exit
-    code 130, the trial in progress stored as FAIL with the "interrupted" user attr)."""
+    code 130, the trial in progress stored as FAIL with the "interrupted" user attr).
+    `device` ("cuda:K" or "cpu", from `--gpu`) replaces the study's `params.device =
+    "auto"`; it may not contradict an explicit one (hpo.device.worker_device)."""
     with GracefulStop() as stop, torch_threads(threads_per_worker(1, threads)):
         try:
-            code = _work(stop, name, url, worker=worker, timeout=timeout, on_complete=on_complete)
+            code = _work(
+                stop,
+                name,
+                url,
+                worker=worker,
+                timeout=timeout,
+                on_complete=on_complete,
+                device=device,
+            )
         except KeyboardInterrupt:
             code = 130
     if stop.requested:
@@ -82,9 +94,15 @@ def _work(
     worker: str,
     timeout: float | None,
     on_complete: OnComplete | None,
+    device: str | None,
 ) -> int:
     probe = load_study(name, url)
     study_file = stored_study_file(probe.user_attrs[STUDY_FILE_ATTR], name)
+    where = worker_device(study_file.params.device, device)
+    if where.startswith("cuda:"):  # stray allocations on the current GPU land here too
+        import torch
+
+        torch.cuda.set_device(where)
     storage = open_storage(url, study_file.storage)
     sampler = make_sampler(
         study_file.sampler, seed=worker_seed(study_file.sampler.seed, worker), parallel=True
@@ -92,7 +110,7 @@ def _work(
     study = optuna.load_study(
         study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(study_file.pruner)
     )
-    ctx = stop.call(worker_context, study, study_file, url)
+    ctx = stop.call(worker_context, study, study_file, url, where)
     store = artifact_store(url, study_file.storage)
 
     def publish(trial: optuna.Trial, values: tuple[float, ...]) -> None:
@@ -154,13 +172,24 @@ def launch(
     quiet: bool = False,
     threads: int | None = None,
     summarize: Summarize | None = None,
+    gpus: tuple[int, ...] | None = None,
 ) -> int:
     """Create or resume the study, build its base model here (on the usable cores, or
     `threads`), then run `workers` local workers with `threads` torch threads each
-    (default: the usable cores shared out; see hpo.cpus)."""
+    (default: the usable cores shared out; see hpo.cpus), worker i on GPU i mod G of
+    `gpus` (default: every visible GPU when `params.device` is "auto"; () the CPU)."""
     with torch_threads(threads or usable_cpus()):
         return _launch(
-            path, workers, n_trials, storage_url, data_dir, overrides, quiet, threads, summarize
+            path,
+            workers,
+            n_trials,
+            storage_url,
+            data_dir,
+            overrides,
+            quiet,
+            threads,
+            summarize,
+            gpus,
         )
 
 
@@ -174,21 +203,27 @@ def _launch(
     quiet: bool,
     threads: int | None,
     summarize: Summarize | None,
+    gpus: tuple[int, ...] | None,
 ) -> int:
     from hpo.service.preflight import check_launch
     from hpo.service.study_file import load_study_file
 
     per_worker = threads_per_worker(max(1, workers), threads)
     study_file = load_study_file(path, overrides)
+    flags = launch_flags(study_file.params.device, workers, gpus, visible_gpus())
     url = resolve_url(study_file.storage, study_file.study.name, storage_url)
     # Everything that can be checked is (options, paths, data, base model, memory)
-    # before the database or the study is created.
-    bundle = check_launch(path, study_file, url, workers=workers, data_dir=data_dir)
+    # before the database or the study is created; on the first worker's device.
+    device = worker_device(study_file.params.device, flags[0])
+    bundle = check_launch(path, study_file, url, workers=workers, data_dir=data_dir, device=device)
     storage = open_storage(url, study_file.storage)
     study = create_or_load(study_file, storage, n_trials)
     budget = int(study.user_attrs[BUDGET_ATTR])
+    placed = [f or study_file.params.device for f in flags[:workers]]
+    on = ", ".join(f"{placed.count(d)} on {d}" for d in dict.fromkeys(placed))
     _say(
-        f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)",
+        f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)"
+        + (f" ({on})" if workers else ""),
         quiet,
     )
     prepare_base_model(study, study_file, url, data_dir, bundle)
@@ -199,7 +234,7 @@ def _launch(
             quiet,
         )
         return 0
-    codes = _run_workers(study, url, workers, per_worker, study_file.study.timeout, quiet)
+    codes = _run_workers(study, url, flags[:workers], per_worker, study_file.study.timeout, quiet)
     counts = trial_counts(study)
     if codes is None:
         interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
@@ -225,13 +260,14 @@ def _launch(
 def _run_workers(
     study: optuna.Study,
     url: str,
-    workers: int,
+    devices: list[str | None],
     threads: int,
     timeout: float | None,
     quiet: bool,
 ) -> list[int | None] | None:
-    """Run `workers` local worker processes until the budget is reached: their exit
-    codes, or None when Ctrl-C stopped them."""
+    """Run one local worker process per entry of `devices` (its `--gpu`, as a device;
+    None: none) until the budget is reached: their exit codes, or None when Ctrl-C
+    stopped them."""
     # The URL travels by env, not argv (ps shows argv); OpenMP's settings must be in the
     # environment before a worker loads torch.
     env = {**OPENMP_ENV, **os.environ, STORAGE_ENV: url}
@@ -247,10 +283,10 @@ def _run_workers(
                     pass
 
     with GracefulStop(on_request=forward) as stop:
-        for i in range(workers):
+        for i, device in enumerate(devices):
             if stop.requested:
                 break
-            procs.append(_spawn(study.study_name, i, threads, timeout, env))
+            procs.append(_spawn(worker_command(study.study_name, i, threads, timeout, device), env))
         _monitor(study, procs, budget, quiet, stop)
         if stop.requested:
             _wait_or_kill(procs, WORKER_STOP_GRACE)
@@ -258,17 +294,21 @@ def _run_workers(
     return [p.returncode for p in procs]
 
 
-def _spawn(
-    name: str, i: int, threads: int, timeout: float | None, env: dict[str, str]
-) -> subprocess.Popen:
-    return subprocess.Popen(
+def worker_command(
+    name: str, i: int, threads: int, timeout: float | None, device: str | None
+) -> list[str]:
+    """The command line of local worker `i` (`device`: what its --gpu names, if any)."""
+    return (
         [sys.executable, "-m", "hpo", "worker", "--study", name]
         + ["--worker-id", f"{os.uname().nodename}-{os.getpid()}-{i}", "--threads", str(threads)]
-        + (["--timeout", str(timeout)] if timeout else []),
-        env=env,
-        # Own session: a terminal Ctrl-C reaches only this process, which forwards it.
-        start_new_session=True,
+        + (["--timeout", str(timeout)] if timeout else [])
+        + ([] if device is None else ["--gpu", gpu_arg(device)])
     )
+
+
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    # Own session: a terminal Ctrl-C reaches only this process, which forwards it.
+    return subprocess.Popen(argv, env=env, start_new_session=True)
 
 
 def _wait_or_kill(procs: list[subprocess.Popen], grace: float) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from hpo.errors import UserError
 from hpo.storage import compat
 from hpo.storage.attrs import BUDGET_ATTR
 from hpo.storage.engine import mask, open_storage
+from hpo.storage.records import read_trial
 from hpo.storage.urls import storage_urls
 
 
@@ -53,6 +55,7 @@ def collect_status(
                         )
                     },
                     "best_value": best_value(study),
+                    "devices": devices(study),
                     "workers_alive": _alive(storage, study),
                     "summary": (
                         summarize(study, "" if cli_url is None else f" --storage '{mask(url)}'")
@@ -62,6 +65,12 @@ def collect_status(
                 }
             )
     return rows
+
+
+def devices(study: optuna.Study) -> dict[str, int]:
+    """Trials per device they ran on ("cpu", "cuda:1"), for those that recorded one."""
+    found = (read_trial(t).device for t in study.get_trials(deepcopy=False))
+    return dict(sorted(Counter(d for d in found if d is not None).items()))
 
 
 def _alive(storage: Any, study: optuna.Study) -> int:
@@ -80,15 +89,16 @@ def format_status(rows: list[dict[str, Any]]) -> str:
         return "no studies"
     head = (
         f"{'study':<24} {'budget':>6} {'done':>5} {'pruned':>6} {'failed':>6} "
-        f"{'interrupted':>11} {'running':>7} {'alive':>5}  best"
+        f"{'interrupted':>11} {'running':>7} {'alive':>5}  {'best':<7} trials per device"
     )
     lines = [head]
     for r in rows:
         best = "-" if r["best_value"] is None else f"{r['best_value']:.4f}"
+        on = ", ".join(f"{d} {n}" for d, n in r["devices"].items()) or "-"
         lines.append(
             f"{r['study']:<24} {r['budget'] or '-':>6} {r['complete']:>5} {r['pruned']:>6} "
             f"{r['failed']:>6} {r['interrupted']:>11} {r['running']:>7} "
-            f"{r['workers_alive']:>5}  {best}"
+            f"{r['workers_alive']:>5}  {best:<7} {on}"
         )
     lines.append(f"storage: {', '.join(sorted({r['storage'] for r in rows}))}")
     for r in rows:

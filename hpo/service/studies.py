@@ -112,8 +112,11 @@ def prepare_base_model(
         study.set_user_attr(BASE_MODEL_ATTR, key)
 
 
-def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> TaskContext:
-    """The trial context from the local cache, or downloaded from the artifact store."""
+def worker_context(
+    study: optuna.Study, study_file: StudyFile, url: str, device: str | None = None
+) -> TaskContext:
+    """The trial context from the local cache, or downloaded from the artifact store, on
+    `device` (else the study's `params.device`)."""
     task = get_task(study_file.task.kind)
     key = study.user_attrs.get(BASE_MODEL_ATTR)
     if key is None:
@@ -139,7 +142,7 @@ def worker_context(study: optuna.Study, study_file: StudyFile, url: str) -> Task
                     "set storage.artifacts to a shared folder or s3:// bucket every worker "
                     "reaches"
                 ) from None
-    return task.load(study_file.task, path, resolve_device(study_file.params.device))
+    return task.load(study_file.task, path, resolve_device(device or study_file.params.device))
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

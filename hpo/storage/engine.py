@@ -130,15 +130,26 @@ def check_existing_sqlite(url: str) -> None:
         raise UserError(f"{where}: {path} is a folder, not a database file")
     try:
         with path.open("rb") as fh:
-            header = fh.read(16)
+            header = fh.read(100)
     except OSError as err:
         raise UserError(f"{where}: cannot read {path} ({err.strerror})") from None
     if not header:
         raise UserError(f"{where}: {path} is empty, not a study database (hpo launch creates one)")
-    if header != b"SQLite format 3\x00":
+    if header[:16] != b"SQLite format 3\x00":
         raise UserError(f"{where}: {path} is not a SQLite database")
+    if sqlite_truncated(header, path.stat().st_size):
+        raise UserError(
+            f"{where}: {path} is truncated (shorter than its header says), not a whole study "
+            "database; restore it from a copy"
+        )
+    # A file in WAL mode opened even read-only gets -wal and -shm files beside it (left
+    # there when the read fails). With no -wal file, everything is in the file itself, so
+    # open it as immutable: SQLite then creates nothing. A -wal file means a writer is (or
+    # was) at work: read through it, as the workers' own connections do.
+    wal = path.with_name(path.name + "-wal").exists()
     try:
-        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        mode = "mode=ro" if wal else "immutable=1"
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?{mode}", uri=True)
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         finally:
@@ -147,6 +158,21 @@ def check_existing_sqlite(url: str) -> None:
         raise UserError(f"{where}: cannot read {path} ({err})") from None
     if "studies" not in tables:
         raise UserError(f"{where}: {path} is a SQLite database without Optuna studies in it")
+
+
+def sqlite_truncated(header: bytes, size: int) -> bool:
+    """Whether a SQLite file of `size` bytes is shorter than its 100-byte header says:
+    a header cut short, a first page cut short, or fewer pages than the header counts
+    (a count SQLite itself trusts only while bytes 92-95 match the change counter)."""
+    if len(header) < 100:
+        return True
+    raw = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if raw == 1 else raw
+    if size < page_size:
+        return True
+    pages = int.from_bytes(header[28:32], "big")
+    valid = header[92:96] == header[24:28]
+    return valid and pages * page_size > size
 
 
 def engine_kwargs(url: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -173,13 +173,17 @@ def write_result(
         )
     trial.set_user_attr(TIMINGS_ATTR, result.timings)
     for key in (VERSIONS_ATTR, DEVICE_ATTR):  # stored under the provenance's own names
-        if key in result.provenance:
+        if key in result.provenance:  # the device: where the SAE's parameters were
             trial.set_user_attr(key, result.provenance[key])
     trial.set_user_attr(LOSS_HISTORY_ATTR, downsample(dict(history)))
 
 
-def write_provenance(trial: optuna.Trial, *, seed: int, data_sha256: str, base_model: str) -> None:
-    """What every trial records before it trains: enough to reproduce it."""
+def write_provenance(
+    trial: optuna.Trial, *, seed: int, data_sha256: str, base_model: str, device: str
+) -> None:
+    """What every trial records before it trains: enough to reproduce it, and the
+    device it runs on ("cuda:1", "cpu"), so a pruned or failed trial says where too."""
+    trial.set_user_attr(DEVICE_ATTR, device)
     trial.set_user_attr(SEED_ATTR, seed)
     trial.set_user_attr(DATA_SHA256_ATTR, data_sha256)
     trial.set_user_attr(BASE_MODEL_ATTR, base_model)
