@@ -16,7 +16,8 @@ from helpers import hpo, toy_study
 from hpo.cli import main
 from hpo.device import assign_gpus, launch_flags, worker_device
 from hpo.errors import UserError
-from hpo.service.runner import launch, work, worker_command
+from hpo.service.local_workers import worker_command
+from hpo.service.runner import launch, work
 
 
 def test_workers_go_round_robin_over_the_gpus() -> None:
