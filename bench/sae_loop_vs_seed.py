@@ -43,7 +43,7 @@ from hpo.sae.model import FaithfulSAE  # noqa: E402
 from hpo.sae.training import SAEData, loss_weights, train_sae  # noqa: E402
 from hpo.service.study_file import load_study_file  # noqa: E402
 from hpo.service.trial import prepare_task  # noqa: E402
-from hpo.tasks import get_task  # noqa: E402
+from hpo.tasks.registry import get_task  # noqa: E402
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "colored_mnist.toml"
 COLOUR_NAMES = ("red", "green")

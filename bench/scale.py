@@ -116,14 +116,15 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 
 def study(width: int, n: int, params: dict[str, Any]) -> Any:
-    from hpo.config import StudyFile
+    from hpo.service.study_file import parse_study
 
-    return StudyFile.model_validate(
+    return parse_study(
         {
             "study": {"name": "scale"},
             "task": {"kind": "python", "factory": FACTORY, "options": {"width": width, "n": n}},
             "params": params,
-        }
+        },
+        "bench/scale.py",
     )
 
 
@@ -137,7 +138,7 @@ def mib(t: torch.Tensor | None) -> float:
 def step_table(args: argparse.Namespace) -> None:
     from hpo.sae.training import faithful_sketch_size, train_sae
     from hpo.service.trial import prepare_task
-    from hpo.tasks import get_task
+    from hpo.tasks.registry import get_task
 
     print(
         f"SAE step, C 1024, k 32, batch 512, sketch_size 64; {args.steps} steps x "
@@ -187,7 +188,7 @@ def one_trial(args: argparse.Namespace) -> dict[str, Any]:
     """One trial's phases in this process: seconds and peak resident MiB of each."""
     from hpo.sae.training import train_sae
     from hpo.service.trial import prepare_task
-    from hpo.tasks import get_task
+    from hpo.tasks.registry import get_task
 
     width, n = args.widths[0], args.samples[0]
     params: dict[str, Any] = {"steps": args.steps, "ablate": args.ablate, "fit_steps": 30}
