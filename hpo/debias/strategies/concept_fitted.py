@@ -21,10 +21,9 @@ from typing import ClassVar
 import torch
 
 from hpo.config import TrialParams
-from hpo.debias import ablation
 from hpo.debias.removal import Removal
-from hpo.debias.strategies.base import EditSource, Labels, concepts_text, within_budget
-from hpo.debias.strategies.fitted import component_norms
+from hpo.debias.strategies.base import EditSource, Labels, concepts_text
+from hpo.debias.strategies.fitted import fit_within_budget
 
 
 class ConceptFitted:
@@ -34,42 +33,12 @@ class ConceptFitted:
     def select(self, source: EditSource) -> dict[str, Removal]:
         """Fit every component's fraction; over budget, keep the largest removals and
         refit those alone (as `fitted` does)."""
-        everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
-        removal = self._fit(source, everything)
-        total = sum(len(r.components) for r in removal.values())
-        if source.budget is None or total <= source.budget:
-            return removal
-        sizes = {}
-        for layer, sae in source.saes.items():
-            norms = component_norms(sae)
-            fraction = torch.zeros_like(norms)
-            fraction[removal[layer].components] = torch.tensor(
-                removal[layer].fractions or [], dtype=norms.dtype, device=norms.device
-            )
-            sizes[layer] = fraction * norms
-        kept = within_budget(removal, sizes, source.budget)
-        return self._fit(source, {layer: r.components for layer, r in kept.items()})
-
-    def _fit(self, source: EditSource, which: dict[str, list[int]]) -> dict[str, Removal]:
-        params = source.params
-        losses = {layer: concept_loss(source, layer) for layer in which}
+        losses = {layer: concept_loss(source, layer) for layer in source.saes}
 
         def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
             return sum(losses[layer](part) for layer, part in removed.items())
 
-        factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
-        for layer, idx in which.items():
-            e, d = source.saes[layer].factors()
-            factors[layer] = (e[idx].detach(), d[idx].detach())
-        with torch.enable_grad():
-            fitted = ablation.fit_removal(
-                factors, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
-            )
-        out = {}
-        for layer, fractions in fitted.items():
-            r = Removal.from_fractions(fractions)
-            out[layer] = Removal([which[layer][i] for i in r.components], r.fractions)
-        return out
+        return fit_within_budget(source, loss)
 
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         return (

@@ -10,7 +10,7 @@ import torch
 from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.removal import Removal
-from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.debias.strategies.base import EditSource, Labels, RemovalLoss, within_budget
 from hpo.sae.model import FaithfulSAE
 
 
@@ -19,48 +19,54 @@ class Fitted:
     labels: ClassVar[Labels] = "group"
 
     def select(self, source: EditSource) -> dict[str, Removal]:
-        """Fit a fraction of every component; over budget, keep the components whose
-        fitted removal is largest (fraction × ‖E_c D_c‖) and refit the fractions of those
-        alone, so the kept ones make up for the dropped ones."""
-        everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
-        removal = self._fit(source, everything)
-        total = sum(len(r.components) for r in removal.values())
-        if source.budget is None or total <= source.budget:
-            return removal
-        sizes = {}
-        for layer, sae in source.saes.items():
-            norms = component_norms(sae)
-            fraction = torch.zeros_like(norms)
-            fraction[removal[layer].components] = torch.tensor(
-                removal[layer].fractions or [], dtype=norms.dtype, device=norms.device
-            )
-            sizes[layer] = fraction * norms
-        kept = within_budget(removal, sizes, source.budget)
-        return self._fit(source, {layer: r.components for layer, r in kept.items()})
-
-    def _fit(self, source: EditSource, which: dict[str, list[int]]) -> dict[str, Removal]:
-        """Fractions of the components in `which`, fitted together on probe."""
-        loss = source.require_group_loss(self.name)
-        params = source.params
-        factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
-        for layer, idx in which.items():
-            e, d = source.saes[layer].factors()
-            factors[layer] = (e[idx].detach(), d[idx].detach())
-        with torch.enable_grad():
-            fitted = ablation.fit_removal(
-                factors, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
-            )
-        out = {}
-        for layer, fractions in fitted.items():
-            r = Removal.from_fractions(fractions)
-            out[layer] = Removal([which[layer][i] for i in r.components], r.fractions)
-        return out
+        return fit_within_budget(source, source.require_group_loss(self.name))
 
     def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
         return (
             "a fraction of each component, fitted on the balanced probe split by "
             "group-balanced cross-entropy (at α = 1 it only takes parts of the weight away)"
         )
+
+
+def fit_within_budget(source: EditSource, loss: RemovalLoss) -> dict[str, Removal]:
+    """A fraction of every component, fitted to minimise `loss`; over budget, keep the
+    components whose fitted removal is largest (fraction × ‖E_c D_c‖) and refit the
+    fractions of those alone, so that the kept ones make up for the dropped ones."""
+    everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
+    removal = fit_fractions(source, everything, loss)
+    total = sum(len(r.components) for r in removal.values())
+    if source.budget is None or total <= source.budget:
+        return removal
+    sizes = {}
+    for layer, sae in source.saes.items():
+        norms = component_norms(sae)
+        fraction = torch.zeros_like(norms)
+        fraction[removal[layer].components] = torch.tensor(
+            removal[layer].fractions or [], dtype=norms.dtype, device=norms.device
+        )
+        sizes[layer] = fraction * norms
+    kept = within_budget(removal, sizes, source.budget)
+    return fit_fractions(source, {layer: r.components for layer, r in kept.items()}, loss)
+
+
+def fit_fractions(
+    source: EditSource, which: dict[str, list[int]], loss: RemovalLoss
+) -> dict[str, Removal]:
+    """Fractions of the components in `which`, fitted together (`ablation.fit_removal`)."""
+    params = source.params
+    factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
+    for layer, idx in which.items():
+        e, d = source.saes[layer].factors()
+        factors[layer] = (e[idx].detach(), d[idx].detach())
+    with torch.enable_grad():
+        fitted = ablation.fit_removal(
+            factors, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
+        )
+    out = {}
+    for layer, fractions in fitted.items():
+        r = Removal.from_fractions(fractions)
+        out[layer] = Removal([which[layer][i] for i in r.components], r.fractions)
+    return out
 
 
 @torch.no_grad()
