@@ -44,7 +44,7 @@ def _group_table(result: TrialResult) -> list[str]:
     cols = [(m, s) for m in models for s in splits]
     groups = result.group_names
     width = max(12, *(len(g) for g in groups))
-    top = " " * width + "".join(f"{m.replace('_', ' '):>{7 * len(splits)}}" for m in models)
+    top = " " * width + "".join(f"{_label(m):>{7 * len(splits)}}" for m in models)
     sub = " " * width + "".join(f"{s:>7}" for _, s in cols)
     edit = result.edit
     lines = []
@@ -72,7 +72,7 @@ def _group_table(result: TrialResult) -> list[str]:
         if lift is not None:
             lines.append(
                 f"lift on {s}: {100 * lift:+.1f} pts worst group over the best control "
-                "(the same edit of a decomposition that learnt nothing)"
+                "(ctrl: the same edit of the SAE before training, of the weight's SVD)"
             )
     for s in splits:
         gap = result.gap_closed(s)
@@ -82,6 +82,13 @@ def _group_table(result: TrialResult) -> list[str]:
                 f"{gap[1].replace('_', ' ')} (worst group)"
             )
     return lines
+
+
+def _label(model: str) -> str:
+    """A model's column heading, short enough to leave a space before it."""
+    if model.startswith("control_"):
+        return f"ctrl {model.removeprefix('control_')}"
+    return model.replace("_", " ")
 
 
 def regime_line(result: TrialResult) -> str:
