@@ -38,6 +38,9 @@ class TrialParams(Strict):
     sparsity_weight: float = Field(0.13, ge=0)
     decorr_weight: float = Field(0.4, ge=0)
     faithful_ramp: bool = False
+    # Weigh each latent's L1 (sparsity_weight) by its decoder row's norm, so that moving
+    # scale from encoder to decoder cannot make the penalty fade (see losses.sparsity).
+    sparsity_decoder_norm: bool = False
     # How the training loss measures ‖W − E·D‖²: "exact" forms E·D (in × C × out
     # multiply-adds a step); "sketch" an unbiased estimate from `sketch_size` random
     # probes, ‖(W − E·D)S‖² (see hpo.sae.losses.faithfulness_sketch); "auto" sketches where

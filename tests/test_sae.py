@@ -21,6 +21,7 @@ from hpo.sae.training import (
     LOSSES,
     SAEData,
     faithful_sketch_size,
+    loss_terms,
     loss_weights,
     train_sae,
 )
@@ -271,6 +272,30 @@ def test_conditioning_is_lower_when_the_latent_agrees_with_the_label() -> None:
 def test_sparsity_is_the_mean_absolute_latent() -> None:
     pre = torch.tensor([[1.0, -2.0], [0.0, 3.0]])
     assert losses.sparsity(pre).item() == pytest.approx(1.5)
+    weighed = losses.sparsity(pre, decoder_norms=torch.tensor([2.0, 0.5]))
+    assert weighed.item() == pytest.approx((2 + 1 + 0 + 1.5) / 4)
+
+
+def test_weighed_sparsity_does_not_fade_when_scale_moves_to_the_decoder() -> None:
+    """E·s, D/s changes no component: the weighed L1 stays, the plain one drops by s
+    (which is how training shrinks it without sparser latents)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 6, generator=gen)
+    weight_t = torch.randn(6, 3, generator=gen)
+    sae = FaithfulSAE(6, 3, 8, 2)
+
+    def sparsity(scale: float, weighed: bool) -> float:
+        moved = FaithfulSAE(6, 3, 8, 2)
+        with torch.no_grad():
+            moved.encoder.copy_(sae.encoder * scale)
+            moved.decoder.copy_(sae.decoder / scale)
+        params = TrialParams(n_components=8, top_k=2, sparsity_decoder_norm=weighed)
+        weights = loss_weights(params, 0)
+        terms = loss_terms(moved, x, x @ weight_t, x[:, :0], weight_t, params, weights)
+        return terms["sparsity"].item()
+
+    assert sparsity(0.1, weighed=True) == pytest.approx(sparsity(1.0, weighed=True))
+    assert sparsity(0.1, weighed=False) == pytest.approx(0.1 * sparsity(1.0, weighed=False))
 
 
 def off_diagonal_covariance(latents: torch.Tensor) -> torch.Tensor:

@@ -92,6 +92,13 @@ def best_note(
         shown = [k for k in ("mmcs", "ml2r") if k in record.values]
         if shown:
             lines += [" · ".join(f"{k.upper()} {record.values[k]:.4f}" for k in shown), ""]
+        controls = [  # the toy's: "control_random_mmcs", ...
+            f"{k.removeprefix(CONTROL_PREFIX).removesuffix('_mmcs')} {v:.4f}"
+            for k, v in record.values.items()
+            if k.startswith(CONTROL_PREFIX) and k.endswith("_mmcs")
+        ]
+        if controls:
+            lines += ["MMCS of the controls (learnt nothing): " + " · ".join(controls), ""]
     tail = [
         f"{label} {record.values[k]:.2e}"
         for k, label in (

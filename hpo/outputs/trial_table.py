@@ -31,7 +31,7 @@ def format_result(result: TrialResult) -> str:
         lines += _group_table(result)
     else:
         values = result.values()
-        lines.append(" · ".join(f"{k} {v:.4g}" for k, v in values.items()))
+        lines.append(" · ".join(f"{k} {v:.6g}" for k, v in values.items()))  # MMCS 0.99995
     t = result.timings
     shown = [k for k in PHASES if k in t]
     lines.append("time: " + " · ".join(f"{k.replace('_', ' ')} {t[k]:.1f} s" for k in shown))

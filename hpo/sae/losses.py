@@ -121,9 +121,17 @@ def conditioning(pre: torch.Tensor, concepts: torch.Tensor, rank: int = 1) -> to
     return F.binary_cross_entropy_with_logits(logits, concepts)
 
 
-def sparsity(pre: torch.Tensor) -> torch.Tensor:
-    """L1 of the latents before top-k (after top-k they are sparse by construction)."""
-    return pre.abs().mean()
+def sparsity(pre: torch.Tensor, decoder_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 of the latents before top-k (after top-k they are sparse by construction).
+
+    With `decoder_norms` [latents], each latent's L1 is weighed by its decoder row's norm:
+    the size of its contribution to the output. The plain L1 is not invariant to E·s, D/s
+    (which changes no component), so training lowers it by shrinking the encoder and
+    growing the decoder, and the penalty fades as it goes; the weighed one cannot fade.
+    """
+    if decoder_norms is None:
+        return pre.abs().mean()
+    return (pre.abs() * decoder_norms).mean()
 
 
 def decorrelation(latents: torch.Tensor) -> torch.Tensor:

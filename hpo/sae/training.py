@@ -64,6 +64,11 @@ def _faithful(s: Step) -> torch.Tensor:
     return losses.faithfulness_sketch(s.sae.encoder, s.sae.decoder, s.weight_t, s.probes, s.anchor)
 
 
+def _sparsity(s: Step) -> torch.Tensor:
+    norms = s.sae.decoder.norm(dim=1) if s.params.sparsity_decoder_norm else None
+    return losses.sparsity(s.pre, norms)
+
+
 def _decorrelation(s: Step) -> torch.Tensor:
     if s.kept is None:
         return losses.decorrelation(s.pre)
@@ -79,7 +84,7 @@ LOSSES: dict[str, Loss] = {
         lambda s: losses.schatten_rank(*s.sae.factors(), p=s.params.schatten_p), "rank_weight"
     ),
     "cond": Loss(_conditioning, "cond_weight"),
-    "sparsity": Loss(lambda s: losses.sparsity(s.pre), "sparsity_weight"),
+    "sparsity": Loss(_sparsity, "sparsity_weight"),
     "decorr": Loss(_decorrelation, "decorr_weight"),
 }
 LOSS_NAMES = tuple(LOSSES)

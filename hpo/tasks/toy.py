@@ -22,6 +22,7 @@ from pydantic import Field
 
 from hpo.config import TrialParams
 from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
+from hpo.debias.controls import CONTROLS, control_name
 from hpo.errors import UserError
 from hpo.models import classifiers
 from hpo.models.classifiers import ToySuperpositionAE
@@ -144,6 +145,17 @@ def mechanism_metrics(components: torch.Tensor, w: torch.Tensor) -> dict[str, fl
     return {"mmcs": float(cos.max(dim=1).values.mean()), "ml2r": float(ratio.mean())}
 
 
+def control_metrics(w: torch.Tensor, params: TrialParams) -> dict[str, float]:
+    """MMCS and ML2R of each control (`params.controls`) as "control_<name>_mmcs", ...:
+    what a decomposition that learnt nothing scores (for "random", the trial's SAE before
+    training, same seed and init; with `init = "tied"` it already sums to about W)."""
+    return {
+        f"{control_name(name)}_{key}": value
+        for name in params.controls
+        for key, value in mechanism_metrics(CONTROLS[name](w, params).components(), w).items()
+    }
+
+
 LAYER = "W"  # the toy model's one weight, as `params.layers` names it
 
 
@@ -186,7 +198,9 @@ class ToySuperposition:
         w = ctx.model.W.detach()
         metrics = mechanism_metrics(sae.components(), w)
         errors = classifier.decomposition_errors(sae, sae_data(ctx))
-        return TrialResult(task=self.kind, objectives=metrics, errors=errors)
+        return TrialResult(
+            task=self.kind, objectives=metrics | control_metrics(w, params), errors=errors
+        )
 
     def edited_state_dict(self, *_: Any) -> None:
         return None
