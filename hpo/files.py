@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 
 def current_umask() -> int:
@@ -53,11 +54,21 @@ def atomic_path(path: Path) -> Iterator[Path]:
 def atomic_write_bytes(path: Path, data: bytes, *, public: bool = False) -> None:
     """Write `data` to `path` whole or not at all. The file is private (0600) unless
     `public`, which gives it the mode a plain open() would (0666 minus the umask)."""
+    with atomic_writer(path, public=public) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, public: bool = False) -> Iterator[BinaryIO]:
+    """A binary file to write `path` through, whole or not at all: a temp file beside it
+    (private, 0600, unless `public`), synced and renamed over `path` when the block ends
+    normally, removed when it raises. A writer streams into it: nothing is held whole in
+    memory (a bundle of cached layer inputs can be gigabytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         if public:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from hpo.files import atomic_write_bytes
+from hpo.files import atomic_writer
 
 
 def cache_dir() -> Path:
@@ -46,12 +46,10 @@ def content_hash(payload: Any) -> str:
 
 
 def save_tensors(path: Path, obj: dict[str, Any]) -> None:
-    """torch.save to a temp file in the same directory, then rename over `path`."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """torch.save streamed to a temp file beside `path`, then renamed over it: never a
+    second copy of the tensors in memory."""
+    with atomic_writer(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
