@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -263,13 +263,14 @@ def sync_best_notes(
     confirmed = read_confirmations(study)
     best = read_confirmed_best(study)
     extra = [t for t in trials if best is not None and t.number == best.trial and t not in front]
+    how = _describer(study)
     desired: dict[int, str] = {}
     for t in list(front) + extra:
         desired[compat.trial_id(t)] = best_note(
             read_trial(t),
             t.values,
             objectives,
-            how=_how(study, t),
+            how=how(t),
             pareto=pareto,
             confirmation=confirmed.get(t.number),
             heading=CONFIRMED_HEADING if t in extra else None,
@@ -293,18 +294,25 @@ def sync_best_notes(
     return changed
 
 
-def _how(study: optuna.Study, trial: FrozenTrial) -> str | None:
-    """How the trial's edit strategy chose, in its own words (None: it made no edit, or
-    the stored study file no longer reads)."""
+def _describer(study: optuna.Study) -> Callable[[FrozenTrial], str | None]:
+    """trial -> how its edit strategy chose, in its own words (None: it made no edit, or
+    the stored study file no longer reads). The study file is read once per call."""
     from hpo.service.search_space import trial_params
     from hpo.service.study_file import stored_study_file
 
     try:
         study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
-        params = trial_params(study_file, trial)
-        return get_strategy(params.ablate).describe(params, ())
-    except (KeyError, ValueError, UserError):
-        return None
+    except (KeyError, UserError):
+        return lambda _: None
+
+    def how(trial: FrozenTrial) -> str | None:
+        try:
+            params = trial_params(study_file, trial)
+            return get_strategy(params.ablate).describe(params, ())
+        except ValueError:
+            return None
+
+    return how
 
 
 def publish_for_dashboard(trial: optuna.Trial, store: Any, values: tuple[float, ...]) -> None:

@@ -79,15 +79,17 @@ class ClassifierTask:
     def sae_data(self, ctx: ClassifierContext, layer: str) -> SAEData:
         """Probe-split inputs of `layer`, its pre-activations (bias excluded), concepts;
         one row per token where the layer sees a sequence (see `rows`)."""
-        stored = ctx.probe_inputs[layer]
-        inputs = rows(stored)
+        inputs, concepts = self.probe_rows(ctx, layer)
         weight_t = ctx.weight_of(layer).detach().T.contiguous()
         return SAEData(
-            inputs=inputs,
-            targets=inputs @ weight_t,
-            weight_t=weight_t,
-            concepts=per_row(self.probe_concepts(ctx), stored),
+            inputs=inputs, targets=inputs @ weight_t, weight_t=weight_t, concepts=concepts
         )
+
+    def probe_rows(self, ctx: ClassifierContext, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """`layer`'s probe inputs as rows (a token each where it sees sequences) and each
+        row's concept, one-hot."""
+        stored = ctx.probe_inputs[layer]
+        return rows(stored), per_row(self.probe_concepts(ctx), stored)
 
     def removal(
         self, ctx: ClassifierContext, saes: Saes, params: TrialParams
@@ -100,15 +102,16 @@ class ClassifierTask:
             group_loss = balanced_probe_loss(
                 ctx, lambda removed: self.model_edit(ctx, removed, 1.0, params)
             )
-        data = {layer: self.sae_data(ctx, layer) for layer in saes}  # tokens as rows
+        # rows and concepts only: no pre-activations, which a choice never reads
+        data = {layer: self.probe_rows(ctx, layer) for layer in saes}
         return strategy.select(
             EditSource(
                 saes=saes,
                 params=params,
-                probe_inputs={layer: d.inputs for layer, d in data.items()},
-                probe_concepts={layer: d.concepts for layer, d in data.items()},
+                probe_inputs={layer: inputs for layer, (inputs, _) in data.items()},
+                probe_concepts={layer: concepts for layer, (_, concepts) in data.items()},
                 group_loss=group_loss,
-                weights={layer: d.weight_t for layer, d in data.items()},
+                weights={layer: ctx.weight_of(layer).detach().T.contiguous() for layer in saes},
             )
         )
 
