@@ -56,8 +56,14 @@ def decomposition_errors(sae: FaithfulSAE, data: SAEData) -> dict[str, float]:
     One thread: a sum over more than 32768 numbers is added in one part per thread."""
     w = data.weight_t
     faith = float((w - sae.effective_weight()).square().sum() / w.square().sum())
-    recon, _, _ = sae(data.inputs)
-    rec = float(
-        (recon - data.targets).square().sum() / data.targets.square().sum().clamp(min=1e-12)
-    )
-    return {"faithfulness_error": faith, "reconstruction_error": rec}
+    residual = target = 0.0  # summed ERROR_ROWS rows at a time: no [N, C] or [N, out] whole
+    for inputs, targets in zip(
+        data.inputs.split(ERROR_ROWS), data.targets.split(ERROR_ROWS), strict=True
+    ):
+        recon, _, _ = sae(inputs)
+        residual += float((recon - targets).double().square().sum())
+        target += float(targets.double().square().sum())
+    return {"faithfulness_error": faith, "reconstruction_error": residual / max(target, 1e-12)}
+
+
+ERROR_ROWS = 4096
