@@ -31,7 +31,9 @@ class Fitted:
 def fit_within_budget(source: EditSource, loss: RemovalLoss) -> dict[str, Removal]:
     """A fraction of every component, fitted to minimise `loss`; over budget, keep the
     components whose fitted removal is largest (fraction × ‖E_c D_c‖) and refit the
-    fractions of those alone, so that the kept ones make up for the dropped ones."""
+    fractions of those alone, so that the kept ones make up for the dropped ones. The
+    refit has no L1 term: the budget is its sparsity (an L1 on the mean over a few kept
+    components would weigh each of them C / budget times more than in the first fit)."""
     everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
     removal = fit_fractions(source, everything, loss)
     total = sum(len(r.components) for r in removal.values())
@@ -46,13 +48,14 @@ def fit_within_budget(source: EditSource, loss: RemovalLoss) -> dict[str, Remova
         )
         sizes[layer] = fraction * norms
     kept = within_budget(removal, sizes, source.budget)
-    return fit_fractions(source, {layer: r.components for layer, r in kept.items()}, loss)
+    return fit_fractions(source, {layer: r.components for layer, r in kept.items()}, loss, l1=0.0)
 
 
 def fit_fractions(
-    source: EditSource, which: dict[str, list[int]], loss: RemovalLoss
+    source: EditSource, which: dict[str, list[int]], loss: RemovalLoss, l1: float | None = None
 ) -> dict[str, Removal]:
-    """Fractions of the components in `which`, fitted together (`ablation.fit_removal`)."""
+    """Fractions of the components in `which`, fitted together (`ablation.fit_removal`),
+    with `l1` (default: `params.removal_l1`)."""
     params = source.params
     factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
     for layer, idx in which.items():
@@ -60,7 +63,11 @@ def fit_fractions(
         factors[layer] = (e[idx].detach(), d[idx].detach())
     with torch.enable_grad():
         fitted = ablation.fit_removal(
-            factors, loss, steps=params.fit_steps, lr=params.fit_lr, l1=params.removal_l1
+            factors,
+            loss,
+            steps=params.fit_steps,
+            lr=params.fit_lr,
+            l1=params.removal_l1 if l1 is None else l1,
         )
     out = {}
     for layer, fractions in fitted.items():
