@@ -49,6 +49,12 @@ class TrialParams(Strict):
     faithful_estimate: Literal["auto", "exact", "sketch"] = "auto"
     sketch_size: int = Field(64, ge=1)
     schatten_p: float = Field(1.0, gt=0)
+    # After training (and at each pruning evaluation), move the factors by the least
+    # regularised change that makes E·D = W (hpo.sae.projection): the components then sum
+    # to the layer and replacing it by them changes no decision; the reconstruction error
+    # through the top-k latents rises a little (it is recorded). The untrained control is
+    # projected the same way, so that the controls stay the same procedure.
+    project_to_weight: bool = False
     # Structure.
     n_components: int = Field(1024, ge=1)
     top_k: int = Field(32, ge=1)

@@ -23,16 +23,18 @@ import torch
 from hpo.config import TrialParams
 from hpo.cpus import reproducible_threads
 from hpo.sae.model import FaithfulSAE
-from hpo.sae.training import initial_sae
+from hpo.sae.training import as_scored, initial_sae
 
 Control = Callable[[torch.Tensor, TrialParams], FaithfulSAE]
 
 
 def untrained(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
-    """The trial's SAE as training finds it; the global random state is left as it was."""
+    """The trial's SAE as training finds it (projected to the weight where the trial's
+    is: `project_to_weight`); the global random state is left as it was."""
     devices = [weight_t.device] if weight_t.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        return initial_sae(weight_t, params).eval()
+        sae = initial_sae(weight_t, params)
+    return as_scored(sae, weight_t, params, in_place=True).eval()
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ unbiased estimate; evaluation measures the error exactly.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from hpo.device import available_bytes, gib
 from hpo.errors import DivergedError, UserError
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
+from hpo.sae.projection import project_to_weight
 
 
 @dataclass(frozen=True)
@@ -284,8 +286,21 @@ def train_sae(
                 and (step + 1) % params.eval_every == 0
                 and step + 1 < params.steps
             ):
-                on_eval(step + 1, sae)
+                on_eval(step + 1, as_scored(sae, data.weight_t, params, in_place=False))
+    as_scored(sae, data.weight_t, params, in_place=True)
     return TrainResult(sae=sae, history=log.history, seconds=time.perf_counter() - start)
+
+
+def as_scored(
+    sae: FaithfulSAE, weight_t: torch.Tensor, params: TrialParams, *, in_place: bool
+) -> FaithfulSAE:
+    """`sae` as a trial scores it: projected to the weight if the params ask
+    (`project_to_weight`; on a copy unless `in_place`), else `sae` itself."""
+    if not params.project_to_weight:
+        return sae
+    target = sae if in_place else copy.deepcopy(sae)
+    project_to_weight(target, weight_t)
+    return target
 
 
 def batch_indices(
