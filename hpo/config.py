@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from hpo.search_spec import SearchSpec, spec_extremes
+from hpo.search_spec import Fixed, SearchSpec, spec_contains, spec_describe, spec_extremes
 from hpo.strict import Strict
 
 Direction = Literal["maximize", "minimize"]
@@ -149,6 +149,11 @@ class StudySection(Strict):
     # weight is replaced by the sum of its components (`prediction_change`): what a
     # faithfulness error means for the model's decisions.
     max_prediction_change: float | None = Field(None, ge=0, le=1)
+    # The first trial of a new study runs the file's [params] (Optuna's enqueue_trial):
+    # the search starts from a known configuration, which it must then beat, and which
+    # `hpo confirm` weighs beside the others. Each searched field's [params] value must
+    # be one its [search] entry can sample.
+    start_from_params: bool = False
 
 
 class StorageSection(Strict):
@@ -202,6 +207,22 @@ class StudyFile(Strict):
             return task
         raise ValueError("needs a task kind's config (read study files with parse_study)")
 
+    def _params_in_search(self) -> None:
+        for name, spec in self.search.items():
+            value = getattr(self.params, name)
+            if not spec_contains(spec, value):
+                raise ValueError(
+                    f"params.{name} = {value!r} is outside search.{name} "
+                    f"({spec_describe(spec)}), so study.start_from_params cannot enqueue it; "
+                    f"set params.{name} to a value the search can sample"
+                )
+
+    def start_params(self) -> dict[str, Any]:
+        """The searched fields' [params] values: the trial `start_from_params` enqueues."""
+        return {
+            n: getattr(self.params, n) for n, s in self.search.items() if not isinstance(s, Fixed)
+        }
+
     @model_validator(mode="after")
     def _consistent(self) -> StudyFile:
         allowed = self.task_objectives
@@ -227,6 +248,8 @@ class StudyFile(Strict):
         for name, spec in self.search.items():
             for candidate in spec_extremes(spec):
                 check_param(self.params, name, candidate)
+        if self.study.start_from_params:
+            self._params_in_search()
         if "lift" in self.study.objectives and not self.params.controls:
             raise ValueError(
                 "study.objectives: lift is debiased minus the best control; it needs "

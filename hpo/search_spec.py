@@ -84,3 +84,27 @@ def spec_extremes(spec: SearchSpec) -> list[Any]:
     if isinstance(spec, Choice):
         return list(spec.choices)
     return [spec.value]
+
+
+def spec_contains(spec: SearchSpec, value: Any) -> bool:
+    """Whether a trial may sample `value` from `spec` (a range's bounds included)."""
+    if isinstance(spec, FloatRange):
+        return isinstance(value, (int, float)) and spec.low <= value <= spec.high
+    if isinstance(spec, IntRange):
+        return (
+            isinstance(value, int)
+            and spec.low <= value <= spec.high
+            and (spec.log or (value - spec.low) % spec.step == 0)
+        )
+    if isinstance(spec, Choice):
+        return any(type(c) is type(value) and c == value for c in spec.choices)
+    return True  # fixed: the trial takes the spec's value, whatever [params] says
+
+
+def spec_describe(spec: SearchSpec) -> str:
+    """What a spec allows, in a few words for an error."""
+    if isinstance(spec, (FloatRange, IntRange)):
+        return f"{spec.low} … {spec.high}"
+    if isinstance(spec, Choice):
+        return ", ".join(repr(c) for c in spec.choices)
+    return repr(spec.value)

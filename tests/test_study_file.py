@@ -197,3 +197,49 @@ def test_bad_toml_names_the_file_and_the_line(tmp_path: Path) -> None:
 def test_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
     assert error_of(path) == f"{path}: no such study file"
+
+
+def test_start_from_params_needs_values_the_search_can_sample(
+    make_study: Callable[..., Path],
+) -> None:
+    path = make_study(
+        study={"name": "s", "start_from_params": True},
+        params={"lr": 0.5},
+        search={"lr": {"low": 1e-3, "high": 1e-2, "log": True}},
+    )
+    message = error_of(path)
+    assert "params.lr = 0.5 is outside search.lr (0.001 … 0.01)" in message
+    assert "start_from_params" in message
+    choice = make_study(
+        study={"name": "s", "start_from_params": True},
+        params={"layers": "fc1"},
+        search={"layers": {"choices": ["fc2", "fc1+fc2"]}},
+    )
+    assert "params.layers = 'fc1' is outside search.layers ('fc2', 'fc1+fc2')" in error_of(choice)
+
+
+def test_start_from_params_enqueues_the_files_params_as_the_first_trial(
+    make_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    import optuna
+
+    from hpo.service.search_space import suggest
+    from hpo.service.studies import create_or_load
+
+    path = make_study(
+        study={"name": "s", "start_from_params": True},
+        params={"lr": 0.004, "top_k": 8, "layers": "fc1+fc2"},
+        search={
+            "lr": {"low": 1e-3, "high": 1e-2, "log": True},
+            "top_k": {"choices": [4, 8, 16]},
+            "layers": {"choices": ["fc1", "fc1+fc2"]},
+            "steps": 7,
+        },
+    )
+    study_file = load_study_file(path)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 's.db'}")
+    study = create_or_load(study_file, storage, None)
+    first = suggest(study.ask(), study_file)
+    assert (first.lr, first.top_k, first.layers, first.steps) == (0.004, 8, "fc1+fc2", 7)
+    again = create_or_load(study_file, storage, None)  # a relaunch enqueues nothing more
+    assert not [t for t in again.get_trials() if t.state == optuna.trial.TrialState.WAITING]

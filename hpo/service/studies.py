@@ -74,6 +74,8 @@ def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) ->
     stored = study.user_attrs.get(STUDY_FILE_ATTR)
     if stored is None:
         study.set_user_attr(STUDY_FILE_ATTR, storable(study_file))
+        if study_file.study.start_from_params:
+            study.enqueue_trial(study_file.start_params(), skip_if_exists=True)
     else:
         check_resumable(study_file, stored)
     if n_trials is not None or BUDGET_ATTR not in study.user_attrs:
