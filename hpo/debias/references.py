@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpo.debias.leace import leace_eraser
 from hpo.debias.scoring import CachedSplit, Overrides
 from hpo.models.linear_layers import linear_call_order, per_row, rows
 
@@ -144,9 +145,10 @@ LEACE_ROWS = 4096
 
 class Leace:
     """LEACE (Belrose et al., 2023): the least-squares concept eraser of the decomposed
-    layer's inputs, fitted on probe with the concept labels (EleutherAI's concept-erasure)
-    and folded into that layer's weight and bias: x ↦ x − (x − μ)(LR)ᵀ becomes
-    W' = W − W·L·R, b' = b + W·L·R·μ. A linear edit of the same layer, like Faithful-SAE's."""
+    layer's inputs, fitted on probe with the concept labels (EleutherAI's concept-erasure
+    for the statistics, hpo.debias.leace for the eraser) and folded into that layer's
+    weight and bias: x ↦ x − (x − μ)(LR)ᵀ becomes W' = W − W·L·R, b' = b + W·L·R·μ. A
+    linear edit of the same layer, like Faithful-SAE's."""
 
     name: ClassVar[str] = "leace"
     description: ClassVar[str] = "least-squares concept erasure folded into the layer"
@@ -169,11 +171,15 @@ class Leace:
         fitter = LeaceFitter(z.shape[1], concepts.shape[1], affine=affine, dtype=torch.float64)
         for part, labels in zip(z.split(LEACE_ROWS), concepts.split(LEACE_ROWS), strict=True):
             fitter.update(part.double(), labels)
-        eraser = fitter.eraser
+        # the eraser as thin factors (hpo.debias.leace): the library's `fitter.eraser`
+        # forms a dozen dense d×d matrices, 1744 MiB over the statistics at d = 4096;
+        # this, 962 MiB, all of it the library's shrunk covariance (`fitter.sigma_xx`)
+        eraser = leace_eraser(fitter)
         weight = layer.weight.double()
-        erased = weight @ eraser.proj_left @ eraser.proj_right  # W·L·R
+        erased = weight @ eraser.left @ eraser.right  # W·L·R
         overrides = {f"{source.layer}.weight": (weight - erased).to(layer.weight.dtype)}
         if affine:
+            assert eraser.bias is not None
             shift = erased @ eraser.bias
             overrides[f"{source.layer}.bias"] = (layer.bias.double() + shift).to(layer.bias.dtype)
         return Fitted(overrides=overrides)
