@@ -4,6 +4,7 @@
                                  [--steps 30] [--rounds 3] [--threads 1]
     python bench/scale.py trials [--widths 512,2048,4096] [--samples 16000] [--steps 30]
                                  [--threads 2] [--ablate conditioned|fitted]
+                                 [--pairs 4096x4000,4096x64000] [--budget-gib 24]
 
 The task is a user task through the documented API (`hpo.UserTask`, `hpo.Split`, a
 `[task] kind = "python"` factory: `make_task` below): an MLP features -> width -> width/2
@@ -16,7 +17,9 @@ batch 512) but for `steps`.
 (rounds alternate the order; medians), with the extra peak memory of training, and what
 `faithful_estimate = "auto"` picks. `trials`: one fresh process per (width, n), which
 times each phase of a whole trial and reads the process's peak resident memory after
-each (Linux VmHWM, reset between phases), and says what the biggest tensors hold.
+each (Linux VmHWM, reset between phases), and says what the biggest tensors hold; with
+rows at enough (width, n) it fits the peak to 1, d, n·d and d² and names the widest layer
+whose predicted peak fits `--budget-gib`.
 Each prints a Markdown table ready to paste.
 """
 
@@ -239,24 +242,26 @@ def _evaluate(task: Any, ctx: Any, saes: Any, params: Any) -> Any:
 
 def trial_table(args: argparse.Namespace) -> None:
     rows = []
-    for width in args.widths:
-        for n in args.samples:
-            cmd = [
-                sys.executable,
-                __file__,
-                "one-trial",
-                f"--widths={width}",
-                f"--samples={n}",
-                f"--steps={args.steps}",
-                f"--threads={args.threads}",
-                f"--ablate={args.ablate}",
-                *([f"--estimate={args.estimate}"] if args.estimate else []),
-            ]
-            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-            if done.returncode:
-                print(done.stderr[-2000:], file=sys.stderr)
-                continue
-            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    grid = [(w, n) for w in args.widths for n in args.samples]
+    if args.pairs:
+        grid = [(int(w), int(n)) for w, n in (p.split("x") for p in args.pairs.split(","))]
+    for width, n in grid:
+        cmd = [
+            sys.executable,
+            __file__,
+            "one-trial",
+            f"--widths={width}",
+            f"--samples={n}",
+            f"--steps={args.steps}",
+            f"--threads={args.threads}",
+            f"--ablate={args.ablate}",
+            *([f"--estimate={args.estimate}"] if args.estimate else []),
+        ]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode:
+            print(done.stderr[-2000:], file=sys.stderr)
+            continue
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     print(
         f"Whole trial, {args.steps} SAE steps, ablate {args.ablate}, faithful_estimate "
         f"{args.estimate or 'auto'}, torch threads {args.threads}; one process per row; "
@@ -269,6 +274,8 @@ def trial_table(args: argparse.Namespace) -> None:
         cells = " | ".join(f"{t:.1f} / {m:.0f}" for t, m in r["phases"].values())
         w = r["width"]
         print(f"| {w} -> {w // 2} | {r['n']} | {cells} | {r['training_s_per_step']:.3f} |")
+    if len({(r["width"], r["n"]) for r in rows}) >= len(MEMORY_TERMS):
+        print(memory_model_text(rows, args.budget_gib))
     if rows:
         print(f"\nWhere memory goes (MiB; Python + torch alone: {rows[0]['base_mib']:.0f})\n")
         print("| layer | n | " + " | ".join(rows[0]["held"]) + " |")
@@ -276,6 +283,38 @@ def trial_table(args: argparse.Namespace) -> None:
         for r in rows:
             cells = " | ".join(f"{v:.0f}" for v in r["held"].values())
             print(f"| {r['width']} -> {r['width'] // 2} | {r['n']} | {cells} |")
+
+
+# A trial's peak as a sum of what grows with the layer: a constant (Python, torch, the
+# model's other layers), width d (the SAE's factors and Adam state at fixed C), n·d (the
+# cached layer inputs of every split) and d² (LEACE's covariance and its eigenvectors).
+MEMORY_TERMS = ("1", "d", "n·d", "d²")
+
+
+def memory_features(d: int, n: int) -> list[float]:
+    return [1.0, float(d), float(n * d), float(d * d)]
+
+
+def memory_model_text(rows: list[dict[str, Any]], budget_gib: float) -> str:
+    """Least squares of the peak (the largest phase) on MEMORY_TERMS over the measured
+    rows, and the widest layer (d -> d/2) whose predicted peak fits `budget_gib`."""
+    x = torch.tensor([memory_features(r["width"], r["n"]) for r in rows], dtype=torch.float64)
+    peak = torch.tensor([max(m for _, m in r["phases"].values()) for r in rows]).double()
+    scale = x.abs().amax(0).clamp(min=1.0)
+    coef = torch.linalg.lstsq(x / scale, peak[:, None]).solution[:, 0] / scale
+    fitted = x @ coef
+    terms = " + ".join(f"{c:.3g}·{t}" for c, t in zip(coef.tolist(), MEMORY_TERMS, strict=True))
+    misfit = float((fitted - peak).abs().max())
+    lines = [f"\nPeak MiB ≈ {terms} (largest misfit {misfit:.0f} MiB over {len(rows)} rows)"]
+    budget = budget_gib * 1024
+    for n in sorted({r["n"] for r in rows}):
+        d = 128
+        while (
+            d < 2**20 and float(torch.tensor(memory_features(2 * d, n)).double() @ coef) <= budget
+        ):
+            d *= 2
+        lines.append(f"- n = {n}: widest power of two under {budget_gib:g} GiB: {d} -> {d // 2}")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -288,6 +327,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ablate", default="conditioned", choices=["conditioned", "fitted"])
     ap.add_argument("--estimate", default=None, choices=["exact", "sketch"])
+    ap.add_argument("--budget-gib", type=float, default=24.0, help="memory for the largest layer")
+    ap.add_argument(
+        "--pairs", default=None, help="trials: comma-separated WIDTHxN instead of the grid"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     default_widths = "512,2048,4096" if args.what != "steps" else "128,256,512,1024,2048,4096"
