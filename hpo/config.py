@@ -54,7 +54,7 @@ class TrialParams(Strict):
     # to the layer and replacing it by them changes no decision; the reconstruction error
     # through the top-k latents rises a little (it is recorded). The untrained control is
     # projected the same way, so that the controls stay the same procedure.
-    project_to_weight: bool = False
+    project_faithful: bool = False
     # Structure.
     n_components: int = Field(1024, ge=1)
     top_k: int = Field(32, ge=1)

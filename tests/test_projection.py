@@ -1,4 +1,4 @@
-"""Projecting a trained decomposition onto its weight (`params.project_to_weight`)."""
+"""Projecting a trained decomposition onto its weight (`params.project_faithful`)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_training_with_the_projection_ends_faithful_and_scores_projected_copies(
         trained_ids.add(id(sae))
 
     plain = train_sae(data, short_params())
-    projected = train_sae(data, short_params(project_to_weight=True), on_eval=on_eval)
+    projected = train_sae(data, short_params(project_faithful=True), on_eval=on_eval)
 
     assert relative_faithfulness_error(plain, data) > 1e-3
     assert relative_faithfulness_error(projected, data) < 1e-9
@@ -87,5 +87,5 @@ def test_the_untrained_control_is_projected_like_the_trial() -> None:
     params = short_params(init="tied")
 
     assert error(untrained(data.weight_t, params), data.weight_t) > 1e-3
-    projected = untrained(data.weight_t, params.model_copy(update={"project_to_weight": True}))
+    projected = untrained(data.weight_t, params.model_copy(update={"project_faithful": True}))
     assert error(projected, data.weight_t) < 1e-9

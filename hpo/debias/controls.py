@@ -30,7 +30,7 @@ Control = Callable[[torch.Tensor, TrialParams], FaithfulSAE]
 
 def untrained(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
     """The trial's SAE as training finds it (projected to the weight where the trial's
-    is: `project_to_weight`); the global random state is left as it was."""
+    is: `project_faithful`); the global random state is left as it was."""
     devices = [weight_t.device] if weight_t.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         sae = initial_sae(weight_t, params)

@@ -295,8 +295,8 @@ def as_scored(
     sae: FaithfulSAE, weight_t: torch.Tensor, params: TrialParams, *, in_place: bool
 ) -> FaithfulSAE:
     """`sae` as a trial scores it: projected to the weight if the params ask
-    (`project_to_weight`; on a copy unless `in_place`), else `sae` itself."""
-    if not params.project_to_weight:
+    (`project_faithful`; on a copy unless `in_place`), else `sae` itself."""
+    if not params.project_faithful:
         return sae
     target = sae if in_place else copy.deepcopy(sae)
     project_to_weight(target, weight_t)
