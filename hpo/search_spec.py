@@ -97,7 +97,10 @@ def spec_contains(spec: SearchSpec, value: Any) -> bool:
             and (spec.log or (value - spec.low) % spec.step == 0)
         )
     if isinstance(spec, Choice):
-        return any(type(c) is type(value) and c == value for c in spec.choices)
+        # 1 == 1.0 is the same sample; True == 1 is not
+        return any(
+            c == value and isinstance(c, bool) == isinstance(value, bool) for c in spec.choices
+        )
     return True  # fixed: the trial takes the spec's value, whatever [params] says
 
 
