@@ -10,8 +10,9 @@ the eraser and its fold into an out × width weight (W·L·R and W·L·R·μ). E
 reports its peak resident memory (Linux VmHWM) over its whole life, its resident memory
 before the eraser, the peak during the eraser and fold (VmHWM reset just before them)
 and their seconds; the two folds are compared at the end. A third process computes only
-`fitter.sigma_xx` (the covariance with the library's shrinkage, which both erasers read),
-to show what of the thin eraser's peak is that property's. Prints a Markdown table.
+`fitter.sigma_xx` (the covariance with the library's shrinkage, which the dense eraser
+reads and which `hpo.debias.leace.shrunk_covariance` computes in one matrix instead).
+Prints a Markdown table.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import torch
 from concept_erasure import LeaceEraser, LeaceFitter
 from torch import Tensor
 
-from hpo.debias.leace import constrain_trace, leace_eraser
+from hpo.debias.leace import constrain_trace, leace_eraser, shrunk_covariance
 
 EPS = torch.finfo(torch.float64).eps
 TOL = 1e-9
@@ -204,3 +204,19 @@ def test_a_projection_that_raises_the_trace_is_mixed_as_the_library_mixes() -> N
     assert relative(ours_left @ ours_right, mixed) <= TOL
     kept = eye - ours_left @ ours_right
     assert abs(float(torch.trace(kept @ sigma @ kept.T) / w) - 1) <= TOL
+
+
+@pytest.mark.parametrize("shrinkage", [True, False])
+@pytest.mark.parametrize(("d", "n"), [(8, 400), (50, 60), (300, 200)])
+def test_the_shrunk_covariance_is_the_fitters_in_one_matrix(
+    d: int, n: int, shrinkage: bool
+) -> None:
+    """The library's `sigma_xx` (its optimal linear shrinkage, or Bessel's n − 1), to
+    rounding; n < d too, where the shrinkage matters most."""
+    x, z = concept_rows(d, 3, n, seed=d)
+    fitter = fitted(x, z, shrinkage=shrinkage)
+
+    ours, theirs = shrunk_covariance(fitter), fitter.sigma_xx
+
+    assert (ours - theirs).norm() <= 1e-12 * theirs.norm()
+    assert not torch.equal(ours, fitter.sigma_xx_)  # a new matrix; the sums are kept

@@ -5,10 +5,10 @@ its inverse, P, Q, P·Σ·Pᵀ, a full SVD of I − P with its workspace, the sh
 twice): at d = 4096 its peak is 1744 MiB over the fitted statistics. Each of them is the
 identity plus a rank-k term, or a product that only thin d×k matrices need. Here the same
 algorithm keeps the covariance and its eigenvectors (`torch.linalg.eigh`) as its only
-d×d matrices and applies the whitening as V·diag·(Vᵀ·X) to thin X: 962 MiB at d = 4096,
-all of it `fitter.sigma_xx`'s own (the library's shrinkage builds ~7 d×d temporaries);
-the rest adds ~400 MiB under that (eigh's eigenvectors and workspace). Measured with
-`bench/leace_memory.py`.
+d×d matrices and applies the whitening as V·diag·(Vᵀ·X) to thin X, and shrinks the
+covariance in one matrix (`shrunk_covariance`; the library's `sigma_xx` builds ~7 d×d
+temporaries): 591 MiB at d = 4096, the covariance, eigh's eigenvectors and its workspace.
+Measured with `bench/leace_memory.py`.
 
 The result is the eraser x ↦ x − (x − bias)·(left·right)ᵀ with `left·right` equal to the
 library's `proj_left @ proj_right` up to rounding, but in its `constrain_cov_trace` branch:
@@ -37,17 +37,17 @@ from torch import Tensor
 
 
 class LeaceStatistics(Protocol):
-    """What is read from a `concept_erasure.LeaceFitter`: its public statistics and
-    settings (`sigma_xx` applies the fitter's shrinkage)."""
+    """What is read from a `concept_erasure.LeaceFitter`: its statistics (the running
+    sums, their count, the cross-covariance) and settings."""
 
     method: str
     affine: bool
     constrain_cov_trace: bool
     svd_tol: float
+    shrinkage: bool
     mean_x: Tensor
-
-    @property
-    def sigma_xx(self) -> Tensor: ...
+    n: Tensor
+    sigma_xx_: Tensor  # the running sum of outer products of the centred rows
 
     @property
     def sigma_xz(self) -> Tensor: ...
@@ -69,12 +69,33 @@ def leace_eraser(fitter: LeaceStatistics) -> LowRankEraser:
     if fitter.method != "leace":
         raise ValueError(f"only LEACE's eraser is computed here, not {fitter.method!r}")
     left, right = leace_factors(
-        fitter.sigma_xx,
+        shrunk_covariance(fitter),
         fitter.sigma_xz,
         svd_tol=fitter.svd_tol,
         constrain_cov_trace=fitter.constrain_cov_trace,
     )
     return LowRankEraser(left, right, fitter.mean_x if fitter.affine else None)
+
+
+def shrunk_covariance(fitter: LeaceStatistics) -> Tensor:
+    """`fitter.sigma_xx` in one d×d tensor: the symmetrised sum of outer products over
+    n, shrunk towards tr(S)/d·I by the library's `optimal_linear_shrinkage` (or over
+    n − 1 without shrinkage), in place of its ~7 d×d temporaries. With σ₀ = tr(S)/d·I,
+    ‖σ₀‖² = tr(σ₀S) = tr(S)²/d, so α and β need only tr(S) and ‖S‖."""
+    total = fitter.sigma_xx_
+    n = float(fitter.n)
+    cov = total.clone().add_(total.mH).div_(2 * (n if fitter.shrinkage else n - 1))
+    if not fitter.shrinkage:
+        return cov
+    d = cov.shape[-1]
+    eps = torch.finfo(cov.dtype).eps
+    tr = torch.trace(cov)
+    sigma0_norm_sq = tr * tr / d  # ‖σ₀‖², and tr(S·σ₀) too
+    top = tr * tr * sigma0_norm_sq / n
+    bottom = torch.linalg.matrix_norm(cov).square() * sigma0_norm_sq - sigma0_norm_sq.square()
+    alpha = 1 - (top + eps) / (bottom + eps)
+    cov.mul_(alpha).diagonal().add_((1 - alpha) * tr / d)  # β = 1 − α: tr(S·σ₀) = ‖σ₀‖²
+    return cov
 
 
 def leace_factors(
