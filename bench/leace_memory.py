@@ -104,7 +104,7 @@ def table(args: argparse.Namespace) -> None:
             env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-        dense, thin = (torch.load(f"{tmp}/{v}.pt") for v in VARIANTS[:2])
+        dense, thin = (torch.load(f"{tmp}/{v}.pt", weights_only=True) for v in VARIANTS[:2])
     diffs = {k: float((thin[k] - dense[k]).norm() / dense[k].norm()) for k in ("erased", "shift")}
     print(
         f"LEACE at {args.width} → {args.out}, {args.rows} rows, {args.concepts} concepts, "
