@@ -172,8 +172,8 @@ class Leace:
         for part, labels in zip(z.split(LEACE_ROWS), concepts.split(LEACE_ROWS), strict=True):
             fitter.update(part.double(), labels)
         # the eraser as thin factors (hpo.debias.leace): the library's `fitter.eraser`
-        # forms a dozen dense d×d matrices, 1744 MiB over the statistics at d = 4096;
-        # this, 962 MiB, all of it the library's shrunk covariance (`fitter.sigma_xx`)
+        # forms a dozen dense d×d matrices, 1745 MiB over the statistics at d = 4096;
+        # this, 591 MiB: the shrunk covariance, its eigenvectors and eigh's workspace
         eraser = leace_eraser(fitter)
         weight = layer.weight.double()
         erased = weight @ eraser.left @ eraser.right  # W·L·R
