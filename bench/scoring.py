@@ -21,6 +21,7 @@ from hpo.config import TrialParams
 from hpo.data.colored_mnist import build_splits, make_groups
 from hpo.data.mnist import load_mnist
 from hpo.debias import ablation, scoring
+from hpo.debias.edit import alpha as alphas
 from hpo.models.training import images_to_float
 from hpo.sae.model import FaithfulSAE
 from hpo.service.study_file import load_study_file
@@ -65,8 +66,8 @@ def main() -> None:
     torch.manual_seed(0)
     sae = FaithfulSAE(128, 64, params.n_components, params.top_k)
     ablated_t = ablation.ablated_sum(sae, [0, 1]).detach()
-    alphas = scoring.alpha_grid(params.alpha_max, params.alpha_steps)
-    weight = ctx.weight_of(ctx.layer).detach()
+    grid = alphas.alpha_grid(params.alpha_max, params.alpha_steps)
+    weight = ctx.model.get_submodule(ctx.layer).weight.detach()
     ours_t, ref_t = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -74,18 +75,18 @@ def main() -> None:
             ctx.scorer.metrics(
                 "val", {f"{ctx.layer}.weight": ablation.debiased_weight(weight, ablated_t, a)}
             )
-            for a in alphas
+            for a in grid
         ]
         ours_t.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         ref = reference_sweep(
-            ctx.model, images, digits, gids, groups.names, ctx.layer, ablated_t, alphas
+            ctx.model, images, digits, gids, groups.names, ctx.layer, ablated_t, grid
         )
         ref_t.append(time.perf_counter() - t0)
     agree = all(a.groups == b.groups for a, b in zip(ours, ref, strict=True))
     mo, mr = statistics.median(ours_t), statistics.median(ref_t)
     print(
-        f"| scoring {len(alphas)} alphas on val ({len(digits)} images) | median of "
+        f"| scoring {len(grid)} alphas on val ({len(digits)} images) | median of "
         f"{args.repeats} | torch threads {torch.get_num_threads()} |"
     )
     print("| --- | --- | --- |")

@@ -10,7 +10,7 @@ and no float may be infinite or NaN.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -27,16 +27,21 @@ from hpo.strict import Strict
 Direction = Literal["maximize", "minimize"]
 
 
-class TrialParams(Strict):
-    """Everything one Faithful-SAE trial samples or fixes; the search space names these."""
+class LossWeights(Strict):
+    """How much each term of the Faithful-SAE's training loss weighs (hpo.sae.training)."""
 
-    # Loss weights.
     faithful_weight: float = Field(1.6, ge=0)
     recon_weight: float = Field(1.0, ge=0)
     rank_weight: float = Field(0.0, ge=0)
     cond_weight: float = Field(0.5, ge=0)
     sparsity_weight: float = Field(0.13, ge=0)
     decorr_weight: float = Field(0.4, ge=0)
+
+
+class SAEConfig(LossWeights):
+    """The decomposition's structure and how it is trained, its loss weights included:
+    all that hpo.sae reads."""
+
     faithful_ramp: bool = False
     # Weigh each latent's L1 (sparsity_weight) by its decoder row's norm, so that moving
     # scale from encoder to decoder cannot make the penalty fade (see losses.sparsity).
@@ -55,7 +60,6 @@ class TrialParams(Strict):
     # through the top-k latents rises a little (it is recorded). The untrained control is
     # projected the same way, so that the controls stay the same procedure.
     project_faithful: bool = False
-    # Structure.
     n_components: int = Field(1024, ge=1)
     top_k: int = Field(32, ge=1)
     rank: int = Field(1, ge=1)
@@ -63,40 +67,71 @@ class TrialParams(Strict):
     lr: float = Field(5e-4, gt=0)
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(512, ge=1)
-    # Ablation: which components go, and how strongly (None = sweep alpha, pick on val).
-    # `ablate` names an edit strategy (hpo.debias.strategies.registry; the study file is
-    # checked against it): conditioned, the latents trained to fire for each concept
-    # (SCAR); attribution, the n_ablate components whose contribution differs most between
-    # concepts on probe; both; fitted, a fraction of every component fitted on probe by
-    # group-balanced cross-entropy (fit_steps Adam steps at fit_lr; removal_l1 × the mean
-    # fraction keeps removal small).
+    eval_every: int = Field(500, ge=1)  # steps between the scores a pruner sees
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _k_fits(self) -> Self:
+        if self.top_k > self.n_components:
+            raise ValueError(
+                f"top_k ({self.top_k}) must not exceed n_components ({self.n_components})"
+            )
+        return self
+
+
+class EditConfig(Strict):
+    """Which components an edit changes and by how much: what hpo.debias.edit reads.
+
+    `ablate` names an edit strategy (hpo.debias.strategies; the study file is checked
+    against that registry), which chooses the components from the probe split's labels
+    of its regime; `max_components` caps how many (whole or in part, over all edited
+    layers), and every strategy honours it exactly.
+    """
+
     ablate: str = "conditioned"
-    # The edit budget: at most this many components removed (whole or in part) over all
-    # edited layers, honoured exactly by every strategy (None: no limit).
-    max_components: int | None = Field(None, ge=1)
+    # Latents conditioned on each concept during training (SCAR): what `conditioned`
+    # removes; the trial labels the SAE's data with them.
+    concept_latents: int = Field(1, ge=1)
+    max_components: int | None = Field(None, ge=1)  # None: no limit
     # Controls: the trial's own edit procedure (strategy, budget, fit, α on val) applied
     # to decompositions that learnt nothing (hpo.debias.controls: "random", the SAE
     # before training; "svd", the weight's singular vectors); `lift` = debiased − best.
     controls: tuple[str, ...] = ("random", "svd")
-    n_ablate: int = Field(2, ge=1)
+    n_ablate: int = Field(2, ge=1)  # attribution: how many components
+    # A fitted removal: Adam steps and rate, and removal_l1 × the mean |fraction| to keep
+    # the removal small.
     fit_steps: int = Field(300, ge=1)
     fit_lr: float = Field(0.05, gt=0)
     removal_l1: float = Field(0.0, ge=0)
-    concept_latents: int = Field(1, ge=1)  # latents conditioned on each concept
-    ablate_bias: bool = False  # also move the layer's bias by the removed mean (see ablation)
+    # Move each edited layer's bias by the removed components' mean contribution on probe
+    # (see hpo.debias.ablation.compensated_bias).
+    ablate_bias: bool = False
+
+
+class AlphaGrid(Strict):
+    """How strongly the edit is applied: one α (given), or the α chosen on validation
+    from a grid 0 … alpha_max of alpha_steps points."""
+
     alpha: float | None = Field(None, ge=0)
     alpha_max: float = Field(1.2, gt=0)
     alpha_steps: int = Field(13, ge=2)
     # An α chosen at the grid's upper edge extends the grid by its own length, at most
     # this many times (0: never), instead of stopping where the best may lie beyond.
     alpha_extend: int = Field(3, ge=0)
+
+
+class TrialParams(AlphaGrid, EditConfig, SAEConfig):
+    """Everything one Faithful-SAE trial samples or fixes; the search space names these.
+
+    The study file and the search space see one flat set of names; each layer of the
+    code receives the part that is its own (`loss_weights`, `sae_config`,
+    `edit_config`, `alpha_grid`), mapped here and nowhere else.
+    """
+
     # Which layers to decompose and edit: one nn.Linear, or several joined by "+"
     # ("fc1+fc2"), each decomposed on its own inputs and edited with the same α;
     # None: the task's layer. A layer may be the task's or any called after it.
     layers: str | None = None
-    # Bookkeeping.
-    eval_every: int = Field(500, ge=1)
-    seed: int = 0
     device: str = "auto"
 
     @field_validator("layers")
@@ -111,13 +146,27 @@ class TrialParams(Strict):
             raise ValueError(f"{layers!r} names a layer twice")
         return layers
 
-    @model_validator(mode="after")
-    def _k_fits(self) -> TrialParams:
-        if self.top_k > self.n_components:
-            raise ValueError(
-                f"top_k ({self.top_k}) must not exceed n_components ({self.n_components})"
-            )
-        return self
+    def _role(self, role: type[R]) -> R:
+        return role.model_validate({name: getattr(self, name) for name in role.model_fields})
+
+    @property
+    def loss_weights(self) -> LossWeights:
+        return self._role(LossWeights)
+
+    @property
+    def sae_config(self) -> SAEConfig:
+        return self._role(SAEConfig)
+
+    @property
+    def edit_config(self) -> EditConfig:
+        return self._role(EditConfig)
+
+    @property
+    def alpha_grid(self) -> AlphaGrid:
+        return self._role(AlphaGrid)
+
+
+R = TypeVar("R", bound=Strict)
 
 
 # ---- the study service -------------------------------------------------------------

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hpo.plans import EditPlan, Labels
+
 # The order in which models are shown wherever several are compared: the edit, its
 # controls (the same edit of decompositions that learnt nothing), then the references.
 MODEL_ORDER = (
@@ -32,6 +34,11 @@ SPLIT_ORDER = ("val", "test")
 REGIME_REFERENCES = {"concept": ("leace",), "group": ("last_layer", "retrain_head")}
 CEILINGS = ("oracle", "last_layer", "retrain_head")
 CONTROL_PREFIX = "control_"
+
+
+def control_name(name: str) -> str:
+    """How a control's edited model is named beside the references ("control_svd")."""
+    return f"{CONTROL_PREFIX}{name}"
 
 
 @dataclass(frozen=True)
@@ -57,31 +64,53 @@ class GroupMetrics:
 
 @dataclass(frozen=True)
 class Edit:
-    """The debiasing edit a trial made: W ← W − α · Σ components, in each edited layer."""
+    """The debiasing edit a trial made: its plan (hpo.plans), applied at strength α in
+    every edited layer, and the validation curve α was chosen from."""
 
-    layer: str  # the edited layer, or several joined by "+" ("fc1+fc2")
-    components: dict[str, list[int]]  # layer -> its ablated components
+    plan: EditPlan
     alpha: float
-    selection: str  # how: "conditioned", "attribution", "both" or "fitted"
-    # "fitted": layer -> the fraction of each of its components removed (else all of each)
-    fractions: dict[str, list[float]] | None = None
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)
-    labels: str | None = None  # the regime: "concept" or "group" labels on probe
+
+    @property
+    def layer(self) -> str:
+        """The edited layer, or several joined by "+" ("fc1+fc2")."""
+        return "+".join(self.plan.removal)
+
+    @property
+    def components(self) -> dict[str, list[int]]:
+        """Per layer, the components the plan changes."""
+        return {layer: list(r.components) for layer, r in self.plan.removal.items()}
+
+    @property
+    def fractions(self) -> dict[str, list[float]] | None:
+        """Per layer, the fraction of each of its components (None: all of each)."""
+        return self.plan.recorded_fractions()
+
+    @property
+    def strategy(self) -> str:
+        return self.plan.strategy
+
+    @property
+    def labels(self) -> Labels:
+        return self.plan.labels
 
     @property
     def components_removed(self) -> int:
-        return sum(len(c) for c in self.components.values())
+        return self.plan.components_removed
 
     def to_json(self) -> dict[str, Any]:
         """Flat JSON, the names also used for a trial's stored user attrs."""
+        fractions = self.fractions
         return {
             "layer": self.layer,
             "alpha": self.alpha,
-            "ablated_components": {k: list(v) for k, v in self.components.items()},
-            **({} if self.fractions is None else {"removed_fractions": self.fractions}),
-            "selection": self.selection,
+            "ablated_components": self.components,
+            **({} if fractions is None else {"removed_fractions": fractions}),
+            "selection": self.strategy,
             "alpha_curve": self.alpha_curve,
-            **({} if self.labels is None else {"labels": self.labels}),
+            "labels": self.labels,
+            **({"compensate_bias": True} if self.plan.compensate_bias else {}),
+            **({} if self.plan.bias_shift is None else {"bias_shift": self.plan.bias_shift}),
         }
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hpo.debias import ablation, scoring
+from hpo.debias.edit import alpha as alphas
 from hpo.models.classifiers import BASE_MODELS, ColoredMnistClassifier
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
@@ -128,7 +129,7 @@ def test_scoring_from_cached_inputs_matches_the_whole_model(layer: str) -> None:
     fast, whole, ablated_t = scorers(layer)
     weight = fast.model.get_submodule(layer).weight
     seen = set()
-    for alpha in scoring.alpha_grid(1.2, 7):
+    for alpha in alphas.alpha_grid(1.2, 7):
         edit = {f"{layer}.weight": ablation.debiased_weight(weight, ablated_t, alpha)}
         torch.testing.assert_close(fast.logits("val", edit), whole.logits("val", edit))
         assert fast.metrics("val", edit) == whole.metrics("val", edit)
@@ -151,16 +152,16 @@ def metrics(worst: float, mean: float) -> GroupMetrics:
 
 
 def test_pick_alpha_prefers_worst_group_then_mean_group_then_smaller_alpha() -> None:
-    assert scoring.pick_alpha([metrics(0.2, 0.9), metrics(0.6, 0.7), metrics(0.5, 0.95)]) == 1
-    assert scoring.pick_alpha([metrics(0.6, 0.7), metrics(0.6, 0.8), metrics(0.1, 0.9)]) == 1
+    assert alphas.pick_alpha([metrics(0.2, 0.9), metrics(0.6, 0.7), metrics(0.5, 0.95)]) == 1
+    assert alphas.pick_alpha([metrics(0.6, 0.7), metrics(0.6, 0.8), metrics(0.1, 0.9)]) == 1
     tied = [metrics(0.3, 0.5), metrics(0.7, 0.8), metrics(0.7, 0.8), metrics(0.7, 0.8)]
-    assert scoring.pick_alpha(tied) == 1
+    assert alphas.pick_alpha(tied) == 1
 
 
 def test_alpha_grid_runs_from_zero_to_alpha_max() -> None:
-    grid = scoring.alpha_grid(1.2, 13)
+    grid = alphas.alpha_grid(1.2, 13)
     assert grid[0] == 0 and grid[-1] == pytest.approx(1.2) and len(grid) == 13
-    assert 0.7 in scoring.alpha_grid(1.2, 13)  # recorded α re-scores to the same float
+    assert 0.7 in alphas.alpha_grid(1.2, 13)  # recorded α re-scores to the same float
 
 
 def test_removing_no_component_removes_nothing() -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from hpo.config import TrialParams
-from hpo.debias.removal import Removal
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.concept_fitted import ConceptFitted, concept_loss
+from hpo.plans import Removal
 from hpo.sae.model import FaithfulSAE
 
 
@@ -26,7 +26,7 @@ def planted() -> EditSource:
     concepts = torch.nn.functional.one_hot(concept, 2).float()
     return EditSource(
         saes={"l": sae},
-        params=TrialParams(n_components=2, top_k=1, fit_steps=300, fit_lr=0.1),
+        config=TrialParams(n_components=2, top_k=1, fit_steps=300, fit_lr=0.1),
         probe_inputs={"l": x},
         probe_concepts={"l": concepts},
         weights={"l": sae.effective_weight().detach()},
@@ -54,7 +54,7 @@ def test_it_needs_no_group_labels_and_honours_a_budget() -> None:
     source = planted()
     assert source.group_loss is None and ConceptFitted.labels == "concept"
     capped = EditSource(
-        **{**source.__dict__, "params": source.params.model_copy(update={"max_components": 1})}
+        **{**source.__dict__, "config": source.config.model_copy(update={"max_components": 1})}
     )
     removal = ConceptFitted().select(capped)
     assert sum(len(r.components) for r in removal.values()) <= 1

@@ -17,12 +17,13 @@ import torch
 from torch import nn
 
 from hpo.config import StudyFile, TrialParams
+from hpo.debias import ablation
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
-from hpo.debias.removal import Removal
 from hpo.debias.scoring import CachedSplit, Scorer
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.models.classifiers import ColorMnistMLP
+from hpo.plans import Removal
 from hpo.sae.model import FaithfulSAE
 from hpo.service.study_file import parse_study
 from hpo.service.trial import prepare_task, run_trial
@@ -132,7 +133,7 @@ def test_each_task_runs_through_its_protocol(
         scored = task.score_state_dict(ctx, state)
         for split in ("val", "test"):
             assert scored[split] == result.metric("debiased", split)
-        again = task.evaluate(ctx, saes, study.params, with_test=True, removal=None)
+        again = task.evaluate(ctx, saes, study.params, with_test=True, replay=None)
         assert again.value("worst_group") == result.value("worst_group")  # deterministic
     card = task.model_card(ctx)
     assert isinstance(card, ModelCard) and card.summary and card.class_name and card.load
@@ -226,7 +227,7 @@ def edit_source(group_loss: bool) -> tuple[EditSource, dict[str, FaithfulSAE]]:
 
     source = EditSource(
         saes=saes,
-        params=params,
+        config=params,
         probe_inputs=inputs,
         probe_concepts={layer: concepts for layer in inputs},
         group_loss=loss if group_loss else None,
@@ -252,9 +253,12 @@ def test_each_edit_strategy_removes_parts_of_the_given_components_only(name: str
             assert len(r.fractions) == len(r.components)
             assert all(0.0 <= f <= 1.0 for f in r.fractions)
         assert Removal.from_json(json.loads(json.dumps(r.to_json()))) == r
-        assert r.ablated_sum(saes[layer]).shape == saes[layer].effective_weight().shape
+        assert (
+            ablation.ablated_sum(saes[layer], r.components, r.fractions).shape
+            == saes[layer].effective_weight().shape
+        )
     assert strategy.select(source) == removal  # deterministic
-    words = strategy.describe(source.params, ("red", "green"))
+    words = strategy.describe(source.config, ("red", "green"))
     assert isinstance(words, str) and len(words) > 10
 
 

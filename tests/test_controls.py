@@ -71,7 +71,7 @@ def test_every_strategy_honours_the_budget(name: str, budget: int) -> None:
     source, _ = edit_source(group_loss=strategy.labels == "group")
     unlimited = strategy.select(source)
     capped_source = type(source)(
-        **{**source.__dict__, "params": source.params.model_copy(update={"max_components": budget})}
+        **{**source.__dict__, "config": source.config.model_copy(update={"max_components": budget})}
     )
     capped = strategy.select(capped_source)
     total = sum(len(r.components) for r in capped.values())

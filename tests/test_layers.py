@@ -20,8 +20,9 @@ ROOT = Path(hpo.__file__).parent
 # Lowest first. A module may import its own layer (without a cycle) and any lower one.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("hpo.errors", "hpo.files", "hpo.paths", "hpo.versions", "hpo.cpus", "hpo.device"),
+    ("hpo.registry",),
     ("hpo.strict", "hpo.search_spec", "hpo.config"),  # the study-file schema: no registry
-    ("hpo.results",),  # what a trial produces
+    ("hpo.plans", "hpo.results"),  # what a trial produces
     ("hpo.sae",),  # the Faithful-SAE: model, losses, training
     ("hpo.data",),  # datasets and the content-addressed cache
     ("hpo.models",),  # base models and their training

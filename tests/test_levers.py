@@ -11,6 +11,7 @@ from torch import nn
 
 from hpo.config import TrialParams
 from hpo.debias import ablation
+from hpo.debias.edit.procedure import plan_edit
 from hpo.debias.scoring import CachedSplit
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
@@ -51,7 +52,7 @@ def peaked_at(best: float):
 
     ctx = small_context()
     sae = FaithfulSAE(6, 4, n_components=8, top_k=2)
-    base = ctx.weight_of(ctx.layer).detach().clone()
+    base = ctx.model.get_submodule(ctx.layer).weight.detach().clone()
     with torch.no_grad():
         unit = (sae.components([0, 1]).sum(0)).abs().sum()
     ctx.scorer.metrics = metrics  # type: ignore[method-assign]
@@ -77,13 +78,12 @@ def test_an_alpha_at_the_grids_edge_extends_the_grid(
 def test_ablate_both_takes_the_conditioned_latents_and_more_by_attribution() -> None:
     ctx = small_context()
     sae = FaithfulSAE(6, 4, n_components=12, top_k=2)
-    task = get_task("colored_mnist")
     cond = TrialParams(ablate="conditioned", concept_latents=3, n_components=12, top_k=2)
     both = cond.model_copy(update={"ablate": "both", "n_ablate": 2})
     attribution = cond.model_copy(update={"ablate": "attribution", "n_ablate": 2})
 
     def chosen(params: TrialParams) -> list[int]:
-        removal = task.removal(ctx, {ctx.layer: sae}, params)[ctx.layer]
+        removal = plan_edit({ctx.layer: sae}, ctx.edit_target, params).removal[ctx.layer]
         assert removal.fractions is None  # whole components
         return removal.components
 
@@ -101,7 +101,6 @@ def test_any_linear_layer_of_the_base_model_can_be_decomposed() -> None:
 def test_ablate_bias_keeps_the_layers_mean_output_on_probe() -> None:
     ctx = small_context()
     sae = FaithfulSAE(6, 4, n_components=8, top_k=2)
-    task = get_task("colored_mnist")
     with torch.no_grad():
         ablated_t = sae.components([0, 1]).sum(0)
     z = ctx.splits["probe"].z
@@ -111,8 +110,8 @@ def test_ablate_bias_keeps_the_layers_mean_output_on_probe() -> None:
         bias = edit.get("0.bias", layer.bias)
         return (z @ edit["0.weight"].T + bias).mean(0)
 
-    plain = task.model_edit(ctx, {"0": ablated_t}, 1.5, TrialParams())
-    moved = task.model_edit(ctx, {"0": ablated_t}, 1.5, TrialParams(ablate_bias=True))
+    plain = ctx.edit_target.overrides({"0": ablated_t}, 1.5, compensate_bias=False)
+    moved = ctx.edit_target.overrides({"0": ablated_t}, 1.5, compensate_bias=True)
     assert set(plain) == {"0.weight"} and set(moved) == {"0.weight", "0.bias"}
     torch.testing.assert_close(moved["0.weight"], plain["0.weight"])
     with torch.no_grad():
@@ -153,7 +152,7 @@ def test_ablate_fitted_scores_the_edit_it_records_in_two_layers() -> None:
     result = task.evaluate(ctx, saes, params, with_test=True)
 
     edit = result.edit
-    assert edit.selection == "fitted" and set(edit.components) == set(edit.fractions) == {"0", "2"}
+    assert edit.strategy == "fitted" and set(edit.components) == set(edit.fractions) == {"0", "2"}
     for layer in ("0", "2"):
         assert len(edit.components[layer]) == len(edit.fractions[layer])
         assert all(0.01 <= f <= 1 for f in edit.fractions[layer])
@@ -166,7 +165,7 @@ def test_ablate_fitted_scores_the_edit_it_records_in_two_layers() -> None:
 
 def test_prediction_change_is_zero_for_an_exact_decomposition_and_not_for_a_wrong_one() -> None:
     ctx = small_context()
-    w_t = ctx.weight_of("0").detach().T  # (in × out) = (6 × 4)
+    w_t = ctx.edit_target.weight_t("0")  # (in × out) = (6 × 4)
     exact = FaithfulSAE(6, 4, n_components=8, top_k=2)
     with torch.no_grad():
         exact.encoder.zero_()

@@ -6,7 +6,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpo.debias.removal import Removal
+from hpo.config import EditConfig
+from hpo.plans import EditPlan, Removal
 from hpo.results import Edit, GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.storage import attrs
@@ -24,6 +25,7 @@ from hpo.storage.records import (
     write_provenance,
     write_result,
 )
+from hpo.storage.records.trials import edit_attrs
 
 
 def a_result() -> TrialResult:
@@ -35,13 +37,15 @@ def a_result() -> TrialResult:
         errors={"faithfulness_error": 0.01, "prediction_change": 0.0},
         models={"original": {"val": metrics}, "debiased": {"val": metrics}},
         edit=Edit(
-            layer="fc1+fc2",
-            components={"fc1": [0, 3], "fc2": [1]},
+            plan=EditPlan(
+                removal={"fc1": Removal([0, 3], [0.5, -0.25]), "fc2": Removal([1], [1.0])},
+                strategy="fitted",
+                labels="group",
+                compensate_bias=True,
+                bias_shift={"fc2": [0.5, -0.5]},
+            ),
             alpha=0.7,
-            selection="fitted",
-            fractions={"fc1": [0.5, 0.25], "fc2": [1.0]},
             alpha_curve={"alphas": [0.0, 0.7], "val_worst_group": [0.1, 0.5]},
-            labels="group",
         ),
         timings={"sae_training": 1.5},
         provenance={"versions": {"torch": "x"}, "device": "cpu"},
@@ -80,9 +84,11 @@ def test_a_stored_result_reads_back_typed() -> None:
     assert record.loss_history == {"step": [1, 2], "recon": [2.0, 1.0]}
 
 
-def test_the_edits_json_names_are_the_stored_attr_names() -> None:
-    names = set(a_result().edit.to_json())
-    assert names == {
+def test_an_edit_is_stored_under_the_attr_names_and_its_json_uses_them() -> None:
+    """One home for stored names: `edit_attrs` writes each under its constant; the JSON
+    of `hpo trial --json` uses the same names."""
+    edit = a_result().edit
+    names = {
         attrs.LAYER_ATTR,
         attrs.ALPHA_ATTR,
         attrs.ABLATED_COMPONENTS_ATTR,
@@ -90,7 +96,11 @@ def test_the_edits_json_names_are_the_stored_attr_names() -> None:
         attrs.SELECTION_ATTR,
         attrs.ALPHA_CURVE_ATTR,
         attrs.LABELS_ATTR,
+        attrs.COMPENSATE_BIAS_ATTR,
+        attrs.BIAS_SHIFT_ATTR,
     }
+    assert set(edit_attrs(edit)) == names
+    assert set(edit.to_json()) == names
 
 
 def test_trials_stored_before_layers_and_selection_still_read() -> None:
@@ -105,7 +115,8 @@ def test_trials_stored_before_layers_and_selection_still_read() -> None:
     )
     record = read_trial(old, default_layer="fc1")
     assert record.edit.components == {"fc1": [2, 5]} and record.edit.layer == "fc1"
-    assert record.edit.selection == "attribution"  # the trial's sampled strategy
+    assert record.edit.strategy == "attribution"  # the trial's sampled strategy
+    assert record.edit.labels == "concept"  # stored before regimes: the strategy's own
     assert record.values == {"worst_group": 0.4}
 
 
@@ -124,12 +135,17 @@ def test_weights_round_trip_and_older_payloads_read() -> None:
     torch.manual_seed(0)
     sae = FaithfulSAE(4, 3, 6, 2)
     weights = TrialWeights.of({"fc1": sae}, a_result(), {"fc1.weight": torch.ones(3, 4)})
-    again = TrialWeights.from_payload(weights.to_payload(), default_layer="unused")
-    assert again.removal == {"fc1": Removal([0, 3], [0.5, 0.25]), "fc2": Removal([1], [1.0])}
+    config = EditConfig(ablate="both", ablate_bias=True)
+    again = TrialWeights.from_payload(weights.to_payload(), default_layer="unused", edit=config)
+    assert again.plan == a_result().edit.plan
     assert torch.equal(again.saes["fc1"].state["encoder"], sae.state_dict()["encoder"])
     older = {"sae": sae.state_dict(), "sae_config": sae.config()}  # one SAE, no removal
-    legacy = TrialWeights.from_payload(older, default_layer="fc1")
-    assert set(legacy.saes) == {"fc1"} and legacy.removal is None and legacy.debiased is None
+    legacy = TrialWeights.from_payload(older, default_layer="fc1", edit=config)
+    assert set(legacy.saes) == {"fc1"} and legacy.plan is None and legacy.debiased is None
+    # stored before plans: the removal alone, chosen by the trial's strategy
+    removals = {"saes": {"fc1": older}, "removal": {"fc1": {"components": [2], "fractions": None}}}
+    plan = TrialWeights.from_payload(removals, default_layer="fc1", edit=config).plan
+    assert plan == EditPlan({"fc1": Removal([2])}, "both", "concept", compensate_bias=True)
 
 
 def test_confirmations_round_trip_through_the_study() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo.config import TrialParams
+from hpo.config import LossWeights, TrialParams
 from hpo.errors import DivergedError
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
@@ -352,9 +352,14 @@ def short_params(**changes: object) -> TrialParams:
 
 
 def test_every_loss_weight_field_has_one_table_entry() -> None:
-    """A loss is one LOSSES entry naming its TrialParams weight; no weight goes unused."""
-    fields = {name for name in TrialParams.model_fields if name.endswith("_weight")}
-    assert sorted(loss.weight for loss in LOSSES.values()) == sorted(fields)
+    """A loss is one LOSSES entry reading its LossWeights field; no weight goes unused:
+    each field, set alone, weighs exactly one loss."""
+    zero = {name: 0.0 for name in LossWeights.model_fields}
+    for name in LossWeights.model_fields:
+        alone = LossWeights(**{**zero, name: 1.0})
+        assert [loss.weight(alone) for loss in LOSSES.values()].count(1.0) == 1, name
+    assert sum(loss.weight(LossWeights(**zero)) for loss in LOSSES.values()) == 0
+    assert all(n.endswith("_weight") for n in LossWeights.model_fields)
     params = TrialParams(faithful_ramp=True, steps=100)
     weights = loss_weights(params, 50)
     assert list(weights) == list(LOSS_NAMES)

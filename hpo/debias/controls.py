@@ -11,7 +11,7 @@ of the same kind, a `FaithfulSAE` whose components sum to (about) that weight:
   decomposition a linear-algebra textbook gives for free.
 
 `lift` = debiased − best control (worst-group accuracy on validation) says what training
-the SAE added. A new control is one function and one line in `CONTROLS`.
+the SAE added. A new control is one function and one `CONTROLS.register` line.
 """
 
 from __future__ import annotations
@@ -20,15 +20,16 @@ from collections.abc import Callable
 
 import torch
 
-from hpo.config import TrialParams
+from hpo.config import SAEConfig
 from hpo.cpus import reproducible_threads
+from hpo.registry import Registry
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import as_scored, initial_sae
 
-Control = Callable[[torch.Tensor, TrialParams], FaithfulSAE]
+Control = Callable[[torch.Tensor, SAEConfig], FaithfulSAE]
 
 
-def untrained(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
+def untrained(weight_t: torch.Tensor, params: SAEConfig) -> FaithfulSAE:
     """The trial's SAE as training finds it (projected to the weight where the trial's
     is: `project_faithful`); the global random state is left as it was."""
     devices = [weight_t.device] if weight_t.device.type == "cuda" else []
@@ -38,7 +39,7 @@ def untrained(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
 
 
 @torch.no_grad()
-def singular_vectors(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
+def singular_vectors(weight_t: torch.Tensor, params: SAEConfig) -> FaithfulSAE:
     """W = Σ σ_i u_i v_iᵀ as rank-1 components E_i = √σ_i u_i, D_i = √σ_i v_iᵀ, largest
     first (so "the first latents" are the largest directions)."""
     with reproducible_threads():  # LAPACK splits its sums by thread count: see hpo.cpus
@@ -51,9 +52,10 @@ def singular_vectors(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE
     return sae.to(weight_t.device).eval()
 
 
-CONTROLS: dict[str, Control] = {"random": untrained, "svd": singular_vectors}
+CONTROLS: Registry[Control] = Registry("control")
+CONTROLS.register("random", untrained)
+CONTROLS.register("svd", singular_vectors)
 
 
-def control_name(name: str) -> str:
-    """How a control's edited model is named beside the references ("control_svd")."""
-    return f"control_{name}"
+def get_control(name: str) -> Control:
+    return CONTROLS.get(name)

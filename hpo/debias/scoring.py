@@ -8,7 +8,7 @@ reruns; for any other model it runs the whole forward pass on the split's inputs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +16,6 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from hpo.config import TrialParams
 from hpo.results import GroupMetrics
 
 Overrides = Mapping[str, torch.Tensor]  # parameter name (model.state_dict() key) -> value
@@ -111,60 +110,3 @@ class Scorer:
         s = self.splits[split]
         pred = self.logits(split, overrides).argmax(-1)
         return group_metrics(pred == s.y, s.groups, self.group_names)
-
-
-def pick_alpha(sweep: Sequence[GroupMetrics]) -> int:
-    """Index of the best α on validation: worst-group first, then mean-group, then smaller α."""
-    keys = [(m.worst_group, m.mean_group, -i) for i, m in enumerate(sweep)]
-    return max(range(len(sweep)), key=keys.__getitem__)
-
-
-def alpha_grid(alpha_max: float, steps: int) -> list[float]:
-    """Evenly spaced α from 0, rounded so that α = 0.7 is the same float whether it comes
-    from this grid or from a recorded 0.7 (export re-scores at the recorded α)."""
-    return [round(a, 6) for a in np.linspace(0.0, alpha_max, steps).tolist()]
-
-
-@dataclass(frozen=True)
-class AlphaSweep:
-    """Validation metrics at each α tried, and the index of the one chosen."""
-
-    alphas: list[float]
-    metrics: list[GroupMetrics]
-    chosen: int
-
-    @property
-    def alpha(self) -> float:
-        return self.alphas[self.chosen]
-
-    @property
-    def best(self) -> GroupMetrics:
-        return self.metrics[self.chosen]
-
-    def curve(self) -> dict[str, list[float]]:
-        return {
-            "alphas": list(self.alphas),
-            "val_worst_group": [m.worst_group for m in self.metrics],
-            "val_mean_group": [m.mean_group for m in self.metrics],
-        }
-
-
-def sweep_alpha(score: Callable[[float], GroupMetrics], params: TrialParams) -> AlphaSweep:
-    """Score the edit at every α of the grid (or at the fixed `params.alpha`) on val and
-    pick one (`pick_alpha`); a best α at the grid's upper edge extends the grid by its
-    own length, at most `params.alpha_extend` times, instead of stopping where the best
-    may lie beyond."""
-    if params.alpha is not None:
-        return AlphaSweep([params.alpha], [score(params.alpha)], 0)
-    alphas = alpha_grid(params.alpha_max, params.alpha_steps)
-    metrics = [score(a) for a in alphas]
-    best = pick_alpha(metrics)
-    for k in range(2, params.alpha_extend + 2):
-        if best != len(alphas) - 1:
-            break  # the best α lies inside the grid
-        longer = alpha_grid(k * params.alpha_max, k * (params.alpha_steps - 1) + 1)
-        extra = longer[len(alphas) :]
-        metrics += [score(a) for a in extra]
-        alphas = alphas + extra
-        best = pick_alpha(metrics)
-    return AlphaSweep(alphas, metrics, best)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.config import TrialParams
-from hpo.debias.removal import recorded_removal
 from hpo.debias.strategies.registry import get_strategy
 from hpo.results import TrialResult
 from hpo.tasks.base import ModelCard
@@ -83,8 +82,8 @@ def _edit_section(
 ) -> list[str]:
     assert result.edit is not None
     edit = result.edit
-    how = get_strategy(edit.selection).describe(params, card.concept_names)
-    removal = recorded_removal(edit)
+    how = get_strategy(edit.strategy).describe(params, card.concept_names)
+    removal = edit.plan.removal
     weights = ", ".join(f"`{name}.weight`" for name in removal)
     return [
         f"{card.summary}, debiased by editing {weights}.",

@@ -18,7 +18,6 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.debias.removal import recorded_removal
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
 from hpo.results import CONTROL_PREFIX, Edit
@@ -127,12 +126,12 @@ def _edit_lines(edit: Edit, how: str | None) -> list[str]:
         if removal.fractions is not None
         else f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, removal.components))}"
         f"** of the `{layer}` weight"
-        for layer, removal in recorded_removal(edit).items()
+        for layer, removal in edit.plan.removal.items()
     ]
     regime = {"concept": "concept labels only", "group": "group labels"}.get(edit.labels or "")
     return [
         *removed,
-        f"- picked by: {how or edit.selection}",
+        f"- picked by: {how or edit.strategy}",
         *([f"- label regime: {regime} on probe"] if regime else []),
         f"- **α = {edit.alpha:.2f}**, chosen on validation",
         "",

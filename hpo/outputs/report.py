@@ -18,7 +18,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.debias.removal import recorded_removal
 from hpo.errors import UserError
 from hpo.outputs.report_figures import (
     TITLES,
@@ -95,7 +94,7 @@ def _best_table(r: Rescored) -> str:
         for k, v in sorted(r.trial.params.items())
     ]
     if res.edit is not None:
-        for layer, removal in recorded_removal(res.edit).items():
+        for layer, removal in res.edit.plan.removal.items():
             rows.append([f"removed from {html.escape(layer)}", html.escape(removal.describe())])
         rows.append(["α (chosen on val)", f"{res.edit.alpha:.3g}"])
     for key, value in res.values().items():

@@ -54,7 +54,12 @@ class Rescored:
 
 
 def load_trial_weights(
-    study: optuna.Study, study_file: StudyFile, url: str, record: TrialRecord, layer: str
+    study: optuna.Study,
+    study_file: StudyFile,
+    url: str,
+    record: TrialRecord,
+    layer: str,
+    params: TrialParams,
 ) -> TrialWeights:
     if not record.trial_weights:
         state = study.trials[record.number].state.name
@@ -65,7 +70,10 @@ def load_trial_weights(
         )
     try:
         return download_weights(
-            artifact_store(url, study_file.storage), record.trial_weights, layer
+            artifact_store(url, study_file.storage),
+            record.trial_weights,
+            layer,
+            params.edit_config,
         )
     except Exception as err:
         raise UserError(
@@ -116,19 +124,12 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
     ctx = worker_context(study, study_file, url)
     record = read_trial(trial, default_layer=ctx.layer)
-    weights = load_trial_weights(study, study_file, url, record, ctx.layer)
-    saes = {layer: load_sae(stored, ctx.device) for layer, stored in weights.saes.items()}
     params = trial_params(study_file, trial)
+    weights = load_trial_weights(study, study_file, url, record, ctx.layer, params)
+    saes = {layer: load_sae(stored, ctx.device) for layer, stored in weights.saes.items()}
     task = get_task(study_file.task.kind)
-    # what the trial removed, re-applied as it was (never refitted)
-    result = task.evaluate(
-        ctx,
-        saes,
-        params,
-        with_test=True,
-        removal=weights.removal,
-        control_removals=weights.controls,
-    )
+    # what the trial's edits were, re-applied as they were (never refitted)
+    result = task.evaluate(ctx, saes, params, with_test=True, replay=weights.replay())
     mismatches = compare_recorded(record, result)
     return Rescored(
         study, trial, record, study_file, params, ctx, saes, weights, result, mismatches

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from hpo.config import TrialParams
+from hpo.config import LossWeights, SAEConfig
 from hpo.device import available_bytes, gib
 from hpo.errors import DivergedError, UserError
 from hpo.sae import losses
@@ -38,7 +38,7 @@ class Step:
     target: torch.Tensor
     concepts: torch.Tensor
     weight_t: torch.Tensor
-    params: TrialParams
+    params: SAEConfig
     zero: torch.Tensor  # what a term that is not computed reports
     probes: torch.Tensor | None = None  # [out, s]: sketch the faithfulness loss (None: exact)
     anchor: losses.Anchor | None = None  # the sketch's control variate
@@ -46,14 +46,14 @@ class Step:
 
 @dataclass(frozen=True)
 class Loss:
-    """One term of the training loss: how to compute it and which TrialParams field
+    """One term of the training loss: how to compute it and which LossWeights field
     weighs it. `always`: computed (and logged) even at weight zero; else skipped then.
-    `ramp`: a TrialParams flag that grows the weight quadratically over training."""
+    `ramp`: whether the config grows the weight quadratically over training."""
 
     term: Callable[[Step], torch.Tensor]
-    weight: str
+    weight: Callable[[LossWeights], float]
     always: bool = False
-    ramp: str | None = None
+    ramp: Callable[[SAEConfig], bool] | None = None
 
 
 def _conditioning(s: Step) -> torch.Tensor:
@@ -78,16 +78,21 @@ def _decorrelation(s: Step) -> torch.Tensor:
 
 
 # The training loss, by name, in the order the terms are computed, summed and logged. A
-# new loss is one entry here (and its weight field in hpo.config.TrialParams).
+# new loss is one entry here (and its weight field in hpo.config.LossWeights).
 LOSSES: dict[str, Loss] = {
-    "recon": Loss(lambda s: losses.reconstruction(s.recon, s.target), "recon_weight", always=True),
-    "faithful": Loss(_faithful, "faithful_weight", always=True, ramp="faithful_ramp"),
-    "rank": Loss(
-        lambda s: losses.schatten_rank(*s.sae.factors(), p=s.params.schatten_p), "rank_weight"
+    "recon": Loss(
+        lambda s: losses.reconstruction(s.recon, s.target), lambda w: w.recon_weight, always=True
     ),
-    "cond": Loss(_conditioning, "cond_weight"),
-    "sparsity": Loss(_sparsity, "sparsity_weight"),
-    "decorr": Loss(_decorrelation, "decorr_weight"),
+    "faithful": Loss(
+        _faithful, lambda w: w.faithful_weight, always=True, ramp=lambda c: c.faithful_ramp
+    ),
+    "rank": Loss(
+        lambda s: losses.schatten_rank(*s.sae.factors(), p=s.params.schatten_p),
+        lambda w: w.rank_weight,
+    ),
+    "cond": Loss(_conditioning, lambda w: w.cond_weight),
+    "sparsity": Loss(_sparsity, lambda w: w.sparsity_weight),
+    "decorr": Loss(_decorrelation, lambda w: w.decorr_weight),
 }
 LOSS_NAMES = tuple(LOSSES)
 
@@ -109,13 +114,13 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def optimizer(sae: FaithfulSAE, params: TrialParams) -> torch.optim.Adam:
+def optimizer(sae: FaithfulSAE, params: SAEConfig) -> torch.optim.Adam:
     """Adam; the fused kernel (one per parameter) where the device has one: same update."""
     device = sae.encoder.device.type
     return torch.optim.Adam(sae.parameters(), lr=params.lr, fused=device in ("cpu", "cuda"))
 
 
-def faithful_sketch_size(params: TrialParams, d_in: int, d_out: int) -> int | None:
+def faithful_sketch_size(params: SAEConfig, d_in: int, d_out: int) -> int | None:
     """How many probes sketch the faithfulness loss, or None for the exact loss.
 
     "auto" sketches when forming E·D (in·C·r·out multiply-adds) costs at least
@@ -144,12 +149,12 @@ SKETCH_MIN_SAVING = 4
 ANCHOR_EVERY = 16
 
 
-def loss_weights(params: TrialParams, step: int) -> dict[str, float]:
-    """Each loss's weight at `step`, from its TrialParams field (see LOSSES)."""
+def loss_weights(params: SAEConfig, step: int) -> dict[str, float]:
+    """Each loss's weight at `step`, from its LossWeights field (see LOSSES)."""
     weights = {}
     for name, loss in LOSSES.items():
-        weight = getattr(params, loss.weight)
-        if loss.ramp is not None and getattr(params, loss.ramp):
+        weight = loss.weight(params)
+        if loss.ramp is not None and loss.ramp(params):
             weight *= losses.quadratic_ramp(step, params.steps)
         weights[name] = weight
     return weights
@@ -161,7 +166,7 @@ def loss_terms(
     target: torch.Tensor,
     concepts: torch.Tensor,
     weight_t: torch.Tensor,
-    params: TrialParams,
+    params: SAEConfig,
     weights: dict[str, float],
     probes: torch.Tensor | None = None,
     anchor: losses.Anchor | None = None,
@@ -186,7 +191,7 @@ def loss_terms(
     }
 
 
-def training_bytes(d_in: int, d_out: int, params: TrialParams, n: int) -> int:
+def training_bytes(d_in: int, d_out: int, params: SAEConfig, n: int) -> int:
     """At least this much memory (float32) trains the SAE: encoder and decoder with their
     gradients and Adam's two moments, and one batch's latents (pre- and post-top-k) with
     their gradients. A lower bound, enough to refuse what cannot fit."""
@@ -196,7 +201,7 @@ def training_bytes(d_in: int, d_out: int, params: TrialParams, n: int) -> int:
 
 
 def check_fits(
-    d_in: int, d_out: int, params: TrialParams, n: int, device: torch.device, what: str = "params"
+    d_in: int, d_out: int, params: SAEConfig, n: int, device: torch.device, what: str = "params"
 ) -> None:
     """A UserError, before anything is allocated, when the SAE cannot fit on `device`."""
     need = training_bytes(d_in, d_out, params, n)
@@ -210,7 +215,7 @@ def check_fits(
         )
 
 
-def initial_sae(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
+def initial_sae(weight_t: torch.Tensor, params: SAEConfig) -> FaithfulSAE:
     """The Faithful-SAE a trial starts from, seeded by `params.seed`: what training then
     changes, and the untrained control its edit is compared with."""
     torch.manual_seed(params.seed)
@@ -224,7 +229,7 @@ def initial_sae(weight_t: torch.Tensor, params: TrialParams) -> FaithfulSAE:
 
 def train_sae(
     data: SAEData,
-    params: TrialParams,
+    params: SAEConfig,
     *,
     on_eval: Callable[[int, FaithfulSAE], None] | None = None,
     progress: bool = False,
@@ -292,7 +297,7 @@ def train_sae(
 
 
 def as_scored(
-    sae: FaithfulSAE, weight_t: torch.Tensor, params: TrialParams, *, in_place: bool
+    sae: FaithfulSAE, weight_t: torch.Tensor, params: SAEConfig, *, in_place: bool
 ) -> FaithfulSAE:
     """`sae` as a trial scores it: projected to the weight if the params ask
     (`project_faithful`; on a copy unless `in_place`), else `sae` itself."""

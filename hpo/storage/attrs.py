@@ -36,9 +36,11 @@ CONFIRMATION_ATTR = "confirmation"  # `hpo confirm`: mean ± std over fresh seed
 LAYER_ATTR = "layer"  # the edited layer
 ALPHA_ATTR = "alpha"  # the ablation strength chosen on validation
 ABLATED_COMPONENTS_ATTR = "ablated_components"
-SELECTION_ATTR = "selection"  # how the components were picked
+SELECTION_ATTR = "selection"  # the edit strategy that picked them (params.ablate)
 LABELS_ATTR = "labels"  # the edit's label regime: "concept" or "group" labels on probe
 REMOVED_FRACTIONS_ATTR = "removed_fractions"  # ablate = "fitted": layer -> fractions
+COMPENSATE_BIAS_ATTR = "compensate_bias"  # each bias keeps the removed part's mean
+BIAS_SHIFT_ATTR = "bias_shift"  # layer -> a fitted move of its bias (× α)
 ALPHA_CURVE_ATTR = "alpha_curve"  # {"alphas", "val_worst_group", "val_mean_group"}
 VAL_GROUPS_ATTR = "val_groups"  # {model: {group: accuracy}} on validation
 TIMINGS_ATTR = "timings"

@@ -20,12 +20,12 @@ from typing import ClassVar, Protocol
 import torch
 
 from hpo.config import Direction, TaskConfig, TrialParams
-from hpo.debias.removal import Removal
+from hpo.debias.edit.controlled import BudgetPoint, Replay
 from hpo.results import GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 
-__all__ = ["Direction", "TaskConfig"]  # re-exported: a task module imports them from here
+__all__ = ["BudgetPoint", "Direction", "TaskConfig"]  # re-exported for task modules
 
 Saes = Mapping[str, FaithfulSAE]  # decomposed layer -> its Faithful-SAE, in call order
 
@@ -44,16 +44,6 @@ class TaskContext(Protocol):
 
 # The budgets a report draws its curve at (None: no limit).
 BUDGETS: tuple[int | None, ...] = (1, 2, 4, 8, 16, 32, None)
-
-
-@dataclass(frozen=True)
-class BudgetPoint:
-    """One point of a budget curve: the edit with at most `budget` components removed."""
-
-    budget: int | None  # None: no limit
-    removed: int  # how many it removed
-    val_worst_group: float
-    test_worst_group: float
 
 
 @dataclass(frozen=True)
@@ -99,12 +89,11 @@ class Task(Protocol):
         params: TrialParams,
         *,
         with_test: bool,
-        removal: Mapping[str, Removal] | None = None,
-        control_removals: Mapping[str, Mapping[str, Removal]] | None = None,
+        replay: Replay | None = None,
     ) -> TrialResult:
         """Score a decomposition (one SAE per decomposed layer) on validation, and on test
-        for reporting only. `removal`: what a stored trial removed (from its weights
-        payload), applied as it was rather than chosen again."""
+        for reporting only. `replay`: a stored trial's edit plans (from its weights
+        payload), applied as they were rather than chosen again."""
         ...
 
     def edited_state_dict(

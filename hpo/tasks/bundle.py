@@ -23,6 +23,8 @@ from torch import nn
 
 from hpo.cpus import reproducible_threads
 from hpo.data.cache import save_tensors
+from hpo.debias.edit.controlled import ControlCache
+from hpo.debias.edit.target import EditTarget
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit, Scorer, runs_from_layer
 from hpo.errors import UserError
@@ -52,12 +54,17 @@ class ClassifierContext:
     probe_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     scorer: Scorer = field(init=False)
-    # The controls' scores of the last trials (hpo.tasks.classifier.controls), by params.
-    control_cache: dict[Any, Any] = field(default_factory=dict, repr=False)
+    edit_target: EditTarget = field(init=False)
+    # The controls' scored edits of the last few configurations: they do not depend on
+    # the trained SAE (hpo.debias.edit.controlled).
+    control_cache: ControlCache = field(default_factory=ControlCache, repr=False)
 
     def __post_init__(self) -> None:
         self.scorer = Scorer(self.model, self.layer, self.splits, self.group_names)
         self.probe_inputs = {self.layer: self.splits["probe"].z, **self.probe_inputs}
+        self.edit_target = EditTarget(
+            self.model, self.scorer, self.probe_inputs, len(self.concept_names)
+        )
 
     @property
     def editable_layers(self) -> tuple[str, ...]:

@@ -1,36 +1,15 @@
-"""What a classifier trial measures besides accuracy: the group-balanced loss a fitted
-removal minimises, the share of decisions a decomposition changes, and its errors."""
+"""What a classifier trial measures of its decompositions besides the edit's accuracy:
+the share of decisions they change, and their errors."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-import torch.nn.functional as F
 
 from hpo.cpus import reproducible_threads
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 from hpo.tasks.base import Saes
 from hpo.tasks.bundle import ClassifierContext
-
-
-def balanced_probe_loss(
-    ctx: ClassifierContext,
-    edit: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]],
-) -> Callable[[dict[str, torch.Tensor]], torch.Tensor]:
-    """removed parts -> cross-entropy on probe with every group weighted equally (the
-    balanced split's groups, as DFR balances them): what a fitted removal minimises."""
-    probe = ctx.splits["probe"]
-    sizes = torch.bincount(probe.groups, minlength=len(ctx.group_names)).double()
-    weights = (1.0 / sizes.clamp(min=1))[probe.groups]
-    weights = (weights / weights.sum()).to(torch.get_default_dtype())
-
-    def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = ctx.scorer.forward("probe", edit(removed))
-        return (F.cross_entropy(logits, probe.y, reduction="none") * weights).sum()
-
-    return loss
 
 
 def prediction_change(ctx: ClassifierContext, saes: Saes) -> float:

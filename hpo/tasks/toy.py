@@ -22,11 +22,12 @@ from pydantic import Field
 
 from hpo.config import TrialParams
 from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
-from hpo.debias.controls import CONTROLS, control_name
+from hpo.debias.controls import CONTROLS
+from hpo.debias.edit.controlled import Replay
 from hpo.errors import UserError
 from hpo.models import classifiers
 from hpo.models.classifiers import ToySuperpositionAE
-from hpo.results import GroupMetrics, TrialResult
+from hpo.results import GroupMetrics, TrialResult, control_name
 from hpo.sae.training import SAEData
 from hpo.tasks import bundle, classifier
 from hpo.tasks.base import BudgetPoint, Direction, ModelCard, Saes, TaskConfig
@@ -191,8 +192,7 @@ class ToySuperposition:
         params: TrialParams,
         *,
         with_test: bool,
-        removal: Any = None,  # the toy makes no edit
-        control_removals: Any = None,
+        replay: Replay | None = None,  # the toy makes no edit
     ) -> TrialResult:
         (sae,) = saes.values()
         w = ctx.model.W.detach()

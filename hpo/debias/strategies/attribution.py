@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import TrialParams
-from hpo.debias.removal import Removal
+from hpo.config import EditConfig
 from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.plans import Removal
 
 
 class Attribution:
@@ -18,12 +18,12 @@ class Attribution:
 
     def select(self, source: EditSource) -> dict[str, Removal]:
         scores = {layer: source.attribution(layer) for layer in source.saes}
-        removal = {layer: Removal(top(scores[layer], source.params.n_ablate)) for layer in scores}
+        removal = {layer: Removal(top(scores[layer], source.config.n_ablate)) for layer in scores}
         return within_budget(removal, scores, source.budget)
 
-    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+    def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
         return (
-            f"the {params.n_ablate} whose contribution differs most between concepts on "
+            f"the {config.n_ablate} whose contribution differs most between concepts on "
             "probe (attribution)"
         )
 

@@ -11,29 +11,28 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 
-from hpo.config import TrialParams
+from hpo.config import EditConfig
 from hpo.debias import ablation
-from hpo.debias.removal import Removal
+from hpo.plans import Labels, Removal
 from hpo.sae.model import FaithfulSAE
 
-Labels = Literal["concept", "group"]
 # removed parts {layer: (in × out)} -> a loss on probe of the model with them taken away
 RemovalLoss = Callable[[dict[str, torch.Tensor]], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class EditSource:
-    """What a strategy may use: the decomposition of each layer, the trial's params, the
+    """What a strategy may use: the decomposition of each layer, the edit's config, the
     probe split's inputs of each layer and their concept labels (one-hot; a layer that
     sees sequences has a row per token), each layer's weight, and — for a strategy that
     declares group labels — a group-balanced loss on probe."""
 
     saes: Mapping[str, FaithfulSAE]
-    params: TrialParams
+    config: EditConfig
     probe_inputs: Mapping[str, torch.Tensor]  # layer -> its inputs as rows [N, in]
     probe_concepts: Mapping[str, torch.Tensor]  # layer -> its rows' concepts, one-hot
     group_loss: RemovalLoss | None = None
@@ -48,7 +47,7 @@ class EditSource:
     @property
     def budget(self) -> int | None:
         """At most this many components removed, over all layers (`max_components`)."""
-        return self.params.max_components
+        return self.config.max_components
 
     def attribution(self, layer: str) -> torch.Tensor:
         """Each component's `attribution_scores` on probe: how differently it contributes
@@ -64,7 +63,7 @@ class EditSource:
 
 
 class EditStrategy(Protocol):
-    """One way to choose what an edit removes (sklearn-shaped: configured by params).
+    """One way to choose what an edit removes (sklearn-shaped: configured by its EditConfig).
 
     `select` honours `source.budget` exactly: at most that many components, whole or in
     part, over all layers."""
@@ -76,7 +75,7 @@ class EditStrategy(Protocol):
         """Per decomposed layer, which components go and how much of each."""
         ...
 
-    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+    def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
         """How the components were chosen, in words for notes, model cards and reports."""
         ...
 

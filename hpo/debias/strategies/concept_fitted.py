@@ -20,10 +20,10 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import TrialParams
-from hpo.debias.removal import Removal
+from hpo.config import EditConfig
 from hpo.debias.strategies.base import EditSource, Labels, concepts_text
 from hpo.debias.strategies.fitted import fit_within_budget
+from hpo.plans import Removal
 
 
 class ConceptFitted:
@@ -40,7 +40,7 @@ class ConceptFitted:
 
         return fit_within_budget(source, loss)
 
-    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+    def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
         return (
             "a fraction of each component, fitted with the concept labels only "
             f"({concepts_text(concept_names)}) so that the layer's output stops covarying "

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from hpo.config import TrialParams
+from hpo.config import EditConfig
 from hpo.debias import ablation
-from hpo.debias.removal import Removal
 from hpo.debias.strategies.base import EditSource, Labels, concepts_text, within_budget
+from hpo.plans import Removal
 
 
 class Conditioned:
@@ -16,15 +16,15 @@ class Conditioned:
     labels: ClassVar[Labels] = "concept"
 
     def select(self, source: EditSource) -> dict[str, Removal]:
-        chosen = ablation.conditioned_components(source.n_concepts * source.params.concept_latents)
+        chosen = ablation.conditioned_components(source.n_concepts * source.config.concept_latents)
         removal = {layer: Removal(list(chosen)) for layer in source.saes}
         if source.budget is None:
             return removal
         scores = {layer: source.attribution(layer) for layer in source.saes}
         return within_budget(removal, scores, source.budget)
 
-    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+    def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
         return (
             f"conditioned during training to fire for the concepts {concepts_text(concept_names)}"
-            f" ({params.concept_latents} latent(s) each; SCAR)"
+            f" ({config.concept_latents} latent(s) each; SCAR)"
         )

@@ -7,10 +7,10 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import TrialParams
+from hpo.config import EditConfig
 from hpo.debias import ablation
-from hpo.debias.removal import Removal
 from hpo.debias.strategies.base import EditSource, Labels, RemovalLoss, within_budget
+from hpo.plans import Removal
 from hpo.sae.model import FaithfulSAE
 
 
@@ -21,7 +21,7 @@ class Fitted:
     def select(self, source: EditSource) -> dict[str, Removal]:
         return fit_within_budget(source, source.require_group_loss(self.name))
 
-    def describe(self, params: TrialParams, concept_names: Sequence[str]) -> str:
+    def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
         return (
             "a fraction of each component, fitted on the balanced probe split by "
             "group-balanced cross-entropy (at α = 1 it only takes parts of the weight away)"
@@ -55,8 +55,8 @@ def fit_fractions(
     source: EditSource, which: dict[str, list[int]], loss: RemovalLoss, l1: float | None = None
 ) -> dict[str, Removal]:
     """Fractions of the components in `which`, fitted together (`ablation.fit_removal`),
-    with `l1` (default: `params.removal_l1`)."""
-    params = source.params
+    with `l1` (default: `config.removal_l1`)."""
+    config = source.config
     factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
     for layer, idx in which.items():
         e, d = source.saes[layer].factors()
@@ -65,9 +65,9 @@ def fit_fractions(
         fitted = ablation.fit_removal(
             factors,
             loss,
-            steps=params.fit_steps,
-            lr=params.fit_lr,
-            l1=params.removal_l1 if l1 is None else l1,
+            steps=config.fit_steps,
+            lr=config.fit_lr,
+            l1=config.removal_l1 if l1 is None else l1,
         )
     out = {}
     for layer, fractions in fitted.items():

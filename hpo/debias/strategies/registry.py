@@ -8,16 +8,12 @@ from hpo.debias.strategies.both import Both
 from hpo.debias.strategies.concept_fitted import ConceptFitted
 from hpo.debias.strategies.conditioned import Conditioned
 from hpo.debias.strategies.fitted import Fitted
+from hpo.registry import Registry
 
-STRATEGIES: dict[str, EditStrategy] = {
-    s.name: s for s in (Conditioned(), Attribution(), Both(), Fitted(), ConceptFitted())
-}
+STRATEGIES: Registry[EditStrategy] = Registry("edit strategy")
+for _strategy in (Conditioned(), Attribution(), Both(), Fitted(), ConceptFitted()):
+    STRATEGIES.register(_strategy.name, _strategy)
 
 
 def get_strategy(name: str) -> EditStrategy:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown edit strategy {name!r}; valid: {', '.join(STRATEGIES)}"
-        ) from None
+    return STRATEGIES.get(name)

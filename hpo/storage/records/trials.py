@@ -12,12 +12,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial
 
+from hpo.debias.strategies.registry import STRATEGIES
+from hpo.plans import LABELS, EditPlan, Removal
 from hpo.results import Edit, TrialResult
 from hpo.storage.attrs import (
     ABLATED_COMPONENTS_ATTR,
     ALPHA_ATTR,
     ALPHA_CURVE_ATTR,
     BASE_MODEL_ATTR,
+    BIAS_SHIFT_ATTR,
+    COMPENSATE_BIAS_ATTR,
     CONFIRMATION_ATTR,
     DATA_SHA256_ATTR,
     DEVICE_ATTR,
@@ -56,6 +60,8 @@ BOOKKEEPING = frozenset(
         SELECTION_ATTR,
         LABELS_ATTR,
         REMOVED_FRACTIONS_ATTR,
+        COMPENSATE_BIAS_ATTR,
+        BIAS_SHIFT_ATTR,
         ALPHA_CURVE_ATTR,
         VAL_GROUPS_ATTR,
         TIMINGS_ATTR,
@@ -133,20 +139,61 @@ def _read_edit(
     components = attrs.get(ABLATED_COMPONENTS_ATTR, {})
     if isinstance(components, list):  # stored before `layers`: one layer's list
         components = {layer: components}
-    return Edit(
-        layer=layer,
-        components={
-            k: [int(c) for c in v]
-            for k, v in _mapping(components).items()
-            if isinstance(v, list) and all(isinstance(c, int) for c in v)
-        },
-        alpha=_number(attrs[ALPHA_ATTR]),
-        # stored before `selection`: the trial's sampled strategy, else the only one
-        selection=str(attrs.get(SELECTION_ATTR, params.get("ablate", LEGACY_SELECTION))),
-        fractions=attrs.get(REMOVED_FRACTIONS_ATTR),
-        alpha_curve=_mapping(attrs.get(ALPHA_CURVE_ATTR)),
-        labels=attrs.get(LABELS_ATTR),  # stored before regimes: None
+    fractions = _mapping(attrs.get(REMOVED_FRACTIONS_ATTR))
+    removal = {
+        k: Removal([int(c) for c in v], _fractions(fractions.get(k), len(v)))
+        for k, v in _mapping(components).items()
+        if isinstance(v, list) and all(isinstance(c, int) for c in v)
+    }
+    # stored before `selection`: the trial's sampled strategy, else the only one
+    strategy = str(attrs.get(SELECTION_ATTR, params.get("ablate", LEGACY_SELECTION)))
+    labels = attrs.get(LABELS_ATTR)
+    if labels not in LABELS:  # stored before regimes: the strategy's own
+        labels = STRATEGIES.get(strategy).labels if strategy in STRATEGIES else "concept"
+    shift = _mapping(attrs.get(BIAS_SHIFT_ATTR))
+    plan = EditPlan(
+        removal=removal,
+        strategy=strategy,
+        labels=labels,
+        compensate_bias=attrs.get(COMPENSATE_BIAS_ATTR) is True,
+        bias_shift={k: [float(x) for x in v] for k, v in shift.items()} if shift else None,
     )
+    return Edit(
+        plan=plan,
+        alpha=_number(attrs[ALPHA_ATTR]),
+        alpha_curve=_mapping(attrs.get(ALPHA_CURVE_ATTR)),
+    )
+
+
+def _fractions(value: Any, n: int) -> list[float] | None:
+    """A layer's stored fractions, if they are n numbers (else: whole components)."""
+    if (
+        isinstance(value, list)
+        and len(value) == n
+        and all(isinstance(f, int | float) for f in value)
+    ):
+        return [float(f) for f in value]
+    return None
+
+
+def edit_attrs(edit: Edit) -> dict[str, Any]:
+    """The user attrs a trial's edit is stored under (read back by `_read_edit`)."""
+    plan = edit.plan
+    stored: dict[str, Any] = {
+        LAYER_ATTR: edit.layer,
+        ALPHA_ATTR: edit.alpha,
+        ABLATED_COMPONENTS_ATTR: edit.components,
+        SELECTION_ATTR: plan.strategy,
+        ALPHA_CURVE_ATTR: edit.alpha_curve,
+        LABELS_ATTR: plan.labels,
+    }
+    if (fractions := edit.fractions) is not None:
+        stored[REMOVED_FRACTIONS_ATTR] = fractions
+    if plan.compensate_bias:
+        stored[COMPENSATE_BIAS_ATTR] = True
+    if plan.bias_shift is not None:
+        stored[BIAS_SHIFT_ATTR] = plan.bias_shift
+    return stored
 
 
 def _mapping(value: Any) -> dict[str, Any]:
@@ -163,8 +210,8 @@ def write_result(
     trial: optuna.Trial, result: TrialResult, history: Mapping[str, list[float]]
 ) -> None:
     """Store what a person reads to judge a finished trial (validation numbers only)."""
-    stored = {**result.values(), **({} if result.edit is None else result.edit.to_json())}
-    for key, value in stored.items():  # the edit's JSON names are its attr names
+    stored = {**result.values(), **({} if result.edit is None else edit_attrs(result.edit))}
+    for key, value in stored.items():
         trial.set_user_attr(key, value)
     if result.models:
         trial.set_user_attr(

@@ -1,0 +1,108 @@
+"""What the edit procedure needs of a task: its model, the probe inputs of each layer it
+may edit, and a scorer.
+
+A task hands over an `EditTarget` and is done: the procedure turns a plan into the
+model's new tensors (`overrides`), fits with the group-balanced loss on probe
+(`group_loss`) and scores with the scorer. Nothing here knows which task it serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.debias import ablation
+from hpo.debias.scoring import Overrides, Scorer
+from hpo.debias.strategies.base import RemovalLoss
+from hpo.models.linear_layers import per_row, rows
+
+
+@dataclass(frozen=True)
+class EditTarget:
+    """The model an edit changes and the data it is chosen and scored on.
+
+    `probe_inputs`: each editable layer's inputs on the probe split, as the model feeds
+    them ([N, in], or [N, ..., in] where the layer sees sequences). The scorer holds the
+    splits (probe with its labels, val, test) and the group names."""
+
+    model: nn.Module
+    scorer: Scorer
+    probe_inputs: Mapping[str, torch.Tensor]
+    n_concepts: int
+
+    @property
+    def editable_layers(self) -> tuple[str, ...]:
+        return tuple(self.probe_inputs)
+
+    def weight_t(self, layer: str) -> torch.Tensor:
+        """The layer's weight in (in × out) layout, detached: what a decomposition sums to."""
+        weight = _tensor(self.model.get_submodule(layer), "weight")
+        assert weight is not None
+        return weight.detach().T.contiguous()
+
+    def rows(self, layer: str) -> torch.Tensor:
+        """The layer's probe inputs as rows (a token each where it sees sequences)."""
+        return rows(self.probe_inputs[layer])
+
+    def concepts(self, layer: str) -> torch.Tensor:
+        """Each of the layer's probe rows' concept, one-hot."""
+        concepts = self.scorer.splits["probe"].concepts
+        assert concepts is not None
+        return per_row(F.one_hot(concepts, self.n_concepts).float(), self.probe_inputs[layer])
+
+    def overrides(
+        self,
+        parts: Mapping[str, torch.Tensor],
+        alpha: float,
+        *,
+        compensate_bias: bool,
+        bias_shift: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """The edited layers' new tensors: W − α·Aᵀ in each; with `compensate_bias` each
+        bias moved by what its removed part contributed on average over probe, and by
+        α × its `bias_shift` where one is given."""
+        out: dict[str, torch.Tensor] = {}
+        for name, part in parts.items():
+            layer = self.model.get_submodule(name)
+            weight, bias = _tensor(layer, "weight"), _tensor(layer, "bias")
+            assert weight is not None
+            # detached: fitting an edit must not write gradients into the base model
+            out[f"{name}.weight"] = ablation.debiased_weight(weight.detach(), part, alpha)
+            shift = None if bias_shift is None else bias_shift.get(name)
+            if bias is None or (not compensate_bias and shift is None):
+                continue
+            moved = bias.detach()
+            if compensate_bias:
+                mean_input = self.rows(name).mean(dim=0)
+                moved = ablation.compensated_bias(moved, part, mean_input, alpha)
+            if shift is not None:
+                moved = moved + alpha * shift
+            out[f"{name}.bias"] = moved
+        return out
+
+    def group_loss(
+        self, edit: Callable[[dict[str, torch.Tensor]], Overrides], split: str = "probe"
+    ) -> RemovalLoss:
+        """removed parts -> cross-entropy on `split` with every group weighted equally (as
+        DFR balances them), of the model edited by `edit(parts)`."""
+        data = self.scorer.splits[split]
+        n_groups = len(self.scorer.group_names)
+        sizes = torch.bincount(data.groups, minlength=n_groups).double()
+        weights = (1.0 / sizes.clamp(min=1))[data.groups]
+        weights = (weights / weights.sum()).to(torch.get_default_dtype())
+
+        def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = self.scorer.forward(split, edit(removed))
+            return (F.cross_entropy(logits, data.y, reduction="none") * weights).sum()
+
+        return loss
+
+
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """A module's parameter (or buffer) `name`, None where it has none (a bias=False layer)."""
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
