@@ -103,6 +103,14 @@ class EditConfig(Strict):
     fit_steps: int = Field(300, ge=1)
     fit_lr: float = Field(0.05, gt=0)
     removal_l1: float = Field(0.0, ge=0)
+    # Signed fractions: a fitted edit may amplify a component, by up to `amplify` times
+    # itself (fraction down to −amplify), as well as remove it (0: removal only).
+    amplify: float = Field(0.0, ge=0)
+    # A fitted edit may move biases too: "components", along each kept component's
+    # output direction (one number per component: readable, and tied to the
+    # decomposition); "layers", any move of every edited layer's bias; "first", of the
+    # first edited layer's only; "off", none.
+    fit_bias: Literal["off", "components", "layers", "first"] = "off"
     # Move each edited layer's bias by the removed components' mean contribution on probe
     # (see hpo.debias.ablation.compensated_bias).
     ablate_bias: bool = False

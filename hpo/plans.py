@@ -24,19 +24,29 @@ MIN_FRACTION = 0.01  # a fitted fraction under 1 % of a component (either sign) 
 
 @dataclass(frozen=True)
 class Removal:
-    """One layer's removal: the components, and the fraction of each (None: all of it).
-    A negative fraction amplifies its component instead."""
+    """One layer's edit: the components, the fraction of each removed (None: all of it;
+    a negative fraction amplifies its component instead), and a fitted move of the
+    layer's bias (None: none beyond `EditPlan.compensate_bias`)."""
 
     components: list[int]
     fractions: list[float] | None = None
+    bias_shift: list[float] | None = None
 
     @classmethod
-    def from_fractions(cls, fitted: Sequence[float]) -> Removal:
+    def from_fractions(
+        cls,
+        fitted: Sequence[float],
+        *,
+        keep_all: bool = False,
+        bias_shift: Sequence[float] | None = None,
+    ) -> Removal:
         """Fitted fractions, rounded to 3 decimals (what is recorded is what is scored);
-        components under MIN_FRACTION either way are left as they are."""
+        components under MIN_FRACTION either way are left as they are, unless `keep_all`
+        (a component the bias moves along is edited whatever its fraction)."""
         rounded = [round(float(f), 3) for f in fitted]
-        keep = [i for i, f in enumerate(rounded) if abs(f) >= MIN_FRACTION]
-        return cls(keep, [rounded[i] for i in keep])
+        keep = [i for i, f in enumerate(rounded) if keep_all or abs(f) >= MIN_FRACTION]
+        shift = None if bias_shift is None else [float(b) for b in bias_shift]
+        return cls(keep, [rounded[i] for i in keep], shift)
 
     def summary(self) -> str:
         """A few words: "component(s) 0, 1" or "part of 12 components"."""
@@ -59,14 +69,18 @@ class Removal:
         )
 
     def to_json(self) -> dict[str, Any]:
-        return {"components": list(self.components), "fractions": self.fractions}
+        out: dict[str, Any] = {"components": list(self.components), "fractions": self.fractions}
+        if self.bias_shift is not None:
+            out["bias_shift"] = list(self.bias_shift)
+        return out
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Removal:
-        fractions = d.get("fractions")
+        fractions, shift = d.get("fractions"), d.get("bias_shift")
         return cls(
             [int(c) for c in d["components"]],
             None if fractions is None else [float(f) for f in fractions],
+            None if shift is None else [float(b) for b in shift],
         )
 
 
@@ -79,9 +93,9 @@ def _size(item: tuple[float, int]) -> tuple[float, int]:
 class EditPlan:
     """What an edit changes in each edited layer, before α scales it.
 
-    `removal`: per layer (in call order), the components and their fractions.
+    `removal`: per layer (in call order), the components, their fractions and the
+    layer's fitted bias move (scaled by α like the rest).
     `compensate_bias`: each bias keeps the removed part's mean contribution on probe.
-    `bias_shift`: per layer, a fitted move of its bias (scaled by α like the rest).
     `strategy` and `labels`: how it was chosen, and from which probe labels.
     """
 
@@ -89,7 +103,12 @@ class EditPlan:
     strategy: str
     labels: Labels
     compensate_bias: bool = False
-    bias_shift: dict[str, list[float]] | None = None
+
+    @property
+    def bias_shift(self) -> dict[str, list[float]] | None:
+        """Per layer whose bias the plan moves, the move (None: no layer's)."""
+        shifts = {k: r.bias_shift for k, r in self.removal.items() if r.bias_shift is not None}
+        return shifts or None
 
     @property
     def layers(self) -> list[str]:
@@ -111,7 +130,6 @@ class EditPlan:
             "strategy": self.strategy,
             "labels": self.labels,
             "compensate_bias": self.compensate_bias,
-            "bias_shift": self.bias_shift,
         }
 
     @classmethod
@@ -119,13 +137,9 @@ class EditPlan:
         labels = d["labels"]
         if labels not in LABELS:
             raise ValueError(f"edit plan: labels {labels!r}; valid: {', '.join(LABELS)}")
-        shift = d.get("bias_shift")
         return cls(
             removal={layer: Removal.from_json(r) for layer, r in d["removal"].items()},
             strategy=str(d["strategy"]),
             labels=labels,
             compensate_bias=bool(d.get("compensate_bias", False)),
-            bias_shift=None
-            if shift is None
-            else {layer: [float(v) for v in values] for layer, values in shift.items()},
         )

@@ -222,8 +222,9 @@ def edit_source(group_loss: bool) -> tuple[EditSource, dict[str, FaithfulSAE]]:
     concepts = nn.functional.one_hot(torch.arange(40) % 2, 2).float()
     target = {"a": saes["a"].components([1]).sum(0).detach(), "b": torch.zeros(4, 3)}
 
-    def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
-        return sum((removed[k] - target[k]).square().sum() for k in removed)
+    def loss(removed: dict[str, torch.Tensor], shifts: dict[str, torch.Tensor]) -> torch.Tensor:
+        moved = sum(s.square().sum() for s in shifts.values())  # the bias is best where it is
+        return sum((removed[k] - target[k]).square().sum() for k in removed) + moved
 
     source = EditSource(
         saes=saes,

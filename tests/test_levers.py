@@ -129,15 +129,15 @@ def test_a_fitted_removal_takes_away_what_the_loss_wants_gone_and_nothing_it_nee
     components = {k: e @ d for k, (e, d) in factors.items()}
     target = {"a": components["a"][1] + components["a"][3], "b": components["b"][0]}
 
-    def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
+    def loss(removed: dict[str, torch.Tensor], _: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum((removed[k] - target[k]).square().sum() for k in target)
 
-    fitted = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=0.0)
+    fitted = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=0.0).fractions
 
     assert fitted["a"][[1, 3]].min() > 0.9 and fitted["a"][[0, 2]].max() < 0.1
     assert fitted["b"][0] > 0.9 and fitted["b"][1] < 0.1
     assert all(((f >= 0) & (f <= 1)).all() for f in fitted.values())  # removal only
-    sparse = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=100.0)
+    sparse = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=100.0).fractions
     assert sparse["a"].sum() < fitted["a"].sum()  # the l1 keeps removal small
 
 
@@ -181,3 +181,77 @@ def test_prediction_change_is_zero_for_an_exact_decomposition_and_not_for_a_wron
 
     assert classifier_metrics.prediction_change(ctx, {"0": exact}) == 0.0
     assert classifier_metrics.prediction_change(ctx, {"0": wrong}) > 0.05  # the layer negated
+
+
+def test_signed_fractions_amplify_what_the_loss_wants_more_of() -> None:
+    torch.manual_seed(0)
+    factors = {"a": (torch.randn(3, 3, 1), torch.randn(3, 1, 2))}
+    components = factors["a"][0] @ factors["a"][1]
+    target = -0.8 * components[1]  # "remove −0.8 of component 1": amplify it by 0.8
+
+    def loss(removed: dict[str, torch.Tensor], _: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (removed["a"] - target).square().sum()
+
+    removal_only = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=0.0).fractions
+    signed = ablation.fit_removal(factors, loss, steps=600, lr=0.05, l1=0.0, low=-1.0).fractions
+    assert removal_only["a"].min() >= 0  # it cannot go below no removal
+    assert signed["a"][1] == pytest.approx(-0.8, abs=0.02)
+    assert signed["a"][[0, 2]].abs().max() < 0.02
+    assert ((signed["a"] >= -1) & (signed["a"] <= 1)).all()
+
+
+def test_a_fit_moves_a_bias_freely_or_only_along_the_components_output_directions() -> None:
+    torch.manual_seed(0)
+    factors = {"a": (torch.randn(2, 3, 1), torch.randn(2, 1, 4))}
+    wanted = torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+    def loss(removed: dict[str, torch.Tensor], shifts: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (shifts["a"] - wanted).square().sum() + removed["a"].square().sum()
+
+    free = ablation.fit_removal(
+        factors, loss, steps=800, lr=0.05, l1=0.0, shifts={"a": "free"}
+    ).shifts["a"]
+    torch.testing.assert_close(free, wanted, atol=1e-2, rtol=0)
+    along = ablation.fit_removal(
+        factors, loss, steps=800, lr=0.05, l1=0.0, shifts={"a": "components"}
+    ).shifts["a"]
+    directions = factors["a"][1].reshape(2, 4)  # D_c: the move lies in their span
+    coef = torch.linalg.lstsq(directions.T, along[:, None]).solution
+    torch.testing.assert_close(directions.T @ coef, along[:, None], atol=1e-4, rtol=0)
+    best = directions.T @ torch.linalg.lstsq(directions.T, wanted[:, None]).solution
+    torch.testing.assert_close(along[:, None], best, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize(("fit_bias", "moved"), [("first", {"0"}), ("layers", {"0", "2"})])
+def test_a_fitted_bias_move_is_recorded_and_replayed_at_the_chosen_alpha(
+    fit_bias: str, moved: set[str]
+) -> None:
+    ctx = small_context()
+    ctx.probe_inputs["2"] = torch.relu(ctx.model[0](ctx.splits["probe"].z)).detach()
+    task = get_task("colored_mnist")
+    params = TrialParams(
+        ablate="fitted",
+        layers="0+2",
+        n_components=8,
+        top_k=2,
+        fit_steps=50,
+        amplify=1.0,
+        fit_bias=fit_bias,
+        max_components=3,
+    )
+    torch.manual_seed(1)
+    saes = {"0": FaithfulSAE(6, 4, n_components=8, top_k=2), "2": FaithfulSAE(4, 2, 8, 2)}
+
+    result = task.evaluate(ctx, saes, params, with_test=True)
+
+    plan = result.edit.plan
+    assert set(plan.bias_shift or {}) == moved and plan.components_removed <= 3
+    assert all(-1 <= f <= 1 for r in plan.removal.values() for f in r.fractions or [])
+    state = task.edited_state_dict(ctx, saes, params, result)
+    alpha = result.edit.alpha
+    for layer in moved:
+        shift = torch.tensor(plan.removal[layer].bias_shift)
+        bias = ctx.model.get_submodule(layer).bias.detach()
+        torch.testing.assert_close(state[f"{layer}.bias"], bias + alpha * shift)
+    overrides = {k: state[k] for k in ("0.weight", "0.bias", "2.weight", "2.bias")}
+    assert ctx.scorer.metrics("test", overrides) == result.metric("debiased", "test")

@@ -38,11 +38,13 @@ def a_result() -> TrialResult:
         models={"original": {"val": metrics}, "debiased": {"val": metrics}},
         edit=Edit(
             plan=EditPlan(
-                removal={"fc1": Removal([0, 3], [0.5, -0.25]), "fc2": Removal([1], [1.0])},
+                removal={
+                    "fc1": Removal([0, 3], [0.5, -0.25]),
+                    "fc2": Removal([1], [1.0], bias_shift=[0.5, -0.5]),
+                },
                 strategy="fitted",
                 labels="group",
                 compensate_bias=True,
-                bias_shift={"fc2": [0.5, -0.5]},
             ),
             alpha=0.7,
             alpha_curve={"alphas": [0.0, 0.7], "val_worst_group": [0.1, 0.5]},

@@ -54,7 +54,9 @@ def plan_edit(decomposition: Decomposition, target: EditTarget, config: EditConf
     group_loss = None
     if strategy.labels == "group":
         group_loss = target.group_loss(
-            lambda removed: target.overrides(removed, 1.0, compensate_bias=config.ablate_bias)
+            lambda removed, shifts: target.overrides(
+                removed, 1.0, compensate_bias=config.ablate_bias, bias_shift=shifts
+            )
         )
     layers = list(decomposition)
     removal = strategy.select(

@@ -17,7 +17,7 @@ from torch import nn
 
 from hpo.debias import ablation
 from hpo.debias.scoring import Overrides, Scorer
-from hpo.debias.strategies.base import RemovalLoss
+from hpo.debias.strategies.base import EditLoss
 from hpo.models.linear_layers import per_row, rows
 
 
@@ -85,18 +85,20 @@ class EditTarget:
         return out
 
     def group_loss(
-        self, edit: Callable[[dict[str, torch.Tensor]], Overrides], split: str = "probe"
-    ) -> RemovalLoss:
-        """removed parts -> cross-entropy on `split` with every group weighted equally (as
-        DFR balances them), of the model edited by `edit(parts)`."""
+        self,
+        edit: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], Overrides],
+        split: str = "probe",
+    ) -> EditLoss:
+        """(removed parts, bias moves) -> cross-entropy on `split` with every group
+        weighted equally (as DFR balances them), of the model edited by `edit`."""
         data = self.scorer.splits[split]
         n_groups = len(self.scorer.group_names)
         sizes = torch.bincount(data.groups, minlength=n_groups).double()
         weights = (1.0 / sizes.clamp(min=1))[data.groups]
         weights = (weights / weights.sum()).to(torch.get_default_dtype())
 
-        def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
-            logits = self.scorer.forward(split, edit(removed))
+        def loss(removed: dict[str, torch.Tensor], shifts: dict[str, torch.Tensor]) -> torch.Tensor:
+            logits = self.scorer.forward(split, edit(removed, shifts))
             return (F.cross_entropy(logits, data.y, reduction="none") * weights).sum()
 
         return loss

@@ -22,6 +22,8 @@ from hpo.sae.model import FaithfulSAE
 
 # removed parts {layer: (in × out)} -> a loss on probe of the model with them taken away
 RemovalLoss = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# ... and with the edited layers' biases moved ({layer: [out]}) too
+EditLoss = ablation.EditLoss
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,7 @@ class EditSource:
     config: EditConfig
     probe_inputs: Mapping[str, torch.Tensor]  # layer -> its inputs as rows [N, in]
     probe_concepts: Mapping[str, torch.Tensor]  # layer -> its rows' concepts, one-hot
-    group_loss: RemovalLoss | None = None
+    group_loss: EditLoss | None = None
     # layer -> its weight W in (in × out) layout, the one the edit changes (a decomposition
     # sums to it only as far as it is faithful; a control's may not at all)
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
@@ -56,7 +58,7 @@ class EditSource:
             self.saes[layer], self.probe_inputs[layer], self.probe_concepts[layer]
         )
 
-    def require_group_loss(self, strategy: str) -> RemovalLoss:
+    def require_group_loss(self, strategy: str) -> EditLoss:
         if self.group_loss is None:
             raise ValueError(f"edit strategy {strategy!r} needs group labels on probe")
         return self.group_loss

@@ -38,7 +38,8 @@ class ConceptFitted:
         def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
             return sum(losses[layer](part) for layer, part in removed.items())
 
-        return fit_within_budget(source, loss)
+        # the concept loss does not see biases: no bias move (`fit_bias` is for group fits)
+        return fit_within_budget(source, lambda removed, _: loss(removed), {})
 
     def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
         return (

@@ -9,7 +9,7 @@ import torch
 
 from hpo.config import EditConfig
 from hpo.debias import ablation
-from hpo.debias.strategies.base import EditSource, Labels, RemovalLoss, within_budget
+from hpo.debias.strategies.base import EditSource, Labels, within_budget
 from hpo.plans import Removal
 from hpo.sae.model import FaithfulSAE
 
@@ -19,23 +19,52 @@ class Fitted:
     labels: ClassVar[Labels] = "group"
 
     def select(self, source: EditSource) -> dict[str, Removal]:
-        return fit_within_budget(source, source.require_group_loss(self.name))
+        loss = source.require_group_loss(self.name)
+        return fit_within_budget(source, loss, bias_moves(source.config, list(source.saes)))
 
     def describe(self, config: EditConfig, concept_names: Sequence[str]) -> str:
+        how = (
+            "at α = 1 it only takes parts of the weight away"
+            if config.amplify == 0
+            else f"a negative fraction, down to −{config.amplify:g}, amplifies its component"
+        )
+        bias = BIAS_WORDS[config.fit_bias]
         return (
             "a fraction of each component, fitted on the balanced probe split by "
-            "group-balanced cross-entropy (at α = 1 it only takes parts of the weight away)"
+            f"group-balanced cross-entropy ({how}){bias}"
         )
 
 
-def fit_within_budget(source: EditSource, loss: RemovalLoss) -> dict[str, Removal]:
-    """A fraction of every component, fitted to minimise `loss`; over budget, keep the
-    components whose fitted removal is largest (fraction × ‖E_c D_c‖) and refit the
-    fractions of those alone, so that the kept ones make up for the dropped ones. The
-    refit has no L1 term: the budget is its sparsity (an L1 on the mean over a few kept
-    components would weigh each of them C / budget times more than in the first fit)."""
+BIAS_WORDS = {
+    "off": "",
+    "components": ", with a bias move along each kept component's output direction",
+    "layers": ", with a fitted move of each edited layer's bias",
+    "first": ", with a fitted move of the first edited layer's bias",
+}
+
+
+def bias_moves(config: EditConfig, layers: list[str]) -> dict[str, ablation.Shift]:
+    """Which layers' biases a fit may move, and how (`EditConfig.fit_bias`)."""
+    if config.fit_bias == "off":
+        return {}
+    if config.fit_bias == "components":
+        return {layer: "components" for layer in layers}
+    if config.fit_bias == "layers":
+        return {layer: "free" for layer in layers}
+    return {layers[0]: "free"}
+
+
+def fit_within_budget(
+    source: EditSource, loss: ablation.EditLoss, shifts: dict[str, ablation.Shift]
+) -> dict[str, Removal]:
+    """A fraction of every component (and the bias moves `shifts` allows), fitted to
+    minimise `loss`; over budget, keep the components whose fitted change is largest
+    (|fraction| × ‖E_c D_c‖) and refit those alone, so that the kept ones make up for
+    the dropped ones. The refit has no L1 term: the budget is its sparsity (an L1 on the
+    mean over a few kept components would weigh each of them C / budget times more than
+    in the first fit)."""
     everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
-    removal = fit_fractions(source, everything, loss)
+    removal = fit_fractions(source, everything, loss, shifts)
     total = sum(len(r.components) for r in removal.values())
     if source.budget is None or total <= source.budget:
         return removal
@@ -46,16 +75,21 @@ def fit_within_budget(source: EditSource, loss: RemovalLoss) -> dict[str, Remova
         fraction[removal[layer].components] = torch.tensor(
             removal[layer].fractions or [], dtype=norms.dtype, device=norms.device
         )
-        sizes[layer] = fraction * norms
+        sizes[layer] = fraction.abs() * norms
     kept = within_budget(removal, sizes, source.budget)
-    return fit_fractions(source, {layer: r.components for layer, r in kept.items()}, loss, l1=0.0)
+    which = {layer: r.components for layer, r in kept.items()}
+    return fit_fractions(source, which, loss, shifts, l1=0.0)
 
 
 def fit_fractions(
-    source: EditSource, which: dict[str, list[int]], loss: RemovalLoss, l1: float | None = None
+    source: EditSource,
+    which: dict[str, list[int]],
+    loss: ablation.EditLoss,
+    shifts: dict[str, ablation.Shift],
+    l1: float | None = None,
 ) -> dict[str, Removal]:
-    """Fractions of the components in `which`, fitted together (`ablation.fit_removal`),
-    with `l1` (default: `config.removal_l1`)."""
+    """Fractions of the components in `which` and the bias moves, fitted together
+    (`ablation.fit_removal`), with `l1` (default: `config.removal_l1`)."""
     config = source.config
     factors = {}  # E_c, D_c of the components in `which`: never [C, in, out]
     for layer, idx in which.items():
@@ -68,11 +102,19 @@ def fit_fractions(
             steps=config.fit_steps,
             lr=config.fit_lr,
             l1=config.removal_l1 if l1 is None else l1,
+            low=-config.amplify,
+            shifts=shifts,
         )
     out = {}
-    for layer, fractions in fitted.items():
-        r = Removal.from_fractions(fractions)
-        out[layer] = Removal([which[layer][i] for i in r.components], r.fractions)
+    for layer, fractions in fitted.fractions.items():
+        shift = fitted.shifts.get(layer)
+        r = Removal.from_fractions(
+            fractions.tolist(),
+            # a component the bias moves along is edited, whatever its fraction
+            keep_all=shifts.get(layer) == "components",
+            bias_shift=None if shift is None else [round(b, 6) for b in shift.tolist()],
+        )
+        out[layer] = Removal([which[layer][i] for i in r.components], r.fractions, r.bias_shift)
     return out
 
 

@@ -140,8 +140,11 @@ def _read_edit(
     if isinstance(components, list):  # stored before `layers`: one layer's list
         components = {layer: components}
     fractions = _mapping(attrs.get(REMOVED_FRACTIONS_ATTR))
+    shifts = _mapping(attrs.get(BIAS_SHIFT_ATTR))
     removal = {
-        k: Removal([int(c) for c in v], _fractions(fractions.get(k), len(v)))
+        k: Removal(
+            [int(c) for c in v], _fractions(fractions.get(k), len(v)), _numbers(shifts.get(k))
+        )
         for k, v in _mapping(components).items()
         if isinstance(v, list) and all(isinstance(c, int) for c in v)
     }
@@ -150,13 +153,11 @@ def _read_edit(
     labels = attrs.get(LABELS_ATTR)
     if labels not in LABELS:  # stored before regimes: the strategy's own
         labels = STRATEGIES.get(strategy).labels if strategy in STRATEGIES else "concept"
-    shift = _mapping(attrs.get(BIAS_SHIFT_ATTR))
     plan = EditPlan(
         removal=removal,
         strategy=strategy,
         labels=labels,
         compensate_bias=attrs.get(COMPENSATE_BIAS_ATTR) is True,
-        bias_shift={k: [float(x) for x in v] for k, v in shift.items()} if shift else None,
     )
     return Edit(
         plan=plan,
@@ -167,10 +168,14 @@ def _read_edit(
 
 def _fractions(value: Any, n: int) -> list[float] | None:
     """A layer's stored fractions, if they are n numbers (else: whole components)."""
-    if (
-        isinstance(value, list)
-        and len(value) == n
-        and all(isinstance(f, int | float) for f in value)
+    numbers = _numbers(value)
+    return numbers if numbers is not None and len(numbers) == n else None
+
+
+def _numbers(value: Any) -> list[float] | None:
+    """A stored list of numbers, else None."""
+    if isinstance(value, list) and all(
+        isinstance(f, int | float) and not isinstance(f, bool) for f in value
     ):
         return [float(f) for f in value]
     return None
