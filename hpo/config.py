@@ -9,6 +9,7 @@ and no float may be infinite or NaN.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal, Self, TypeVar
 
@@ -25,6 +26,7 @@ from hpo.search_spec import Fixed, SearchSpec, spec_contains, spec_describe, spe
 from hpo.strict import Strict
 
 Direction = Literal["maximize", "minimize"]
+MAX_EDIT_SEARCH = 64  # combinations an in-trial edit search may try
 
 
 class LossWeights(Strict):
@@ -79,6 +81,42 @@ class SAEConfig(LossWeights):
         return self
 
 
+FitBias = Literal["off", "components", "layers", "first"]
+
+
+class EditSearch(Strict):
+    """Edit settings tried inside every trial (`[params.edit_search]`), for each trained
+    decomposition and, the same way, for each control: every combination of the values
+    given is planned on the probe split less a held-out `holdout` share of each group,
+    scored on that share (α swept there too), and the best (worst group, then the worst
+    quarter's mean, then fewer components) is refitted on the whole probe split and
+    scored on validation as any edit. Training the decomposition is most of a trial and
+    an edit is cheap, so every trained SAE gets its best edit, and the sampler searches
+    what shapes the decomposition. Empty: the edit is the one `[params]` describes."""
+
+    ablate: tuple[str, ...] = ()
+    max_components: tuple[int, ...] = ()
+    removal_l1: tuple[float, ...] = ()
+    amplify: tuple[float, ...] = ()
+    fit_bias: tuple[FitBias, ...] = ()
+    ablate_bias: tuple[bool, ...] = ()
+    n_ablate: tuple[int, ...] = ()
+    holdout: float = Field(0.3, gt=0, lt=1)
+
+    def settings(self) -> dict[str, tuple[Any, ...]]:
+        """The searched fields and their values, in the order they are combined."""
+        return {
+            name: values
+            for name in type(self).model_fields
+            if name != "holdout" and (values := getattr(self, name))
+        }
+
+    @property
+    def size(self) -> int:
+        """How many combinations one search tries."""
+        return math.prod(len(v) for v in self.settings().values()) if self.settings() else 0
+
+
 class EditConfig(Strict):
     """Which components an edit changes and by how much: what hpo.debias.edit reads.
 
@@ -110,7 +148,27 @@ class EditConfig(Strict):
     # output direction (one number per component: readable, and tied to the
     # decomposition); "layers", any move of every edited layer's bias; "first", of the
     # first edited layer's only; "off", none.
-    fit_bias: Literal["off", "components", "layers", "first"] = "off"
+    fit_bias: FitBias = "off"
+    edit_search: EditSearch = EditSearch()
+
+    @model_validator(mode="after")
+    def _search_is_valid(self) -> Self:
+        """Every value `edit_search` tries is one this config could hold."""
+        for name, values in self.edit_search.settings().items():
+            for value in values:
+                try:
+                    type(self).model_validate({**self.model_dump(), "edit_search": {}, name: value})
+                except ValidationError as err:
+                    raise ValueError(
+                        f"edit_search.{name}: value {value!r} is invalid: {err.errors()[0]['msg']}"
+                    ) from None
+        if self.edit_search.size > MAX_EDIT_SEARCH:
+            raise ValueError(
+                f"edit_search tries {self.edit_search.size} combinations; at most "
+                f"{MAX_EDIT_SEARCH} (each is a fit, for the SAE and every control)"
+            )
+        return self
+
     # Move each edited layer's bias by the removed components' mean contribution on probe
     # (see hpo.debias.ablation.compensated_bias).
     ablate_bias: bool = False
@@ -296,7 +354,9 @@ class StudyFile(Strict):
                 f"study.directions has {len(self.study.directions)} entries but "
                 f"study.objectives has {len(self.study.objectives)}; give one per objective"
             )
-        unknown = [k for k in self.search if k not in TrialParams.model_fields]
+        unknown = [
+            k for k in self.search if k not in TrialParams.model_fields or k == "edit_search"
+        ]
         if unknown:
             raise ValueError(
                 f"search.{unknown[0]}: not a trial parameter; valid: "

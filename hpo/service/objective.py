@@ -77,7 +77,7 @@ class Objective:
             if not single:
                 return  # Optuna prunes single-objective studies only.
             result = self.task.evaluate(self.ctx, saes, params, with_test=False)
-            value = result.value(self.objectives[0])
+            value = result.ranked_value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():
                 # A constraint is set once per trial: here for a pruned trial (its error
@@ -99,7 +99,8 @@ class Objective:
         self._constrain(trial, result)
         if self.artifact_store is not None:
             self._upload_weights(trial, {k: t.sae for k, t in trained.items()}, params, result)
-        values = tuple(float(result.value(name)) for name in self.objectives)
+        # ties broken (TrialResult.ranked): with many groups the worst is often 0 for all
+        values = tuple(float(result.ranked_value(name)) for name in self.objectives)
         if self.on_complete is not None:
             self.on_complete(trial, values)
         return values[0] if single else values

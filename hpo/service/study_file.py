@@ -92,11 +92,36 @@ def check_registered(study: StudyFile, source: str | Path) -> None:
             ("search.ablate", v, "edit strategy", STRATEGIES)
             for v in spec_extremes(study.search["ablate"])
         ]
+    inner = study.params.edit_search
+    names += [("params.edit_search.ablate", v, "edit strategy", STRATEGIES) for v in inner.ablate]
     for field, name, what, valid in names:
         if name not in valid:
             raise UserError(
                 f"{source}: {field}: unknown {what} {name!r}; valid: {', '.join(valid)}"
             )
+    check_edit_search(study, source)
+
+
+def check_edit_search(study: StudyFile, source: str | Path) -> None:
+    """An in-trial edit search decides its fields inside the trial: the sampler may not
+    search them too, and its strategies share one label regime (the references a
+    result is compared with are its regime's)."""
+    inner = study.params.edit_search
+    both = [name for name in inner.settings() if name in study.search]
+    if both:
+        raise UserError(
+            f"{source}: search.{both[0]}: also in params.edit_search, which chooses it inside "
+            "each trial; keep it in one of the two"
+        )
+    regimes = {STRATEGIES[name].labels for name in inner.ablate or (study.params.ablate,)}
+    if "ablate" in study.search and inner.size:
+        regimes |= {STRATEGIES[v].labels for v in spec_extremes(study.search["ablate"])}
+    if len(regimes) > 1:
+        raise UserError(
+            f"{source}: params.edit_search.ablate: mixes strategies of the concept and the "
+            "group label regimes; a search compares edits that saw the same labels, so "
+            "run one regime per study"
+        )
 
 
 def stored_study_file(doc: dict[str, Any], study_name: str) -> StudyFile:

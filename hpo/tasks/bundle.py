@@ -225,6 +225,7 @@ def score_references(
         inputs_of=lambda name, x: module_inputs(model, name, x),
         oracle=oracle,
         seed=seed,
+        val=splits["val"],
     )
     for name in names:
         method = REFERENCES[name]

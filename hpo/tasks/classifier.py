@@ -117,7 +117,9 @@ class ClassifierTask:
         lift = outcome.lift()
         if lift is not None:
             objectives["lift"] = lift
+        largest = int(torch.bincount(ctx.splits["val"].groups).max())
         return TrialResult(
+            ranked={"worst_group": best_val.ranked_worst_group(largest)},
             task=self.kind,
             objectives=objectives,
             errors={

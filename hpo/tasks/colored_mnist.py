@@ -51,7 +51,7 @@ class ColoredMnistTask(ClassifierConfig):
     base_epochs: int = Field(15, ge=1)
     base_lr: float = Field(1e-3, gt=0)
     base_batch_size: int = Field(32, ge=1)
-    references: tuple[str, ...] = ("oracle", "last_layer", "retrain_head", "leace")
+    references: tuple[str, ...] = ("oracle", "last_layer", "dfr", "retrain_head", "leace")
 
     @field_validator("colors")
     @classmethod

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from hpo.config import AlphaGrid, EditConfig, SAEConfig
 from hpo.debias.controls import get_control
-from hpo.debias.edit.procedure import Decomposition, ScoredEdit, run_edit
+from hpo.debias.edit.procedure import Decomposition, ScoredEdit
+from hpo.debias.edit.run import run_edit
 from hpo.debias.edit.target import EditTarget
 from hpo.plans import EditPlan
 from hpo.results import control_name

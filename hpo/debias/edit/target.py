@@ -38,6 +38,28 @@ class EditTarget:
     def editable_layers(self) -> tuple[str, ...]:
         return tuple(self.probe_inputs)
 
+    def holding_out(self, share: float, seed: int = 0) -> EditTarget:
+        """This target with the probe split cut in two, within each group: a plan fits on
+        the "probe" part and is scored on the held-out `share`, as its "val" split. The
+        cut depends on `seed` only, so every decomposition of a study sees the same."""
+        probe = self.scorer.splits["probe"]
+        gen = torch.Generator().manual_seed(seed)
+        held, kept = [], []
+        for group in torch.unique(probe.groups).tolist():
+            members = torch.nonzero(probe.groups == group).flatten().cpu()
+            members = members[torch.randperm(len(members), generator=gen)]
+            n = int(round(share * len(members)))
+            held.append(members[:n])
+            kept.append(members[n:])
+        fit_index = torch.cat(kept).sort().values.to(probe.y.device)
+        held_index = torch.cat(held).sort().values.to(probe.y.device)
+        splits = {"probe": probe.subset(fit_index), "val": probe.subset(held_index)}
+        scorer = Scorer(
+            self.model, self.scorer.layer, splits, self.scorer.group_names, self.scorer.batch_size
+        )
+        inputs = {layer: z[fit_index] for layer, z in self.probe_inputs.items()}
+        return EditTarget(self.model, scorer, inputs, self.n_concepts)
+
     def weight_t(self, layer: str) -> torch.Tensor:
         """The layer's weight in (in × out) layout, detached: what a decomposition sums to."""
         weight = _tensor(self.model.get_submodule(layer), "weight")
