@@ -92,7 +92,9 @@ class EditSearch(Strict):
     quarter's mean, then fewer components) is refitted on the whole probe split and
     scored on validation as any edit. Training the decomposition is most of a trial and
     an edit is cheap, so every trained SAE gets its best edit, and the sampler searches
-    what shapes the decomposition. Empty: the edit is the one `[params]` describes."""
+    what shapes the decomposition. Empty: the edit is the one `[params]` describes.
+    Pruning evaluations score that edit, without the search: the same cheaper measure
+    for every trial at a given step."""
 
     ablate: tuple[str, ...] = ()
     max_components: tuple[int, ...] = ()
@@ -211,6 +213,10 @@ class TrialParams(AlphaGrid, EditConfig, SAEConfig):
         if len(set(names)) != len(names):
             raise ValueError(f"{layers!r} names a layer twice")
         return layers
+
+    def without_edit_search(self) -> TrialParams:
+        """These params with the edit `[params]` describes, no in-trial search."""
+        return self.model_copy(update={"edit_search": EditSearch()})
 
     def _role(self, role: type[R]) -> R:
         return role.model_validate({name: getattr(self, name) for name in role.model_fields})

@@ -3,12 +3,14 @@ decompositions that learnt nothing, and a budget caps what any strategy removes.
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 from test_conformance import edit_source
 from test_levers import small_context
 
-from hpo.config import TrialParams
+from hpo.config import SAEConfig, TrialParams
 from hpo.debias.controls import CONTROLS, singular_vectors, untrained
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.sae.model import FaithfulSAE
@@ -95,3 +97,31 @@ def test_the_budget_curve_edits_each_decomposition_within_each_budget() -> None:
         assert [p.budget for p in points] == [1, 2, None]
         assert [p.removed for p in points] == [1, 2, 3]  # n_ablate = 3 without a budget
         assert all(0.0 <= p.val_worst_group <= 1.0 for p in points)
+
+
+def other_value(config: SAEConfig, name: str) -> object:
+    """A different valid value of one SAEConfig field."""
+    value = getattr(config, name)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 + 0.5
+    choices = typing.get_args(SAEConfig.model_fields[name].annotation)
+    return next(c for c in choices if c != value)
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_a_control_reads_only_the_fields_it_names(name: str) -> None:
+    """A control's edit is cached by the fields it names: changing any other leaves its
+    decomposition exactly as it was."""
+    control = CONTROLS[name]
+    weight_t = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    base = SAEConfig(n_components=8, top_k=2, project_faithful=True, steps=5)
+    reference = control(weight_t, base).state_dict()
+    for field in SAEConfig.model_fields:
+        if field in control.reads:
+            continue
+        changed = control(weight_t, base.model_copy(update={field: other_value(base, field)}))
+        assert all(torch.equal(v, changed.state_dict()[k]) for k, v in reference.items()), field

@@ -11,12 +11,14 @@ of the same kind, a `FaithfulSAE` whose components sum to (about) that weight:
   decomposition a linear-algebra textbook gives for free.
 
 `lift` = debiased − best control (worst-group accuracy on validation) says what training
-the SAE added. A new control is one function and one `CONTROLS.register` line.
+the SAE added. A new control is one function and one `CONTROLS.register` line naming what it reads.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -26,7 +28,21 @@ from hpo.registry import Registry
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import as_scored, initial_sae
 
-Control = Callable[[torch.Tensor, SAEConfig], FaithfulSAE]
+
+@dataclass(frozen=True)
+class Control:
+    """A decomposition that learnt nothing: how to make one from a layer's weight
+    (in × out), and the SAEConfig fields that making it reads, and nothing else reads
+    (what its edit is cached by across trials: hpo.debias.edit.controlled)."""
+
+    decompose: Callable[[torch.Tensor, SAEConfig], FaithfulSAE]
+    reads: tuple[str, ...]
+
+    def __call__(self, weight_t: torch.Tensor, config: SAEConfig) -> FaithfulSAE:
+        return self.decompose(weight_t, config)
+
+    def depends_on(self, config: SAEConfig) -> dict[str, Any]:
+        return {name: getattr(config, name) for name in self.reads}
 
 
 def untrained(weight_t: torch.Tensor, params: SAEConfig) -> FaithfulSAE:
@@ -53,8 +69,12 @@ def singular_vectors(weight_t: torch.Tensor, params: SAEConfig) -> FaithfulSAE:
 
 
 CONTROLS: Registry[Control] = Registry("control")
-CONTROLS.register("random", untrained)
-CONTROLS.register("svd", singular_vectors)
+# what initial_sae and as_scored read
+CONTROLS.register(
+    "random",
+    Control(untrained, ("seed", "n_components", "top_k", "rank", "init", "project_faithful")),
+)
+CONTROLS.register("svd", Control(singular_vectors, ("top_k",)))
 
 
 def get_control(name: str) -> Control:

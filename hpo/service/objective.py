@@ -72,11 +72,14 @@ class Objective:
             device=str(self.ctx.device),
         )
         single = len(self.objectives) == 1
+        # a pruner compares trials at the same step: the [params] edit without the
+        # in-trial search is the same, cheaper measure for every trial
+        at_eval = params.without_edit_search()
 
         def on_eval(step: int, saes: Saes) -> None:
             if not single:
                 return  # Optuna prunes single-objective studies only.
-            result = self.task.evaluate(self.ctx, saes, params, with_test=False)
+            result = self.task.evaluate(self.ctx, saes, at_eval, with_test=False)
             value = result.ranked_value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():

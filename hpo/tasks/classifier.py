@@ -120,6 +120,7 @@ class ClassifierTask:
         largest = int(torch.bincount(ctx.splits["val"].groups).max())
         return TrialResult(
             ranked={"worst_group": best_val.ranked_worst_group(largest)},
+            timings=dict(outcome.seconds),
             task=self.kind,
             objectives=objectives,
             errors={

@@ -9,7 +9,7 @@ model's new tensors (`overrides`), fits with the group-balanced loss on probe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ class EditTarget:
     scorer: Scorer
     probe_inputs: Mapping[str, torch.Tensor]
     n_concepts: int
+    _means: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def editable_layers(self) -> tuple[str, ...]:
@@ -70,6 +71,12 @@ class EditTarget:
         """The layer's probe inputs as rows (a token each where it sees sequences)."""
         return rows(self.probe_inputs[layer])
 
+    def mean_input(self, layer: str) -> torch.Tensor:
+        """The layer's mean probe input (cached: a fit asks for it at every step)."""
+        if layer not in self._means:
+            self._means[layer] = self.rows(layer).mean(dim=0)
+        return self._means[layer]
+
     def concepts(self, layer: str) -> torch.Tensor:
         """Each of the layer's probe rows' concept, one-hot."""
         concepts = self.scorer.splits["probe"].concepts
@@ -99,8 +106,7 @@ class EditTarget:
                 continue
             moved = bias.detach()
             if compensate_bias:
-                mean_input = self.rows(name).mean(dim=0)
-                moved = ablation.compensated_bias(moved, part, mean_input, alpha)
+                moved = ablation.compensated_bias(moved, part, self.mean_input(name), alpha)
             if shift is not None:
                 moved = moved + alpha * shift
             out[f"{name}.bias"] = moved
