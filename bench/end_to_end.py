@@ -41,6 +41,10 @@ from hpo.storage.records import read_confirmed_best, read_trial  # noqa: E402
 from hpo.versions import package_versions  # noqa: E402
 
 
+class CommandFailed(Exception):
+    """An `hpo` command exited non-zero; its last line says why."""
+
+
 def hpo(*args: str, log: Path) -> float:
     """Run one `hpo` command (its output appended to `log`); its wall time in seconds."""
     start = time.perf_counter()
@@ -51,7 +55,8 @@ def hpo(*args: str, log: Path) -> float:
             [sys.executable, "-m", "hpo", *args], cwd=ROOT, stdout=out, stderr=out, check=False
         )
     if done.returncode != 0:
-        raise SystemExit(f"hpo {' '.join(args)}: exit {done.returncode}; see {log}")
+        last = log.read_text().strip().splitlines()[-1:] or [""]
+        raise CommandFailed(f"hpo {args[0]}: exit {done.returncode}: {last[0]} (see {log})")
     return time.perf_counter() - start
 
 
@@ -67,26 +72,27 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     for item in sets:
         launch += ["--set", item]
     walls = {"study": hpo(*launch, log=log)}
-    walls["confirm"] = hpo(
-        "confirm",
-        name,
-        "--storage",
-        url,
-        "--top",
-        str(args.top),
-        "--seeds",
-        str(args.seeds_per),
-        log=log,
-    )
     out = work / name / "export"
-    walls["export"] = hpo("export", name, "--storage", url, "--out", str(out), log=log)
+    confirm = ["confirm", name, "--storage", url, "--top", str(args.top)]
+    try:
+        walls["confirm"] = hpo(*confirm, "--seeds", str(args.seeds_per), log=log)
+        walls["export"] = hpo("export", name, "--storage", url, "--out", str(out), log=log)
+    except CommandFailed as err:  # e.g. no feasible trial: a result too, recorded as such
+        states = [t.state.name for t in optuna.load_study(study_name=name, storage=url).trials]
+        trials = {s: states.count(s) for s in sorted(set(states))}
+        return {"seed": seed, "error": str(err), "wall_seconds": walls, "trials": trials}
     metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
     study = optuna.load_study(study_name=name, storage=url)
-    return summary(seed, study, metrics, walls)
+    return summary(seed, study, metrics, config, walls)
 
 
 def summary(
-    seed: int, study: optuna.Study, metrics: dict[str, Any], walls: dict[str, float]
+    seed: int,
+    study: optuna.Study,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    walls: dict[str, float],
 ) -> dict[str, Any]:
     models = metrics["models"]
     test = {m: splits["test"]["worst_group"] for m, splits in models.items() if "test" in splits}
@@ -113,10 +119,11 @@ def summary(
         "trials": {s: states.count(s) for s in sorted(set(states))},
         "mean_trial_seconds": timings,
         "wall_seconds": walls,
-        "data_sha256": metrics.get("data_sha256"),
-        "task": metrics.get("task"),
-        "params": metrics.get("params"),
-        "versions": package_versions(),
+        "data_sha256": config["provenance"]["data_sha256"],
+        "task": config["task"],
+        "params": config["params"],
+        "versions": config["provenance"]["versions"],
+        "bench_versions": package_versions(),
     }
 
 
@@ -176,7 +183,12 @@ def main() -> int:
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(json.dumps(row), flush=True)
-    print(table(rows))
+    done = [r for r in rows if "error" not in r]
+    if done:
+        print(table(done))
+    for r in rows:
+        if "error" in r:
+            print(f"seed {r['seed']}: {r['error']}")
     return 0
 
 
