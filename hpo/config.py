@@ -378,10 +378,6 @@ class StudyFile(Strict):
                 "study.objectives: lift is debiased minus the best control; it needs "
                 'params.controls (e.g. ["random", "svd"]), which is empty'
             )
-        if len(self.study.objectives) > 1 and self.sampler.name in ("cmaes",):
-            raise ValueError(
-                "sampler.name: cmaes supports one objective; use nsgaii, tpe or random"
-            )
         return self
 
     @property

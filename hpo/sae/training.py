@@ -22,6 +22,7 @@ from tqdm import tqdm
 from hpo.config import LossWeights, SAEConfig
 from hpo.device import available_bytes, gib
 from hpo.errors import DivergedError, UserError
+from hpo.registry import Registry
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.projection import project_to_weight
@@ -79,22 +80,26 @@ def _decorrelation(s: Step) -> torch.Tensor:
 
 # The training loss, by name, in the order the terms are computed, summed and logged. A
 # new loss is one entry here (and its weight field in hpo.config.LossWeights).
-LOSSES: dict[str, Loss] = {
-    "recon": Loss(
-        lambda s: losses.reconstruction(s.recon, s.target), lambda w: w.recon_weight, always=True
-    ),
-    "faithful": Loss(
-        _faithful, lambda w: w.faithful_weight, always=True, ramp=lambda c: c.faithful_ramp
-    ),
-    "rank": Loss(
+LOSSES: Registry[Loss] = Registry("loss")
+LOSSES.register(
+    "recon",
+    Loss(lambda s: losses.reconstruction(s.recon, s.target), lambda w: w.recon_weight, always=True),
+)
+LOSSES.register(
+    "faithful",
+    Loss(_faithful, lambda w: w.faithful_weight, always=True, ramp=lambda c: c.faithful_ramp),
+)
+LOSSES.register(
+    "rank",
+    Loss(
         lambda s: losses.schatten_rank(*s.sae.factors(), p=s.params.schatten_p),
         lambda w: w.rank_weight,
     ),
-    "cond": Loss(_conditioning, lambda w: w.cond_weight),
-    "sparsity": Loss(_sparsity, lambda w: w.sparsity_weight),
-    "decorr": Loss(_decorrelation, lambda w: w.decorr_weight),
-}
-LOSS_NAMES = tuple(LOSSES)
+)
+LOSSES.register("cond", Loss(_conditioning, lambda w: w.cond_weight))
+LOSSES.register("sparsity", Loss(_sparsity, lambda w: w.sparsity_weight))
+LOSSES.register("decorr", Loss(_decorrelation, lambda w: w.decorr_weight))
+LOSS_NAMES = LOSSES.names()
 
 
 @dataclass(frozen=True)
