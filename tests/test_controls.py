@@ -47,7 +47,9 @@ def test_the_random_control_is_the_sae_before_training(init: str) -> None:
 def test_every_result_carries_its_controls_and_the_lift_over_them() -> None:
     ctx = small_context()
     task = get_task("colored_mnist")
-    params = TrialParams(n_components=8, top_k=2, fit_steps=20, ablate="fitted")
+    params = TrialParams(
+        n_components=8, top_k=2, fit_steps=20, ablate="fitted", controls=CONTROLS.names()
+    )
     torch.manual_seed(1)
     result = task.evaluate(ctx, {"0": FaithfulSAE(6, 4, 8, 2)}, params, with_test=True)
     assert result.controls() == [f"control_{c}" for c in CONTROLS]
@@ -127,3 +129,14 @@ def test_a_control_reads_only_the_fields_it_names(name: str) -> None:
             continue
         changed = control(weight_t, base.model_copy(update={field: other_value(base, field)}))
         assert all(torch.equal(v, changed.state_dict()[k]) for k, v in reference.items()), field
+
+
+def test_the_neurons_control_is_the_weight_split_by_input_unit() -> None:
+    weight_t = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    sae = CONTROLS["neurons"](weight_t, SAEConfig(top_k=3))
+    assert sae.n_components == 6 and sae.top_k == 3
+    torch.testing.assert_close(sae.effective_weight(), weight_t, rtol=0, atol=0)
+    for unit in range(6):  # component c: input unit c's outgoing weights, nothing else
+        expected = torch.zeros(6, 4)
+        expected[unit] = weight_t[unit]
+        torch.testing.assert_close(sae.components([unit])[0], expected)
