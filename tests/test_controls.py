@@ -10,11 +10,11 @@ import torch
 from test_conformance import edit_source
 from test_levers import small_context
 
-from hpo.config import SAEConfig, TrialParams
 from hpo.debias.controls import CONTROLS
 from hpo.debias.controls.svd import singular_vectors
 from hpo.debias.controls.untrained import untrained
 from hpo.debias.strategies.registry import STRATEGIES
+from hpo.params import SAEConfig, TrialParams
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import initial_sae
 from hpo.tasks.registry import get_task

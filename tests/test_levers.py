@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.edit.procedure import plan_edit
 from hpo.debias.scoring import CachedSplit
+from hpo.params import TrialParams
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
 from hpo.tasks import classifier_metrics

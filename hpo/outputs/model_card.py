@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.config import TrialParams
 from hpo.debias.strategies.registry import get_strategy
+from hpo.params import TrialParams
 from hpo.results import TrialResult
 from hpo.tasks.base import ModelCard
 

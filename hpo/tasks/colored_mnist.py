@@ -100,7 +100,7 @@ NOT_TRAINING = {"layer", "references"}
 
 def load_splits(
     task: ColoredMnistTask, data_dir: str | Path | None, progress: bool
-) -> tuple[dict[str, data.Split], str]:
+) -> tuple[dict[str, data.ImageSplit], str]:
     if task.source == "colorized_folder":
         from hpo.data.colorized_folder import folder_splits
 
@@ -134,7 +134,7 @@ def models_key(task: ColoredMnistTask, data_sha256: str) -> str:
 
 def trained_models(
     task: ColoredMnistTask,
-    splits: dict[str, data.Split],
+    splits: dict[str, data.ImageSplit],
     data_sha256: str,
     device: torch.device,
     progress: bool,
@@ -156,7 +156,7 @@ def trained_models(
 
 def train_models(
     task: ColoredMnistTask,
-    splits: dict[str, data.Split],
+    splits: dict[str, data.ImageSplit],
     device: torch.device,
     progress: bool,
 ) -> dict[str, classifiers.ColoredMnistClassifier]:
@@ -180,7 +180,7 @@ def train_models(
 
 
 def as_user_task(
-    task: ColoredMnistTask, splits: dict[str, data.Split], model: torch.nn.Module
+    task: ColoredMnistTask, splits: dict[str, data.ImageSplit], model: torch.nn.Module
 ) -> UserTask:
     groups = data.make_groups(task)
 

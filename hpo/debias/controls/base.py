@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from hpo.config import SAEConfig
+from hpo.params import SAEConfig
 from hpo.sae.model import FaithfulSAE
 
 

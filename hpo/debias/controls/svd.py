@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from hpo.config import SAEConfig
 from hpo.cpus import reproducible_threads
 from hpo.debias.controls.base import Control
+from hpo.params import SAEConfig
 from hpo.sae.model import FaithfulSAE
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from hpo.config import SAEConfig
 from hpo.debias.controls.base import Control
+from hpo.params import SAEConfig
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import as_scored, initial_sae
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpo.config import AlphaGrid
+from hpo.params import AlphaGrid
 from hpo.results import GroupMetrics
 
 

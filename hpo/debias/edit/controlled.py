@@ -14,11 +14,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hpo.config import AlphaGrid, EditConfig, SAEConfig
 from hpo.debias.controls import get_control
 from hpo.debias.edit.procedure import Decomposition, ScoredEdit
 from hpo.debias.edit.run import run_edit
 from hpo.debias.edit.target import EditTarget
+from hpo.params import AlphaGrid, EditConfig, SAEConfig
 from hpo.plans import EditPlan
 from hpo.results import control_name
 

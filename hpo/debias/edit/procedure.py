@@ -15,12 +15,12 @@ from typing import Any
 
 import torch
 
-from hpo.config import AlphaGrid, EditConfig
 from hpo.debias import ablation
 from hpo.debias.edit.alpha import AlphaSweep, sweep_alpha
 from hpo.debias.edit.target import EditTarget
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import get_strategy
+from hpo.params import AlphaGrid, EditConfig
 from hpo.plans import EditPlan
 from hpo.results import Edit, GroupMetrics
 from hpo.sae.model import FaithfulSAE

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from hpo.config import AlphaGrid, EditConfig
 from hpo.debias.edit.procedure import Decomposition, ScoredEdit, plan_edit, score_plan
 from hpo.debias.edit.search import choose_edit
 from hpo.debias.edit.target import EditTarget
+from hpo.params import AlphaGrid, EditConfig
 from hpo.plans import EditPlan
 
 

@@ -16,9 +16,9 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-from hpo.config import AlphaGrid, EditConfig
 from hpo.debias.edit.procedure import Decomposition, plan_edit, score_plan
 from hpo.debias.edit.target import EditTarget
+from hpo.params import AlphaGrid, EditConfig
 from hpo.results import GroupMetrics
 
 

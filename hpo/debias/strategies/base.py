@@ -15,8 +15,8 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from hpo.config import EditConfig
 from hpo.debias import ablation
+from hpo.params import EditConfig
 from hpo.plans import Labels, Removal
 from hpo.sae.model import FaithfulSAE
 

@@ -13,10 +13,10 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import EditConfig
 from hpo.debias import ablation
 from hpo.debias.strategies.base import EditSource, Labels, within_budget
 from hpo.debias.strategies.fitted import BIAS_WORDS, bias_moves, fit_fractions
+from hpo.params import EditConfig
 from hpo.plans import Removal
 
 
