@@ -10,6 +10,7 @@ registered with `@case`, that prepares its files and returns the command line.
 
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -98,6 +99,10 @@ def existing(tmp_path_factory: pytest.TempPathFactory) -> str:
     assert (
         launch(str(path), workers=0, n_trials=None, storage_url=url, data_dir=None, quiet=True) == 0
     )
+    # The launch's engines are in reference cycles: collected now, their connections close
+    # (the last one checkpoints and removes the -wal) before any case looks, not in the
+    # middle of one, which changed the database under a case on a busy machine.
+    gc.collect()
     return url
 
 

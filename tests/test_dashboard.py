@@ -83,6 +83,7 @@ def note(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> str:
     return compat.get_note(attrs, compat.trial_id(trial))["body"]
 
 
+@pytest.mark.slow
 def test_trials_carry_their_charts_and_the_best_one_a_note(tiny: str) -> None:
     from optuna.artifacts import get_all_artifact_meta
 
@@ -186,6 +187,7 @@ def test_pareto_notes_mark_the_front_and_trials_that_leave_it() -> None:
     assert note(study, study.trials[-1]).startswith("### ★ On the Pareto front")
 
 
+@pytest.mark.slow
 def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny: str) -> None:
     study = optuna.load_study(study_name="tiny", storage=tiny)
     trial = study.best_trial
@@ -238,6 +240,7 @@ def test_read_only_dashboard_refuses_every_change_and_browsing_still_works(tiny:
     }
 
 
+@pytest.mark.slow
 def test_without_read_only_a_delete_goes_through_and_other_hosts_get_a_warning(
     tiny: str, tmp_path: Path
 ) -> None:

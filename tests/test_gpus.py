@@ -108,6 +108,7 @@ def test_three_workers_on_two_faked_gpus_get_gpu_0_1_0(
     assert optuna.load_study(study_name="gpu", storage=url).trials == []
 
 
+@pytest.mark.slow
 def test_a_worker_flag_against_an_explicit_study_device_is_an_error(
     tmp_path: Path, env: dict[str, str]
 ) -> None:

@@ -65,6 +65,7 @@ def test_one_trial_study_reports_without_importances(
     assert f'"text":"{TITLES["groups"]}' in text
 
 
+@pytest.mark.slow
 def test_multi_objective_report_shows_the_pareto_front(
     tmp_path_factory: pytest.TempPathFactory, tiny_mnist_dir: Path, tmp_path: Path
 ) -> None:

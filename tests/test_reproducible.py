@@ -66,6 +66,7 @@ def test_the_cnn_trains_to_the_same_bits_on_one_and_two_threads() -> None:
     assert same(cnn_weights(1), cnn_weights(2))
 
 
+@pytest.mark.slow
 def test_without_one_thread_two_threads_train_another_cnn() -> None:
     """What the test above guards against: the same loop on the caller's threads (the
     function without its section) gives other weights on two threads than on one."""

@@ -110,6 +110,7 @@ def test_faithfulness_is_zero_at_a_perfect_fit_and_positive_otherwise() -> None:
         )
 
 
+@pytest.mark.slow
 def test_the_faithfulness_sketch_is_unbiased_in_value_and_gradient() -> None:
     """The mean of many sketches is the exact loss, and so is the mean of their gradients.
 
@@ -137,6 +138,7 @@ def test_the_faithfulness_sketch_is_unbiased_in_value_and_gradient() -> None:
         assert (approx - true).norm() < 0.05 * true.norm()
 
 
+@pytest.mark.slow
 def test_an_anchored_sketch_is_unbiased_and_far_less_noisy() -> None:
     """Anchored at a nearby point, the sketch keeps its mean (value and gradient) and
     loses most of its spread: the control variate cancels the probes' noise."""

@@ -54,6 +54,7 @@ def toy_weight(n: int = 5, d: int = 2, seed: int = 0) -> torch.Tensor:
 # ---- a short run of the study recovers the features -------------------------------------
 
 
+@pytest.mark.slow
 def test_a_short_toy_run_recovers_the_features(toy: tuple[StudyFile, Any, Path]) -> None:
     study, ctx, cache = toy
     trial_result, trained = run_trial(study, ctx, study.params, with_test=False)
@@ -97,6 +98,7 @@ def stored(result: TrialResult) -> optuna.trial.FrozenTrial:
     return study.trials[0]
 
 
+@pytest.mark.slow
 def test_the_tied_init_recovers_them_in_a_third_of_the_steps(
     toy: tuple[StudyFile, Any, Path],
 ) -> None:

@@ -36,6 +36,7 @@ def assert_metrics(metrics: dict[str, Any]) -> None:
     assert metrics["worst_group"] == min(metrics["groups"].values())
 
 
+@pytest.mark.slow
 def test_a_trial_reports_every_model_on_val_and_test_and_caches_the_base_model(
     tiny_study: Path,
     tiny_mnist: Any,
@@ -89,6 +90,7 @@ def test_a_trial_reports_every_model_on_val_and_test_and_caches_the_base_model(
     assert again["worst_group"] == result["worst_group"]  # same seed, same trial
 
 
+@pytest.mark.slow
 def test_seed_is_recorded_and_no_test_leaves_the_test_split_out(
     tiny_study: Path, tiny_mnist_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -101,6 +103,7 @@ def test_seed_is_recorded_and_no_test_leaves_the_test_split_out(
     assert all(set(by_split) == {"val"} for by_split in result["models"].values())
 
 
+@pytest.mark.slow
 def test_a_trial_prints_a_group_table_without_json(
     make_study: Callable[..., Path], tiny_mnist_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -162,6 +165,7 @@ def test_missing_mnist_without_network_says_how_to_supply_it(
     assert "--data-dir" in err and "HPO_DATA_DIR" in err
 
 
+@pytest.mark.slow
 def test_a_short_toy_trial_is_faithful(capsys: pytest.CaptureFixture[str]) -> None:
     sets = [
         "task.train_steps=300",
@@ -183,6 +187,7 @@ def test_a_short_toy_trial_is_faithful(capsys: pytest.CaptureFixture[str]) -> No
     assert len(result["data_sha256"]) == 64
 
 
+@pytest.mark.slow
 def test_two_layers_in_one_trial_and_a_layer_change_reuses_the_trained_models(
     tiny_study: Path,
     tiny_mnist_dir: Path,
