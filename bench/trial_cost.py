@@ -79,9 +79,10 @@ def main() -> int:
     )
     for side in ("old", "new"):
         r = results[side]
+        lift = r.get("lift", float("nan"))
         print(
-            f"{side}: val worst group {r['worst_group']:.4f}, lift {r.get('lift', float('nan')):+.4f}, "
-            f"components {r.get('components_removed')}, seed {r['seed']}, data {r['data_sha256'][:12]}"
+            f"{side}: val worst group {r['worst_group']:.4f}, lift {lift:+.4f}, components "
+            f"{r.get('components_removed')}, seed {r['seed']}, data {r['data_sha256'][:12]}"
         )
     return 0
 
