@@ -205,11 +205,6 @@ def collect_splits(model: nn.Module, task: UserTask, device: torch.device, seed:
     model = model.to(device).eval()
     plan = RowPlan(task.max_rows, task.tokens_per_sample, seed)
     keep_x = not runs_from_layer(model, task.layer)
-    if task.tokens_per_sample is not None and not keep_x:
-        raise UserError(
-            "UserTask.tokens_per_sample: the model runs from the layer (head), which needs "
-            "every token; leave it None"
-        )
     digest = hashlib.sha256()
     splits: dict[str, CachedSplit] = {}
     probe_inputs: dict[str, torch.Tensor] = {}
@@ -253,6 +248,11 @@ def collect_splits(model: nn.Module, task: UserTask, device: torch.device, seed:
         if name == "probe":
             probe_inputs, example = streamed.layer_inputs, streamed.example
     assert example is not None
+    if task.tokens_per_sample is not None and not keep_x and splits["probe"].z.dim() == 3:
+        raise UserError(
+            "UserTask.tokens_per_sample: the model runs from the layer (head), which needs "
+            "every token of a sequence; leave it None"
+        )
     streams = any(is_stream(getattr(task, n)) for n in SPLITS)
     return Collected(splits, probe_inputs, example, digest.hexdigest() if streams else None)
 

@@ -66,9 +66,12 @@ def import_factory(spec: str) -> Any:
     where = f"task.factory {spec!r}"
     target, _, name = spec.rpartition(":")
     if target.endswith(".py") or "/" in target:
-        path = Path(target)
+        path = Path(target).expanduser()
         if not path.is_file():
-            raise UserError(f"{where}: no such file {path}")
+            raise UserError(
+                f"{where}: no such file {path} (a relative path in a study file is resolved "
+                "against the study file's folder)"
+            )
         mod_name = f"hpo_user_task_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         if module_spec is None or module_spec.loader is None:
@@ -87,8 +90,10 @@ def import_factory(spec: str) -> Any:
             module = importlib.import_module(target)
         except ModuleNotFoundError as err:
             raise UserError(
-                f"{where}: module {err.name!r} not found (run from the folder that holds it, "
-                "or install it, or give a path: 'path/to/file.py:function')"
+                f"{where}: module {err.name!r} not found on the Python path or in the working "
+                f"folder {Path.cwd()} (a module name is imported as `python -m` would; run "
+                "from the folder that holds it, install it, or give a file: "
+                "'path/to/file.py:function', resolved against the study file's folder)"
             ) from None
         except Exception as err:
             raise UserError(f"{where}: importing {target} failed: {_one_line(err)}") from None

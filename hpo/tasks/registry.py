@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from hpo.tasks.base import Task
 from hpo.tasks.colored_mnist import ColoredMnist
+from hpo.tasks.image_folder import ImageFolder
 from hpo.tasks.python_factory import Python
+from hpo.tasks.text_csv import TextCsv
 from hpo.tasks.toy import ToySuperposition
 
-BUILTIN: tuple[Task, ...] = (ColoredMnist(), ToySuperposition(), Python())
+BUILTIN: tuple[Task, ...] = (ColoredMnist(), ToySuperposition(), Python(), ImageFolder(), TextCsv())
 TASKS: dict[str, Task] = {task.kind: task for task in BUILTIN}
 
 
