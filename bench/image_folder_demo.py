@@ -40,11 +40,11 @@ def write_images(root: Path, per_group: int, size: int, seed: int) -> None:
     for split in (1, 2):
         plan += [(split, y, p) for y in (0, 1) for p in (0, 1) for _ in range(per_group)]
     for i, (split, y, place) in enumerate(plan):
-        pixels = rng.normal(0.35, 0.12, (size, size, 3))
-        pixels[..., 0 if place == 0 else 2] += 0.35
+        pixels = rng.normal(0.35, 0.2, (size, size, 3))
+        pixels[..., 0 if place == 0 else 2] += 0.3
         s = size // 4
         at = (slice(3, 3 + s), slice(3, 3 + s)) if y == 0 else (slice(-3 - s, -3),) * 2
-        pixels[at] += 0.35
+        pixels[at] += 0.12
         name = f"images/{i:05d}.png"
         Image.fromarray((np.clip(pixels, 0, 1) * 255).astype("uint8")).save(root / name)
         rows.append(f"{i},{name},{y},{split},{place}")
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--per-group", type=int, default=40)
     parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     out = args.out.resolve()
@@ -121,11 +121,15 @@ def main() -> None:
         },
         "params": {
             "n_components": 64,
-            "top_k": 8,
-            "steps": 600,
-            "eval_every": 200,
+            "top_k": 4,
+            "steps": 1000,
+            "eval_every": 250,
+            "project_faithful": True,
             "ablate": "fitted",
-            "max_components": 8,
+            "max_components": 32,
+            "fit_steps": 600,
+            "alpha_max": 3.0,
+            "alpha_steps": 31,
         },
         "search": {
             "lr": {"low": 3e-4, "high": 5e-3, "log": True},
