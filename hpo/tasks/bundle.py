@@ -321,6 +321,7 @@ def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, torch.Tensor]:
         "groups": s.groups,
         **({"concepts": s.concepts} if s.concepts is not None else {}),
         **({"x": s.x} if keep_x and s.x is not None else {}),
+        **({"extras": s.extras} if s.extras else {}),
     }
 
 
