@@ -40,7 +40,8 @@ from sae_step import reference_sparsify  # noqa: E402  (the dense top-k)
 
 from hpo.config import TrialParams  # noqa: E402
 from hpo.sae.model import FaithfulSAE  # noqa: E402
-from hpo.sae.training import SAEData, loss_weights, train_sae  # noqa: E402
+from hpo.sae.objective import loss_weights  # noqa: E402
+from hpo.sae.training import SAEData, train_sae  # noqa: E402
 from hpo.service.study_file import load_study_file  # noqa: E402
 from hpo.service.trial import prepare_task  # noqa: E402
 from hpo.tasks.registry import get_task  # noqa: E402

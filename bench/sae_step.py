@@ -18,10 +18,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from hpo.config import TrialParams
+from hpo.params import TrialParams
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
-from hpo.sae.training import loss_terms, loss_weights, optimizer
+from hpo.sae.objective import loss_terms, loss_weights
+from hpo.sae.training import optimizer
 
 # ---- the reference: the dense step as it was ----------------------------------------
 

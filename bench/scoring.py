@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from hpo.config import TrialParams
 from hpo.data.colored_mnist import build_splits, make_groups
 from hpo.data.mnist import load_mnist
 from hpo.debias import ablation, scoring
 from hpo.debias.edit import alpha as alphas
 from hpo.models.training import images_to_float
+from hpo.params import TrialParams
 from hpo.sae.model import FaithfulSAE
 from hpo.service.study_file import load_study_file
 from hpo.service.trial import prepare_task

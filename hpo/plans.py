@@ -11,7 +11,7 @@ applying it to a weight is hpo.debias's.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # Which probe labels an edit's choice used: the spurious attribute only (as SCAR or
@@ -97,12 +97,14 @@ class EditPlan:
     layer's fitted bias move (scaled by α like the rest).
     `compensate_bias`: each bias keeps the removed part's mean contribution on probe.
     `strategy` and `labels`: how it was chosen, and from which probe labels.
+    `settings`: the edit settings an in-trial search chose (empty without one).
     """
 
     removal: dict[str, Removal]
     strategy: str
     labels: Labels
     compensate_bias: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def bias_shift(self) -> dict[str, list[float]] | None:
@@ -130,6 +132,7 @@ class EditPlan:
             "strategy": self.strategy,
             "labels": self.labels,
             "compensate_bias": self.compensate_bias,
+            "settings": dict(self.settings),
         }
 
     @classmethod
@@ -142,4 +145,5 @@ class EditPlan:
             strategy=str(d["strategy"]),
             labels=labels,
             compensate_bias=bool(d.get("compensate_bias", False)),
+            settings=dict(d.get("settings", {})),
         )

@@ -50,6 +50,9 @@ class Registry(Generic[T]):
     def items(self) -> Iterator[tuple[str, T]]:
         return iter(self._items.items())
 
+    def values(self) -> Iterator[T]:
+        return iter(self._items.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -10,6 +10,7 @@ export and the model card read it; none of them asks which task produced it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ MODEL_ORDER = (
     "control_random",
     "control_svd",
     "oracle",
+    "dfr",
     "last_layer",
     "retrain_head",
     "leace",
@@ -31,8 +33,8 @@ SPLIT_ORDER = ("val", "test")
 # The references of each label regime (which probe labels an edit's fit uses): an edit is
 # compared with, and its gap closed towards, those of its own regime. The oracle (trained
 # without the bias) is the ceiling where a regime has none.
-REGIME_REFERENCES = {"concept": ("leace",), "group": ("last_layer", "retrain_head")}
-CEILINGS = ("oracle", "last_layer", "retrain_head")
+REGIME_REFERENCES = {"concept": ("leace",), "group": ("dfr", "last_layer", "retrain_head")}
+CEILINGS = ("oracle", "dfr", "last_layer", "retrain_head")
 CONTROL_PREFIX = "control_"
 
 
@@ -50,6 +52,29 @@ class GroupMetrics:
     mean_group: float
     overall: float
     groups: dict[str, float | None]
+
+    @property
+    def worst_groups_mean(self) -> float:
+        """The mean accuracy of the worst quarter of the present groups (at least two):
+        what still ranks two edits whose worst group ties, e.g. both at 0 % among 25."""
+        present = sorted(a for a in self.groups.values() if a is not None)
+        if not present:
+            return self.worst_group
+        k = min(len(present), max(2, math.ceil(len(present) / 4)))
+        return float(sum(present[:k]) / k)
+
+    def rank_key(self) -> tuple[float, float, float]:
+        """How two results on one split rank: worst group, then the worst quarter's mean
+        (`worst_groups_mean`), then the mean over groups."""
+        return (self.worst_group, self.worst_groups_mean, self.mean_group)
+
+    def ranked_worst_group(self, largest_group: int) -> float:
+        """Worst-group accuracy with ties broken by `rank_key`, as one number: the
+        tie-break adds ε·(worst quarter's mean + ε·mean group), ε = 1/(2·n²) for the
+        largest group's size n, which is less than any two distinct worst-group
+        accuracies on this split can differ by (1/(n_a·n_b)), so it never reorders them."""
+        eps = 1.0 / (2.0 * max(largest_group, 1) ** 2)
+        return self.worst_group + eps * (self.worst_groups_mean + eps * self.mean_group)
 
     def get(self, key: str) -> float | None:
         """A summary ("worst_group", "mean_group", "overall") or one group's accuracy."""
@@ -70,6 +95,8 @@ class Edit:
     plan: EditPlan
     alpha: float
     alpha_curve: dict[str, list[float]] = field(default_factory=dict)
+    # what an in-trial edit search tried: each setting and its held-out score
+    search: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def layer(self) -> str:
@@ -111,6 +138,8 @@ class Edit:
             "labels": self.labels,
             **({"compensate_bias": True} if self.plan.compensate_bias else {}),
             **({} if self.plan.bias_shift is None else {"bias_shift": self.plan.bias_shift}),
+            **({"edit_settings": self.plan.settings} if self.plan.settings else {}),
+            **({"edit_search": self.search} if self.search else {}),
         }
 
 
@@ -126,6 +155,10 @@ class TrialResult:
     control_edits: dict[str, Edit] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # What a study ranks by where it differs from the objective: worst-group accuracy
+    # with its ties broken (GroupMetrics.ranked_worst_group); the objective itself is
+    # what every table reports.
+    ranked: dict[str, float] = field(default_factory=dict)
 
     @property
     def group_names(self) -> list[str]:
@@ -181,10 +214,14 @@ class TrialResult:
         return {**self.objectives, **self.errors}
 
     def value(self, name: str) -> float:
-        """An objective or an error by name (what a study optimises)."""
+        """An objective or an error by name (what every table reports)."""
         if name in self.objectives:
             return self.objectives[name]
         return self.errors[name]
+
+    def ranked_value(self, name: str) -> float:
+        """What a study ranks trials by: the objective, ties broken where it has a rule."""
+        return self.ranked.get(name, self.value(name))
 
     def to_json(self) -> dict[str, Any]:
         """Flat JSON: objectives and errors at top level, then the edit, models, provenance."""

@@ -168,3 +168,30 @@ def test_removing_no_component_removes_nothing() -> None:
     sae = FaithfulSAE(5, 3, n_components=4, top_k=2, rank=2)
     with torch.no_grad():
         assert torch.equal(ablation.ablated_sum(sae, []), torch.zeros(5, 3))
+
+
+def many_groups(accuracies: list[float]) -> GroupMetrics:
+    groups = {f"g{i}": a for i, a in enumerate(accuracies)}
+    return GroupMetrics(min(accuracies), sum(accuracies) / len(accuracies), 0.5, groups)
+
+
+def test_with_every_worst_group_at_zero_alpha_still_ranks_by_the_worst_quarter() -> None:
+    """25 groups, the worst at 0 for every α: the mean of the worst 7 decides, then the
+    mean over groups; the worst group stays what is reported."""
+    flat = many_groups([0.0] * 7 + [0.9] * 18)
+    better = many_groups([0.0, 0.2, 0.2, 0.2, 0.2, 0.2, 0.2] + [0.5] * 18)
+    assert better.worst_groups_mean > flat.worst_groups_mean
+    assert better.mean_group < flat.mean_group  # the worst quarter decides before the mean
+    assert alphas.pick_alpha([flat, better, flat]) == 1
+    assert better.worst_group == 0.0
+
+
+def test_the_tie_break_never_reorders_distinct_worst_groups() -> None:
+    n = 300  # groups of at most 300 samples: accuracies are multiples of 1/n_g
+    low = GroupMetrics(199 / 299, 0.9, 0.9, {"a": 199 / 299, "b": 1.0})
+    high = GroupMetrics(200 / 300, 0.0, 0.0, {"a": 200 / 300, "b": 0.0})
+    assert high.worst_group > low.worst_group  # by 1/(299·300)
+    assert high.ranked_worst_group(n) > low.ranked_worst_group(n)
+    tie_a, tie_b = many_groups([0.0, 0.1, 0.9]), many_groups([0.0, 0.3, 0.9])
+    assert tie_b.ranked_worst_group(n) > tie_a.ranked_worst_group(n) > 0.0
+    assert tie_b.ranked_worst_group(n) - tie_b.worst_group < 1 / n**2

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from hpo.config import TrialParams
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.concept_fitted import ConceptFitted, concept_loss
+from hpo.params import TrialParams
 from hpo.plans import Removal
 from hpo.sae.model import FaithfulSAE
 

@@ -201,6 +201,7 @@ def reference_source(
         inputs_of=inputs_of,
         oracle=copy.deepcopy(model),
         seed=0,
+        val=split,
     )
     return source, {"probe": split, "val": split, "test": split}
 

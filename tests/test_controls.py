@@ -3,14 +3,18 @@ decompositions that learnt nothing, and a budget caps what any strategy removes.
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 from test_conformance import edit_source
 from test_levers import small_context
 
-from hpo.config import TrialParams
-from hpo.debias.controls import CONTROLS, singular_vectors, untrained
+from hpo.debias.controls import CONTROLS
+from hpo.debias.controls.svd import singular_vectors
+from hpo.debias.controls.untrained import untrained
 from hpo.debias.strategies.registry import STRATEGIES
+from hpo.params import SAEConfig, TrialParams
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import initial_sae
 from hpo.tasks.registry import get_task
@@ -43,7 +47,9 @@ def test_the_random_control_is_the_sae_before_training(init: str) -> None:
 def test_every_result_carries_its_controls_and_the_lift_over_them() -> None:
     ctx = small_context()
     task = get_task("colored_mnist")
-    params = TrialParams(n_components=8, top_k=2, fit_steps=20, ablate="fitted")
+    params = TrialParams(
+        n_components=8, top_k=2, fit_steps=20, ablate="fitted", controls=CONTROLS.names()
+    )
     torch.manual_seed(1)
     result = task.evaluate(ctx, {"0": FaithfulSAE(6, 4, 8, 2)}, params, with_test=True)
     assert result.controls() == [f"control_{c}" for c in CONTROLS]
@@ -95,3 +101,42 @@ def test_the_budget_curve_edits_each_decomposition_within_each_budget() -> None:
         assert [p.budget for p in points] == [1, 2, None]
         assert [p.removed for p in points] == [1, 2, 3]  # n_ablate = 3 without a budget
         assert all(0.0 <= p.val_worst_group <= 1.0 for p in points)
+
+
+def other_value(config: SAEConfig, name: str) -> object:
+    """A different valid value of one SAEConfig field."""
+    value = getattr(config, name)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 + 0.5
+    choices = typing.get_args(SAEConfig.model_fields[name].annotation)
+    return next(c for c in choices if c != value)
+
+
+@pytest.mark.parametrize("name", sorted(CONTROLS))
+def test_a_control_reads_only_the_fields_it_names(name: str) -> None:
+    """A control's edit is cached by the fields it names: changing any other leaves its
+    decomposition exactly as it was."""
+    control = CONTROLS[name]
+    weight_t = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    base = SAEConfig(n_components=8, top_k=2, project_faithful=True, steps=5)
+    reference = control(weight_t, base).state_dict()
+    for field in SAEConfig.model_fields:
+        if field in control.reads:
+            continue
+        changed = control(weight_t, base.model_copy(update={field: other_value(base, field)}))
+        assert all(torch.equal(v, changed.state_dict()[k]) for k, v in reference.items()), field
+
+
+def test_the_neurons_control_is_the_weight_split_by_input_unit() -> None:
+    weight_t = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    sae = CONTROLS["neurons"](weight_t, SAEConfig(top_k=3))
+    assert sae.n_components == 6 and sae.top_k == 3
+    torch.testing.assert_close(sae.effective_weight(), weight_t, rtol=0, atol=0)
+    for unit in range(6):  # component c: input unit c's outgoing weights, nothing else
+        expected = torch.zeros(6, 4)
+        expected[unit] = weight_t[unit]
+        torch.testing.assert_close(sae.components([unit])[0], expected)

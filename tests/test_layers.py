@@ -21,7 +21,7 @@ ROOT = Path(hpo.__file__).parent
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("hpo.errors", "hpo.files", "hpo.paths", "hpo.versions", "hpo.cpus", "hpo.device"),
     ("hpo.registry",),
-    ("hpo.strict", "hpo.search_spec", "hpo.config"),  # the study-file schema: no registry
+    ("hpo.strict", "hpo.search_spec", "hpo.params", "hpo.config"),  # the study-file schema
     ("hpo.plans", "hpo.results"),  # what a trial produces
     ("hpo.sae",),  # the Faithful-SAE: model, losses, training
     ("hpo.data",),  # datasets and the content-addressed cache

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from hpo.config import TrialParams
 from hpo.debias import ablation
 from hpo.debias.edit.procedure import plan_edit
 from hpo.debias.scoring import CachedSplit
+from hpo.params import TrialParams
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
 from hpo.tasks import classifier_metrics
@@ -255,3 +255,58 @@ def test_a_fitted_bias_move_is_recorded_and_replayed_at_the_chosen_alpha(
         torch.testing.assert_close(state[f"{layer}.bias"], bias + alpha * shift)
     overrides = {k: state[k] for k in ("0.weight", "0.bias", "2.weight", "2.bias")}
     assert ctx.scorer.metrics("test", overrides) == result.metric("debiased", "test")
+
+
+def test_an_edit_search_chooses_on_held_out_probe_and_never_on_validation() -> None:
+    from hpo.debias.edit.search import choose_edit
+
+    ctx = small_context()
+    ctx.probe_inputs["2"] = torch.relu(ctx.model[0](ctx.splits["probe"].z)).detach()
+    torch.manual_seed(1)
+    saes = {"0": FaithfulSAE(6, 4, n_components=8, top_k=2), "2": FaithfulSAE(4, 2, 8, 2)}
+    params = TrialParams(
+        ablate="fitted",
+        layers="0+2",
+        n_components=8,
+        top_k=2,
+        fit_steps=30,
+        edit_search={"max_components": (1, 3), "amplify": (0.0, 1.0)},
+    )
+    chosen, tried = choose_edit(saes, ctx.edit_target, params.edit_config, params.alpha_grid)
+    assert [c.settings for c in tried] == [
+        {"max_components": m, "amplify": a} for m in (1, 3) for a in (0.0, 1.0)
+    ]
+    best = max(tried, key=lambda c: c.rank())
+    assert (chosen.max_components, chosen.amplify) == tuple(best.settings.values())
+    assert chosen.edit_search.size == 0
+
+    # another validation split: the same choice, the same held-out scores
+    other = small_context()
+    val = other.splits["val"]
+    other.splits["val"] = CachedSplit(z=val.z, y=1 - val.y, groups=val.groups, x=val.x)
+    other.probe_inputs["2"] = ctx.probe_inputs["2"]
+    again, tried_again = choose_edit(saes, other.edit_target, params.edit_config, params.alpha_grid)
+    assert again == chosen and [c.to_json() for c in tried_again] == [c.to_json() for c in tried]
+
+    result = get_task("colored_mnist").evaluate(ctx, saes, params, with_test=True)
+    assert len(result.edit.search) == 4 and result.edit.plan.settings == best.settings
+    assert result.edit.components_removed <= best.settings["max_components"]
+    for name, control in result.control_edits.items():  # the controls search the same way
+        assert len(control.search) == 4, name
+
+
+def test_a_field_the_trial_searches_is_not_also_the_samplers() -> None:
+    from hpo.errors import UserError
+    from hpo.service.study_file import parse_study
+
+    doc = {
+        "study": {"name": "s", "objectives": ["mmcs"]},
+        "task": {"kind": "toy_superposition"},
+        "params": {"ablate": "fitted", "edit_search": {"removal_l1": [1.0, 10.0]}},
+        "search": {"removal_l1": {"low": 1.0, "high": 10.0}},
+    }
+    with pytest.raises(UserError, match="search.removal_l1: also in params.edit_search"):
+        parse_study(doc, "s.toml")
+    doc = {**doc, "search": {}, "params": {"edit_search": {"ablate": ["fitted", "both"]}}}
+    with pytest.raises(UserError, match="mixes strategies of the concept and the group"):
+        parse_study(doc, "s.toml")

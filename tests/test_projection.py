@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_sae import layer_data, relative_faithfulness_error, short_params
 
-from hpo.debias.controls import untrained
+from hpo.debias.controls.untrained import untrained
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.projection import project_to_weight, ridge_step
 from hpo.sae.training import train_sae

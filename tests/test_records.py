@@ -6,7 +6,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from hpo.config import EditConfig
+from hpo.params import EditConfig
 from hpo.plans import EditPlan, Removal
 from hpo.results import Edit, GroupMetrics, TrialResult
 from hpo.sae.model import FaithfulSAE

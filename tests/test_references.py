@@ -146,3 +146,57 @@ def test_gap_closed_is_measured_towards_the_best_ceiling() -> None:
     assert fraction == pytest.approx(0.75) and towards == "last_layer"
     assert result.gap_closed("val") is None
     assert result.to_json()["gap_closed"]["test"]["towards"] == "last_layer"
+
+
+def spurious_data(n: int, bias: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Feature 0 carries the label (noisily), feature 1 the spurious attribute (cleanly);
+    with probability `bias` the attribute equals the label."""
+    y = torch.randint(0, 2, (n,), generator=gen)
+    agree = torch.rand(n, generator=gen) < bias
+    a = torch.where(agree, y, 1 - y)
+    x = torch.randn(n, 6, generator=gen)
+    x[:, 0] += 1.5 * (2 * y - 1)
+    x[:, 1] += 4.0 * (2 * a - 1)
+    return x, y, 2 * y + a, a
+
+
+def test_dfr_refits_the_last_layer_on_the_core_feature_and_folds_the_scaling_in() -> None:
+    from hpo.debias.dfr import C_GRID, dfr_layer
+
+    gen = torch.Generator().manual_seed(0)
+    probe_x, probe_y, probe_g, _ = spurious_data(800, 0.5, gen)  # balanced: held-out data
+    val_x, val_y, val_g, _ = spurious_data(400, 0.5, gen)
+    weight, bias = dfr_layer(probe_x, probe_y, probe_g, val_x, val_y, val_g, n_out=2, seed=0)
+    assert weight.shape == (2, 6) and bias.shape == (2,)
+    margin = weight[1] - weight[0]
+    assert margin[0].abs() > 3 * margin[1].abs()  # it reads the label's feature
+    pred = (val_x.double() @ weight.T + bias).argmax(1)
+    worst = min(float((pred[val_g == g] == val_y[val_g == g]).double().mean()) for g in range(4))
+    assert worst > 0.8
+    assert len(C_GRID) == 7 and max(C_GRID) == 1.0  # the published grid
+
+
+def test_dfr_is_an_edit_of_the_final_layer_that_beats_the_biased_one() -> None:
+    gen = torch.Generator().manual_seed(1)
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 3)).eval()  # 3 outputs, 2 classes used
+    with torch.no_grad():
+        model[0].weight.copy_(torch.eye(6))
+        model[0].bias.zero_()
+        model[1].weight.zero_()
+        model[1].weight[1, 1] = 1.0  # the biased model reads the attribute only
+        model[1].bias.copy_(torch.tensor([0.0, 0.0, -5.0]))
+    probe_x, probe_y, probe_g, probe_a = spurious_data(800, 0.5, gen)
+    val_x, val_y, val_g, val_a = spurious_data(400, 0.5, gen)
+    src = source(model, "0", probe_x, probe_a)
+    src.probe = CachedSplit(z=probe_x, y=probe_y, groups=probe_g, concepts=probe_a, x=probe_x)
+    src.val = CachedSplit(z=val_x, y=val_y, groups=val_g, concepts=val_a, x=val_x)
+    fitted = REFERENCES["dfr"].fit(src)
+    assert set(fitted.overrides) == {"1.weight", "1.bias"}
+
+    def worst(overrides: dict[str, torch.Tensor] | None) -> float:
+        with torch.no_grad():
+            pred = functional_call(model, overrides or {}, (val_x,)).argmax(1)
+        return min(float((pred[val_g == g] == val_y[val_g == g]).float().mean()) for g in range(4))
+
+    assert worst(None) < 0.1 and worst(fitted.overrides) > 0.8
+    assert fitted.overrides["1.bias"][2] < -1e3  # a class no probe sample has: never predicted

@@ -19,11 +19,11 @@ import torch
 import torch.nn.functional as F
 
 from hpo.cli import main
-from hpo.config import TrialParams
 from hpo.cpus import torch_threads
 from hpo.data.cache import load_tensors
 from hpo.models import training
 from hpo.models.classifiers import ColorMnistCNN
+from hpo.params import TrialParams
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData, train_sae
 from hpo.tasks.classifier_metrics import decomposition_errors

@@ -12,19 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hpo.config import LossWeights, TrialParams
 from hpo.errors import DivergedError
+from hpo.params import LossWeights, TrialParams
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
-from hpo.sae.training import (
-    LOSS_NAMES,
-    LOSSES,
-    SAEData,
-    faithful_sketch_size,
-    loss_terms,
-    loss_weights,
-    train_sae,
-)
+from hpo.sae.objective import LOSS_NAMES, LOSSES, loss_terms, loss_weights
+from hpo.sae.training import SAEData, faithful_sketch_size, train_sae
 
 
 def seeded(seed: int = 0) -> torch.Generator:

@@ -22,7 +22,8 @@ from hpo.outputs.trial_table import format_result
 from hpo.results import TrialResult
 from hpo.sae import losses, model
 from hpo.sae.model import FaithfulSAE
-from hpo.sae.training import initial_sae, loss_terms, loss_weights
+from hpo.sae.objective import loss_terms, loss_weights
+from hpo.sae.training import initial_sae
 from hpo.service.study_file import load_study_file
 from hpo.service.trial import prepare_task, run_trial
 from hpo.storage.records import read_trial, write_result

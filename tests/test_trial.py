@@ -55,7 +55,7 @@ def test_a_trial_reports_every_model_on_val_and_test_and_caches_the_base_model(
     assert set(result["timings"]) >= PHASES
     assert all(seconds >= 0 for seconds in result["timings"].values())
     models = result["models"]
-    references = {"oracle", "last_layer", "retrain_head", "leace"}
+    references = {"oracle", "last_layer", "dfr", "retrain_head", "leace"}
     controls = {"control_random", "control_svd"}  # the same edit, untrained decompositions
     assert set(models) == {"original", "debiased"} | references | controls
     assert result["lift"] == pytest.approx(

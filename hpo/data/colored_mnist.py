@@ -62,7 +62,7 @@ ORACLE_SPLIT = "train_balanced"
 
 
 @dataclass(frozen=True)
-class Split:
+class ImageSplit:
     images: np.ndarray  # uint8 [N, 3, 28, 28]
     digits: np.ndarray  # int64 [N]
     colors: np.ndarray  # int64 [N], index into the task's colours
@@ -156,7 +156,7 @@ def build_splits(
     train_labels: np.ndarray,
     test_images: np.ndarray,
     test_labels: np.ndarray,
-) -> dict[str, Split]:
+) -> dict[str, ImageSplit]:
     """The four disjoint splits from grey MNIST arrays (uint8 [N,28,28], int labels).
 
     Also `train_balanced`: the train images with balanced colours, for the oracle.
@@ -170,7 +170,7 @@ def build_splits(
     counts = [task.train_per_digit, task.probe_per_digit, task.val_per_digit]
     train_idx, probe_idx, val_idx = per_digit_indices(train_labels, counts, rng, "MNIST train")
     (test_idx,) = per_digit_indices(test_labels, [task.test_per_digit], rng, "MNIST test")
-    splits: dict[str, Split] = {}
+    splits: dict[str, ImageSplit] = {}
     for name, idx, images, labels in (
         ("train", train_idx, train_images, train_labels),
         ("probe", probe_idx, train_images, train_labels),
@@ -182,7 +182,7 @@ def build_splits(
             colors = biased_colors(digits, tied, n_colors, task.bias, rng)
         else:
             colors = balanced_colors(digits, n_colors, rng)
-        splits[name] = Split(
+        splits[name] = ImageSplit(
             images=colorize(images[idx], colors, task.colorize, palette),
             digits=digits,
             colors=colors,
@@ -190,7 +190,7 @@ def build_splits(
         )
     digits = splits["train"].digits
     colors = balanced_colors(digits, n_colors, rng)
-    splits[ORACLE_SPLIT] = Split(
+    splits[ORACLE_SPLIT] = ImageSplit(
         images=colorize(train_images[train_idx], colors, task.colorize, palette),
         digits=digits,
         colors=colors,

@@ -186,17 +186,3 @@ def attribution_scores(
             gap = (act[on].mean(0) - act[~on].mean(0)).abs()
             scores = torch.maximum(scores, gap)
     return scores
-
-
-def attribution_components(
-    sae: FaithfulSAE,
-    inputs: torch.Tensor,
-    concepts: torch.Tensor,
-    m: int,
-    exclude: list[int] | None = None,
-) -> list[int]:
-    """The m components with the largest `attribution_scores`, none of `exclude`."""
-    scores = attribution_scores(sae, inputs, concepts)
-    if exclude:
-        scores[exclude] = -1.0  # already chosen: pick m others
-    return scores.topk(min(m, scores.numel())).indices.sort().values.tolist()

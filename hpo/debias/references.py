@@ -22,12 +22,15 @@ from hpo.debias.leace import leace_eraser
 from hpo.debias.scoring import CachedSplit, Overrides
 from hpo.models.linear_layers import linear_call_order, per_row, rows
 from hpo.models.model_inputs import ModelInputs, take
+from hpo.registry import Registry
 
 
 @dataclass
 class ReferenceSource:
     """What a reference may fit on: the model, its decomposed layer, the probe split
-    (with model inputs), a way to read any module's inputs on it, and the task's oracle."""
+    (with model inputs), a way to read any module's inputs on it, and the task's oracle;
+    `val` (with model inputs) for a reference that chooses a hyperparameter there, as
+    every edit chooses its α."""
 
     model: nn.Module
     layer: str
@@ -35,6 +38,7 @@ class ReferenceSource:
     inputs_of: Callable[[str, ModelInputs], torch.Tensor]  # (module name, x) -> its input
     oracle: nn.Module | None
     seed: int
+    val: CachedSplit | None = None
 
 
 @dataclass
@@ -116,6 +120,52 @@ class LastLayer:
             features = source.inputs_of(name, source.probe.x)
             fitted = fit_linear(layer, features, source.probe.y, seed=source.seed)
         return Fitted(overrides={f"{name}.{k}": v.detach() for k, v in fitted.state_dict().items()})
+
+
+class Dfr:
+    """Deep feature reweighting as its authors run it (Kirichenko et al., 2023, DFR on
+    held-out data): the final linear layer refitted on the penultimate features of the
+    probe split by L1-regularised logistic regression (liblinear, one-vs-rest) on
+    standardised features, on group-balanced subsets (each group subsampled to the
+    smallest); the regularisation C chosen on validation worst-group accuracy from the
+    published grid, then the coefficients averaged over `RETRAINS` balanced subsets.
+    The standardisation is folded into the layer's weight and bias, so the result is
+    the same model with that layer changed."""
+
+    name: ClassVar[str] = "dfr"
+    description: ClassVar[str] = (
+        "final linear layer refitted as DFR: L1 logistic regression on standardised "
+        "features, group-balanced probe subsets, C chosen on validation"
+    )
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        if source.val is None or source.val.x is None:
+            return "the validation split has no model inputs"
+        return LastLayer().unavailable(source)
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        from hpo.debias.dfr import dfr_layer
+
+        assert source.probe.x is not None and source.val is not None
+        assert source.val.x is not None
+        name = final_linear(source.model, source.probe.x)
+        assert name is not None
+        layer = source.model.get_submodule(name)
+        weight, bias = dfr_layer(
+            source.inputs_of(name, source.probe.x),
+            source.probe.y,
+            source.probe.groups,
+            source.inputs_of(name, source.val.x),
+            source.val.y,
+            source.val.groups,
+            n_out=layer.weight.shape[0],
+            seed=source.seed,
+        )
+        dtype, device = layer.weight.dtype, layer.weight.device
+        overrides = {f"{name}.weight": weight.to(dtype=dtype, device=device)}
+        if layer.bias is not None:
+            overrides[f"{name}.bias"] = bias.to(dtype=dtype, device=device)
+        return Fitted(overrides=overrides)
 
 
 class RetrainHead:
@@ -200,6 +250,6 @@ class Oracle:
         return Fitted(model=source.oracle)
 
 
-REFERENCES: dict[str, Reference] = {
-    r.name: r for r in (LastLayer(), RetrainHead(), Leace(), Oracle())
-}
+REFERENCES: Registry[Reference] = Registry("reference")
+for _reference in (LastLayer(), Dfr(), RetrainHead(), Leace(), Oracle()):
+    REFERENCES.register(_reference.name, _reference)

@@ -39,6 +39,16 @@ class CachedSplit:
     x: ModelInputs | None = None
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
+    def subset(self, index: torch.Tensor) -> CachedSplit:
+        """The samples at `index` (a sample's every token where the layer sees sequences)."""
+        return CachedSplit(
+            z=self.z[index],
+            y=self.y[index],
+            groups=self.groups[index],
+            concepts=None if self.concepts is None else self.concepts[index],
+            x=None if self.x is None else self.x[index],
+        )
+
 
 def group_metrics(
     correct: torch.Tensor, group_ids: torch.Tensor, names: Sequence[str]

@@ -39,6 +39,7 @@ MODEL_COLORS = {
     "debiased": "#4c78a8",
     "oracle": "#54a24b",
     "last_layer": "#f58518",
+    "dfr": "#e8a33d",
     "retrain_head": "#b279a2",
     "leace": "#72b7b2",
     "control_random": "#e45756",

@@ -222,7 +222,7 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
             }
             for layer, sae in r.saes.items()
         },
-        **({} if edit is None else {"alpha": edit.alpha}),
+        **({} if edit is None else {"alpha": edit.alpha, "plan": edit.plan.to_json()}),
     }
     files: dict[str, bytes] = {
         "config.toml": toml_text.encode(),

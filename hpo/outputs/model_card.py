@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.config import TrialParams
 from hpo.debias.strategies.registry import get_strategy
+from hpo.params import TrialParams
 from hpo.results import TrialResult
 from hpo.tasks.base import ModelCard
 
@@ -82,7 +82,8 @@ def _edit_section(
 ) -> list[str]:
     assert result.edit is not None
     edit = result.edit
-    how = get_strategy(edit.strategy).describe(params, card.concept_names)
+    chosen = params.edit_config.model_copy(update=edit.plan.settings)
+    how = get_strategy(edit.strategy).describe(chosen, card.concept_names)
     removal = edit.plan.removal
     weights = ", ".join(f"`{name}.weight`" for name in removal)
     return [

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import optuna
 from optuna.trial import FrozenTrial
 
-from hpo.results import CONTROL_PREFIX
+from hpo.results import CONTROL_PREFIX, REGIME_REFERENCES
 from hpo.storage.records import read_confirmations, read_confirmed_best, read_trial
 
 
@@ -58,11 +58,11 @@ def study_summary(study: optuna.Study, storage_hint: str = "") -> list[str]:
         if refs:
             shown = ", ".join(f"{m.replace('_', ' ')} {_pct(v)}" for m, v in refs.items())
             regime = None if record.edit is None else record.edit.labels
-            label = {
-                "concept": " (this edit used concept labels: compare with leace)",
-                "group": " (this edit used group labels: compare with last layer, retrain head)",
-            }
-            lines.append(f"references on the same split: {shown}{label.get(regime or '', '')}")
+            label = ""
+            if regime in REGIME_REFERENCES:
+                compare = ", ".join(n.replace("_", " ") for n in REGIME_REFERENCES[regime])
+                label = f" (this edit used {regime} labels: compare with {compare})"
+            lines.append(f"references on the same split: {shown}{label}")
     elif best is not None:
         lines.append(f"best value {best.value:.4f} (trial {best.number})")
     confirmed = read_confirmed_best(study)

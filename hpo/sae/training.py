@@ -1,7 +1,8 @@
 """The Faithful-SAE training loop: it fits on a screen, and its data never leaves the device.
 
 The whole probe set sits on the device as two tensors; a step takes a slice of a
-permutation. `loss_terms` returns the named losses; the loop weighs them, logs them, and
+permutation. `loss_terms` (hpo.sae.objective) returns the named losses; the loop weighs
+them, logs them, and
 calls `on_eval(step, sae)` every `eval_every` steps so a caller can score the
 decomposition (and an Optuna pruner can stop the trial). On wide layers the faithfulness
 loss is sketched (`faithful_sketch_size`): what the history logs for it is then an
@@ -12,89 +13,20 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from hpo.config import LossWeights, SAEConfig
 from hpo.device import available_bytes, gib
 from hpo.errors import DivergedError, UserError
+from hpo.params import SAEConfig
 from hpo.sae import losses
 from hpo.sae.model import FaithfulSAE
+from hpo.sae.objective import LOSS_NAMES, loss_terms, loss_weights
 from hpo.sae.projection import project_to_weight
-
-
-@dataclass(frozen=True)
-class Step:
-    """What a loss may read in one training step: the batch and the SAE's forward pass."""
-
-    sae: FaithfulSAE
-    pre: torch.Tensor  # [B, latents]: pre-activations
-    kept: Any  # the top-k latents in compact form (values, indices), or None (dense)
-    recon: torch.Tensor  # [B, out]: the reconstruction
-    target: torch.Tensor
-    concepts: torch.Tensor
-    weight_t: torch.Tensor
-    params: SAEConfig
-    zero: torch.Tensor  # what a term that is not computed reports
-    probes: torch.Tensor | None = None  # [out, s]: sketch the faithfulness loss (None: exact)
-    anchor: losses.Anchor | None = None  # the sketch's control variate
-
-
-@dataclass(frozen=True)
-class Loss:
-    """One term of the training loss: how to compute it and which LossWeights field
-    weighs it. `always`: computed (and logged) even at weight zero; else skipped then.
-    `ramp`: whether the config grows the weight quadratically over training."""
-
-    term: Callable[[Step], torch.Tensor]
-    weight: Callable[[LossWeights], float]
-    always: bool = False
-    ramp: Callable[[SAEConfig], bool] | None = None
-
-
-def _conditioning(s: Step) -> torch.Tensor:
-    return losses.conditioning(s.pre, s.concepts, s.sae.rank) if s.concepts.shape[1] else s.zero
-
-
-def _faithful(s: Step) -> torch.Tensor:
-    if s.probes is None:
-        return losses.faithfulness(s.sae.effective_weight(), s.weight_t)
-    return losses.faithfulness_sketch(s.sae.encoder, s.sae.decoder, s.weight_t, s.probes, s.anchor)
-
-
-def _sparsity(s: Step) -> torch.Tensor:
-    norms = s.sae.decoder.norm(dim=1) if s.params.sparsity_decoder_norm else None
-    return losses.sparsity(s.pre, norms)
-
-
-def _decorrelation(s: Step) -> torch.Tensor:
-    if s.kept is None:
-        return losses.decorrelation(s.pre)
-    return losses.decorrelation_topk(s.kept.values, s.kept.indices, s.sae.n_latents)
-
-
-# The training loss, by name, in the order the terms are computed, summed and logged. A
-# new loss is one entry here (and its weight field in hpo.config.LossWeights).
-LOSSES: dict[str, Loss] = {
-    "recon": Loss(
-        lambda s: losses.reconstruction(s.recon, s.target), lambda w: w.recon_weight, always=True
-    ),
-    "faithful": Loss(
-        _faithful, lambda w: w.faithful_weight, always=True, ramp=lambda c: c.faithful_ramp
-    ),
-    "rank": Loss(
-        lambda s: losses.schatten_rank(*s.sae.factors(), p=s.params.schatten_p),
-        lambda w: w.rank_weight,
-    ),
-    "cond": Loss(_conditioning, lambda w: w.cond_weight),
-    "sparsity": Loss(_sparsity, lambda w: w.sparsity_weight),
-    "decorr": Loss(_decorrelation, lambda w: w.decorr_weight),
-}
-LOSS_NAMES = tuple(LOSSES)
 
 
 @dataclass(frozen=True)
@@ -149,48 +81,6 @@ SKETCH_MIN_SAVING = 4
 ANCHOR_EVERY = 16
 
 
-def loss_weights(params: SAEConfig, step: int) -> dict[str, float]:
-    """Each loss's weight at `step`, from its LossWeights field (see LOSSES)."""
-    weights = {}
-    for name, loss in LOSSES.items():
-        weight = loss.weight(params)
-        if loss.ramp is not None and loss.ramp(params):
-            weight *= losses.quadratic_ramp(step, params.steps)
-        weights[name] = weight
-    return weights
-
-
-def loss_terms(
-    sae: FaithfulSAE,
-    x: torch.Tensor,
-    target: torch.Tensor,
-    concepts: torch.Tensor,
-    weight_t: torch.Tensor,
-    params: SAEConfig,
-    weights: dict[str, float],
-    probes: torch.Tensor | None = None,
-    anchor: losses.Anchor | None = None,
-) -> dict[str, torch.Tensor]:
-    """One step's losses by name. Terms whose weight is zero are not computed. `probes`
-    [out, s]: the faithfulness loss is sketched with them (None: exact), and with the
-    `anchor`'s control variate if given.
-
-    The top-k latents stay in compact form (values, indices), from which decoding and the
-    decorrelation loss work (see `FaithfulSAE.decode`, `losses.decorrelation_topk`). The
-    values are those of `sae(x)` and `losses.decorrelation` up to float rounding.
-    """
-    pre = sae.pre_activations(x)
-    kept = sae.select(pre)
-    recon = pre @ sae.decoder if kept is None else sae.decode(kept)
-    step = Step(
-        sae, pre, kept, recon, target, concepts, weight_t, params, x.new_zeros(()), probes, anchor
-    )
-    return {
-        name: loss.term(step) if loss.always or weights[name] else step.zero
-        for name, loss in LOSSES.items()
-    }
-
-
 def training_bytes(d_in: int, d_out: int, params: SAEConfig, n: int) -> int:
     """At least this much memory (float32) trains the SAE: encoder and decoder with their
     gradients and Adam's two moments, and one batch's latents (pre- and post-top-k) with
@@ -235,8 +125,6 @@ def train_sae(
     progress: bool = False,
     log_points: int = 200,
 ) -> TrainResult:
-    import time
-
     device = data.inputs.device
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
     torch.manual_seed(params.seed)
@@ -244,26 +132,15 @@ def train_sae(
     check_fits(d_in, d_out, params, data.inputs.shape[0], device)
     sae = initial_sae(data.weight_t, params)
     opt = optimizer(sae, params)
-    sketch = faithful_sketch_size(params, d_in, d_out)
-    sketch_gen = torch.Generator(device=device).manual_seed(params.seed)
-    anchor = None
+    sketch = _Sketch(params, data.weight_t)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.steps)
     batches = batch_indices(data.inputs.shape[0], params.batch_size, params.steps, gen, device)
     log = LossLog(params.steps, log_points, device)
     start = time.perf_counter()
-    bar = tqdm(
-        total=params.steps,
-        desc="SAE",
-        disable=not progress,
-        leave=False,
-        unit="step",
-        mininterval=1.0,
-    )
-    with bar:
+    with _bar(params.steps, progress) as bar:
         for step, idx in enumerate(batches):
             weights = loss_weights(params, step)
-            if sketch is not None and step % ANCHOR_EVERY == 0:
-                anchor = losses.faithfulness_anchor(sae.encoder, sae.decoder, data.weight_t)
+            probes, anchor = sketch.at(step, sae)
             terms = loss_terms(
                 sae,
                 data.inputs.index_select(0, idx),
@@ -272,7 +149,7 @@ def train_sae(
                 data.weight_t,
                 params,
                 weights,
-                None if sketch is None else losses.sketch_probes(d_out, sketch, sketch_gen),
+                probes,
                 anchor,
             )
             total = sum(weights[k] * v for k, v in terms.items())
@@ -288,12 +165,35 @@ def train_sae(
             bar.update(1)
             if (
                 on_eval is not None
-                and (step + 1) % params.eval_every == 0
-                and step + 1 < params.steps
+                and (step + 1) % params.eval_every == 0 < params.steps - step - 1
             ):
                 on_eval(step + 1, as_scored(sae, data.weight_t, params, in_place=False))
     as_scored(sae, data.weight_t, params, in_place=True)
     return TrainResult(sae=sae, history=log.history, seconds=time.perf_counter() - start)
+
+
+def _bar(steps: int, progress: bool) -> tqdm:  # type: ignore[type-arg]
+    return tqdm(
+        total=steps, desc="SAE", disable=not progress, leave=False, unit="step", mininterval=1.0
+    )
+
+
+class _Sketch:
+    """The faithfulness loss's random probes and anchor at each step, where it is
+    sketched (`faithful_sketch_size`); (None, None) where it is exact."""
+
+    def __init__(self, params: SAEConfig, weight_t: torch.Tensor) -> None:
+        self.size = faithful_sketch_size(params, *weight_t.shape)
+        self.gen = torch.Generator(device=weight_t.device).manual_seed(params.seed)
+        self.weight_t = weight_t
+        self.anchor: losses.Anchor | None = None
+
+    def at(self, step: int, sae: FaithfulSAE) -> tuple[torch.Tensor | None, losses.Anchor | None]:
+        if self.size is None:
+            return None, None
+        if step % ANCHOR_EVERY == 0:
+            self.anchor = losses.faithfulness_anchor(sae.encoder, sae.decoder, self.weight_t)
+        return losses.sketch_probes(self.weight_t.shape[1], self.size, self.gen), self.anchor
 
 
 def as_scored(

@@ -72,12 +72,15 @@ class Objective:
             device=str(self.ctx.device),
         )
         single = len(self.objectives) == 1
+        # a pruner compares trials at the same step: the [params] edit without the
+        # in-trial search is the same, cheaper measure for every trial
+        at_eval = params.without_edit_search()
 
         def on_eval(step: int, saes: Saes) -> None:
             if not single:
                 return  # Optuna prunes single-objective studies only.
-            result = self.task.evaluate(self.ctx, saes, params, with_test=False)
-            value = result.value(self.objectives[0])
+            result = self.task.evaluate(self.ctx, saes, at_eval, with_test=False)
+            value = result.ranked_value(self.objectives[0])
             trial.report(value, step)
             if trial.should_prune():
                 # A constraint is set once per trial: here for a pruned trial (its error
@@ -99,7 +102,8 @@ class Objective:
         self._constrain(trial, result)
         if self.artifact_store is not None:
             self._upload_weights(trial, {k: t.sae for k, t in trained.items()}, params, result)
-        values = tuple(float(result.value(name)) for name in self.objectives)
+        # ties broken (TrialResult.ranked): with many groups the worst is often 0 for all
+        values = tuple(float(result.ranked_value(name)) for name in self.objectives)
         if self.on_complete is not None:
             self.on_complete(trial, values)
         return values[0] if single else values

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
 
 from hpo.config import PrunerSection, SamplerSection, StudyFile
 from hpo.errors import UserError
+from hpo.registry import Registry
 
 
 def worker_seed(base: int, worker: str) -> int:
@@ -34,41 +36,55 @@ def _seeded(cls: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
     return lambda seed, parallel, opts: cls(seed=seed, **opts)
 
 
-# sampler.name -> factory(seed, parallel, options). A new sampler is one entry here; a
-# study file naming another is refused (hpo.service.study_file.check_registered).
-SAMPLERS: dict[str, SamplerFactory] = {
-    "tpe": _tpe,
-    "random": _seeded(optuna.samplers.RandomSampler),
-    "cmaes": _seeded(optuna.samplers.CmaEsSampler),
-    "gp": _seeded(optuna.samplers.GPSampler),
-    "nsgaii": _seeded(optuna.samplers.NSGAIISampler),
-}
+@dataclass(frozen=True)
+class Sampler:
+    """An Optuna sampler as a study file names it: its factory(seed, parallel, options)
+    and whether it handles several objectives."""
 
-# pruner.name -> (Optuna pruner class, our defaults for its options).
-PRUNERS: dict[str, tuple[type[optuna.pruners.BasePruner], dict[str, Any]]] = {
-    "median": (optuna.pruners.MedianPruner, {}),
-    "percentile": (optuna.pruners.PercentilePruner, {"percentile": 25.0}),
-    "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {}),
-    "hyperband": (optuna.pruners.HyperbandPruner, {}),
-    "none": (optuna.pruners.NopPruner, {}),
-}
+    make: SamplerFactory
+    multi_objective: bool = True
 
 
-def _unknown(section: str, name: str, known: dict[str, Any]) -> UserError:
-    return UserError(f"{section}.name: unknown {section} {name!r}; use one of {', '.join(known)}")
+@dataclass(frozen=True)
+class Pruner:
+    """An Optuna pruner as a study file names it: its class and our option defaults."""
+
+    cls: type[optuna.pruners.BasePruner]
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+# A new sampler or pruner is one line here; a study file naming another is refused
+# (hpo.service.study_file.check_registered), as is a multi-objective study whose
+# sampler says it handles one objective.
+SAMPLERS: Registry[Sampler] = Registry("sampler")
+SAMPLERS.register("tpe", Sampler(_tpe))
+SAMPLERS.register("random", Sampler(_seeded(optuna.samplers.RandomSampler)))
+SAMPLERS.register("cmaes", Sampler(_seeded(optuna.samplers.CmaEsSampler), multi_objective=False))
+SAMPLERS.register("gp", Sampler(_seeded(optuna.samplers.GPSampler)))
+SAMPLERS.register("nsgaii", Sampler(_seeded(optuna.samplers.NSGAIISampler)))
+
+PRUNERS: Registry[Pruner] = Registry("pruner")
+PRUNERS.register("median", Pruner(optuna.pruners.MedianPruner))
+PRUNERS.register("percentile", Pruner(optuna.pruners.PercentilePruner, {"percentile": 25.0}))
+PRUNERS.register("successive_halving", Pruner(optuna.pruners.SuccessiveHalvingPruner))
+PRUNERS.register("hyperband", Pruner(optuna.pruners.HyperbandPruner))
+PRUNERS.register("none", Pruner(optuna.pruners.NopPruner))
+
+
+def _unknown(section: str, name: str, known: Registry[Any]) -> UserError:
+    return UserError(f"{section}.name: {known.unknown(name)}")
 
 
 def make_sampler(
     section: SamplerSection, *, seed: int, parallel: bool
 ) -> optuna.samplers.BaseSampler:
-    factory = SAMPLERS.get(section.name)
-    if factory is None:
+    if section.name not in SAMPLERS:
         raise _unknown("sampler", section.name, SAMPLERS)
     opts: dict[str, Any] = dict(section.options)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return factory(seed, parallel, opts)
+            return SAMPLERS[section.name].make(seed, parallel, opts)
     except (TypeError, ValueError) as err:
         raise UserError(f"sampler.options: {err} (sampler {section.name})") from None
 
@@ -76,10 +92,10 @@ def make_sampler(
 def make_pruner(section: PrunerSection) -> optuna.pruners.BasePruner:
     if section.name not in PRUNERS:
         raise _unknown("pruner", section.name, PRUNERS)
-    cls, defaults = PRUNERS[section.name]
-    opts = {**defaults, **section.options}
+    pruner = PRUNERS[section.name]
+    opts = {**pruner.defaults, **section.options}
     try:
-        return cls(**opts)
+        return pruner.cls(**opts)
     except (TypeError, ValueError) as err:
         raise UserError(f"pruner.options: {err} (pruner {section.name})") from None
 

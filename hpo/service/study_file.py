@@ -7,7 +7,6 @@ that the CLI can print them on one line without a traceback.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from hpo.config import StudyFile
 from hpo.debias.controls import CONTROLS
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.errors import UserError
+from hpo.registry import Registry
 from hpo.search_spec import spec_extremes
 from hpo.service.samplers import PRUNERS, SAMPLERS
 from hpo.tasks.registry import get_task, task_kinds
@@ -107,7 +107,7 @@ def parse_study(raw: dict[str, Any], source: str | Path) -> StudyFile:
 def check_registered(study: StudyFile, source: str | Path) -> None:
     """Names the schema leaves to a registry: the sampler, the pruner, and the edit
     strategy of `params.ablate` and of every value `search.ablate` can take."""
-    names: list[tuple[str, str, str, Collection[str]]] = [
+    names: list[tuple[str, str, str, Registry[Any]]] = [
         ("sampler.name", study.sampler.name, "sampler", SAMPLERS),
         ("pruner.name", study.pruner.name, "pruner", PRUNERS),
         ("params.ablate", study.params.ablate, "edit strategy", STRATEGIES),
@@ -118,11 +118,41 @@ def check_registered(study: StudyFile, source: str | Path) -> None:
             ("search.ablate", v, "edit strategy", STRATEGIES)
             for v in spec_extremes(study.search["ablate"])
         ]
-    for field, name, what, valid in names:
+    inner = study.params.edit_search
+    names += [("params.edit_search.ablate", v, "edit strategy", STRATEGIES) for v in inner.ablate]
+    for field, name, _, valid in names:
         if name not in valid:
-            raise UserError(
-                f"{source}: {field}: unknown {what} {name!r}; valid: {', '.join(valid)}"
-            )
+            raise UserError(f"{source}: {field}: {valid.unknown(name)}")
+    sampler = SAMPLERS[study.sampler.name]
+    if len(study.study.objectives) > 1 and not sampler.multi_objective:
+        many = [n for n, s in SAMPLERS.items() if s.multi_objective]
+        raise UserError(
+            f"{source}: sampler.name: {study.sampler.name} supports one objective and the "
+            f"study has {len(study.study.objectives)}; use one of {', '.join(many)}"
+        )
+    check_edit_search(study, source)
+
+
+def check_edit_search(study: StudyFile, source: str | Path) -> None:
+    """An in-trial edit search decides its fields inside the trial: the sampler may not
+    search them too, and its strategies share one label regime (the references a
+    result is compared with are its regime's)."""
+    inner = study.params.edit_search
+    both = [name for name in inner.settings() if name in study.search]
+    if both:
+        raise UserError(
+            f"{source}: search.{both[0]}: also in params.edit_search, which chooses it inside "
+            "each trial; keep it in one of the two"
+        )
+    regimes = {STRATEGIES[name].labels for name in inner.ablate or (study.params.ablate,)}
+    if "ablate" in study.search and inner.size:
+        regimes |= {STRATEGIES[v].labels for v in spec_extremes(study.search["ablate"])}
+    if len(regimes) > 1:
+        raise UserError(
+            f"{source}: params.edit_search.ablate: mixes strategies of the concept and the "
+            "group label regimes; a search compares edits that saw the same labels, so "
+            "run one regime per study"
+        )
 
 
 def stored_study_file(doc: dict[str, Any], study_name: str) -> StudyFile:

@@ -70,10 +70,11 @@ def run_trial(
     saes = {layer: t.sae for layer, t in trained.items()}
     t0 = time.perf_counter()
     result = task.evaluate(ctx, saes, params, with_test=with_test)
-    result.timings = {
+    result.timings = {  # the task's own breakdown of scoring (e.g. edit, controls) too
         **ctx.timings,
         "sae_training": sum(t.seconds for t in trained.values()),
         "scoring": time.perf_counter() - t0,
+        **result.timings,
     }
     result.provenance = {
         "params": params.model_dump(mode="json"),

@@ -41,6 +41,8 @@ LABELS_ATTR = "labels"  # the edit's label regime: "concept" or "group" labels o
 REMOVED_FRACTIONS_ATTR = "removed_fractions"  # ablate = "fitted": layer -> fractions
 COMPENSATE_BIAS_ATTR = "compensate_bias"  # each bias keeps the removed part's mean
 BIAS_SHIFT_ATTR = "bias_shift"  # layer -> a fitted move of its bias (× α)
+EDIT_SETTINGS_ATTR = "edit_settings"  # what the in-trial edit search chose
+EDIT_SEARCH_ATTR = "edit_search"  # every setting it tried, with its held-out score
 ALPHA_CURVE_ATTR = "alpha_curve"  # {"alphas", "val_worst_group", "val_mean_group"}
 VAL_GROUPS_ATTR = "val_groups"  # {model: {group: accuracy}} on validation
 TIMINGS_ATTR = "timings"

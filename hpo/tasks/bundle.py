@@ -357,6 +357,7 @@ def score_references(
         inputs_of=inputs_of,
         oracle=oracle,
         seed=seed,
+        val=splits["val"],
     )
     for name in names:
         method = REFERENCES[name]

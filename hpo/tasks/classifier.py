@@ -17,11 +17,17 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import TrialParams
-from hpo.debias.edit.controlled import BudgetPoint, Replay, budget_curve, edit_with_controls
+from hpo.debias.edit.controlled import (
+    BudgetPoint,
+    EditOutcome,
+    Replay,
+    budget_curve,
+    edit_with_controls,
+)
 from hpo.debias.edit.procedure import edited_state
 from hpo.debias.scoring import Scorer
 from hpo.errors import UserError
+from hpo.params import TrialParams
 from hpo.results import GroupMetrics, TrialResult, control_name
 from hpo.sae.training import SAEData
 from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
@@ -107,32 +113,25 @@ class ClassifierTask:
         }
         models["debiased"] = outcome.debiased.metrics
         models |= {control_name(name): c.metrics for name, c in outcome.controls.items()}
-        best_val = outcome.debiased.sweep.best
-        objectives = {
-            "worst_group": best_val.worst_group,
-            "mean_group": best_val.mean_group,
-            "overall": best_val.overall,
-            "components_removed": float(outcome.debiased.components_removed),
-        }
-        lift = outcome.lift()
-        if lift is not None:
-            objectives["lift"] = lift
+        largest = int(torch.bincount(ctx.splits["val"].groups).max())
         return TrialResult(
             task=self.kind,
-            objectives=objectives,
-            errors={
-                **worst_errors(
-                    [
-                        decomposition_errors(sae, self.sae_data(ctx, layer))
-                        for layer, sae in saes.items()
-                    ]
-                ),
-                "prediction_change": prediction_change(ctx, saes),
-            },
+            objectives=objectives(outcome),
+            ranked={"worst_group": outcome.debiased.sweep.best.ranked_worst_group(largest)},
+            errors=self.errors(ctx, saes),
             models=models,
             edit=outcome.debiased.edit(),
             control_edits={name: c.edit() for name, c in outcome.controls.items()},
+            timings=dict(outcome.seconds),
         )
+
+    def errors(self, ctx: ClassifierContext, saes: Saes) -> dict[str, float]:
+        """The largest decomposition errors over the layers, and the share of validation
+        predictions that replacing each weight by its components changes."""
+        per_layer = [
+            decomposition_errors(sae, self.sae_data(ctx, layer)) for layer, sae in saes.items()
+        ]
+        return {**worst_errors(per_layer), "prediction_change": prediction_change(ctx, saes)}
 
     def budget_curve(
         self, ctx: ClassifierContext, saes: Saes, params: TrialParams, budgets: Sequence[int | None]
@@ -171,3 +170,18 @@ class ClassifierTask:
             load=ctx.card["load"],
             concept_names=ctx.concept_names,
         )
+
+
+def objectives(outcome: EditOutcome) -> dict[str, float]:
+    """What a classifier trial offers to optimise, all on validation."""
+    best = outcome.debiased.sweep.best
+    values = {
+        "worst_group": best.worst_group,
+        "mean_group": best.mean_group,
+        "overall": best.overall,
+        "components_removed": float(outcome.debiased.components_removed),
+    }
+    lift = outcome.lift()
+    if lift is not None:
+        values["lift"] = lift
+    return values

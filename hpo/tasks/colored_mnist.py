@@ -53,7 +53,7 @@ class ColoredMnistTask(ClassifierConfig):
     base_epochs: int = Field(15, ge=1)
     base_lr: float = Field(1e-3, gt=0)
     base_batch_size: int = Field(32, ge=1)
-    references: tuple[str, ...] = ("oracle", "last_layer", "retrain_head", "leace")
+    references: tuple[str, ...] = ("oracle", "last_layer", "dfr", "retrain_head", "leace")
 
     @field_validator("colors")
     @classmethod
@@ -102,7 +102,7 @@ NOT_TRAINING = {"layer", "references"}
 
 def load_splits(
     task: ColoredMnistTask, data_dir: str | Path | None, progress: bool
-) -> tuple[dict[str, data.Split], str]:
+) -> tuple[dict[str, data.ImageSplit], str]:
     if task.source == "colorized_folder":
         from hpo.data.colorized_folder import folder_splits
 
@@ -136,7 +136,7 @@ def models_key(task: ColoredMnistTask, data_sha256: str) -> str:
 
 def trained_models(
     task: ColoredMnistTask,
-    splits: dict[str, data.Split],
+    splits: dict[str, data.ImageSplit],
     data_sha256: str,
     device: torch.device,
     progress: bool,
@@ -158,7 +158,7 @@ def trained_models(
 
 def train_models(
     task: ColoredMnistTask,
-    splits: dict[str, data.Split],
+    splits: dict[str, data.ImageSplit],
     device: torch.device,
     progress: bool,
 ) -> dict[str, classifiers.ColoredMnistClassifier]:
@@ -182,7 +182,7 @@ def train_models(
 
 
 def as_user_task(
-    task: ColoredMnistTask, splits: dict[str, data.Split], model: torch.nn.Module
+    task: ColoredMnistTask, splits: dict[str, data.ImageSplit], model: torch.nn.Module
 ) -> UserTask:
     groups = data.make_groups(task)
 

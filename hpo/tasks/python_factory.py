@@ -42,7 +42,7 @@ class PythonTask(ClassifierConfig):
     kind: Literal["python"] = "python"
     factory: str = Field(min_length=3)
     options: dict[str, Any] = Field(default_factory=dict)
-    references: tuple[str, ...] = ("last_layer", "leace")
+    references: tuple[str, ...] = ("last_layer", "dfr", "leace")
 
     @field_validator("factory")
     @classmethod

@@ -6,6 +6,7 @@ module below it. A new built-in task is one line in `BUILTIN`.
 
 from __future__ import annotations
 
+from hpo.registry import Registry
 from hpo.tasks.base import Task
 from hpo.tasks.colored_mnist import ColoredMnist
 from hpo.tasks.image_folder import ImageFolder
@@ -14,23 +15,22 @@ from hpo.tasks.text_csv import TextCsv
 from hpo.tasks.toy import ToySuperposition
 
 BUILTIN: tuple[Task, ...] = (ColoredMnist(), ToySuperposition(), Python(), ImageFolder(), TextCsv())
-TASKS: dict[str, Task] = {task.kind: task for task in BUILTIN}
+TASKS: Registry[Task] = Registry("task kind")
+for _task in BUILTIN:
+    TASKS.register(_task.kind, _task)
 
 
 def register_task(task: Task) -> Task:
-    """Make `task` available to study files as `[task] kind = task.kind`."""
-    if task.kind in TASKS and TASKS[task.kind] is not task:
-        raise ValueError(f"task kind {task.kind!r} is already registered")
-    TASKS[task.kind] = task
-    return task
+    """Make `task` available to study files as `[task] kind = task.kind` (registering the
+    same object twice is harmless; another task under a taken kind is an error)."""
+    if task.kind in TASKS and TASKS[task.kind] is task:
+        return task
+    return TASKS.register(task.kind, task)
 
 
 def get_task(kind: str) -> Task:
-    try:
-        return TASKS[kind]
-    except KeyError:
-        raise ValueError(f"unknown task kind {kind!r}; valid: {', '.join(TASKS)}") from None
+    return TASKS.get(kind)
 
 
 def task_kinds() -> list[str]:
-    return list(TASKS)
+    return list(TASKS.names())

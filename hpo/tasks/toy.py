@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from hpo.config import TrialParams
 from hpo.data.cache import bundle_file, content_hash, load_tensors, save_tensors
 from hpo.debias.controls import CONTROLS
 from hpo.debias.edit.controlled import Replay
 from hpo.errors import UserError
 from hpo.models import classifiers
 from hpo.models.classifiers import ToySuperpositionAE
+from hpo.params import TrialParams
 from hpo.results import GroupMetrics, TrialResult, control_name
 from hpo.sae.training import SAEData
 from hpo.tasks import bundle, classifier

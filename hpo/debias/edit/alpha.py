@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hpo.config import AlphaGrid
+from hpo.params import AlphaGrid
 from hpo.results import GroupMetrics
 
 
 def pick_alpha(sweep: Sequence[GroupMetrics]) -> int:
-    """Index of the best α on validation: worst-group first, then mean-group, then smaller α."""
-    keys = [(m.worst_group, m.mean_group, -i) for i, m in enumerate(sweep)]
+    """Index of the best α on validation: worst group first, then the worst quarter of
+    the groups' mean, then the mean over groups (`GroupMetrics.rank_key`: with many
+    groups the worst often ties at 0 for every α), then the smaller α."""
+    keys = [(*m.rank_key(), -i) for i, m in enumerate(sweep)]
     return max(range(len(sweep)), key=keys.__getitem__)
 
 

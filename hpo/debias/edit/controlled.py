@@ -10,13 +10,15 @@ procedure at several budgets, for the SAE and each control.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from hpo.config import AlphaGrid, EditConfig, SAEConfig
 from hpo.debias.controls import get_control
-from hpo.debias.edit.procedure import Decomposition, ScoredEdit, run_edit
+from hpo.debias.edit.procedure import Decomposition, ScoredEdit
+from hpo.debias.edit.run import run_edit
 from hpo.debias.edit.target import EditTarget
+from hpo.params import AlphaGrid, EditConfig, SAEConfig
 from hpo.plans import EditPlan
 from hpo.results import control_name
 
@@ -35,6 +37,7 @@ class EditOutcome:
 
     debiased: ScoredEdit
     controls: dict[str, ScoredEdit]
+    seconds: dict[str, float] = field(default_factory=dict)  # "edit", "controls"
 
     def lift(self) -> float | None:
         """Debiased − best control, worst group on validation (None without controls)."""
@@ -46,9 +49,10 @@ class EditOutcome:
 
 class ControlCache:
     """The controls' scored edits of the last few configurations, by what they depend
-    on (edit config, α grid, SAE config, layers, replayed plans), never by the SAE."""
+    on (edit config, α grid, the SAE config fields each control reads, layers, replayed
+    plans), never by the trained SAE."""
 
-    def __init__(self, size: int = 4) -> None:
+    def __init__(self, size: int = 8) -> None:
         self.size = size
         self._entries: dict[str, dict[str, ScoredEdit]] = {}
 
@@ -86,11 +90,13 @@ def run_controls(
 
     if cache is None:
         return make()
+    # by what the controls read, not the whole SAE config: trials that differ only in
+    # loss weights or training share them
     key = json.dumps(
         [
             edit.model_dump(mode="json"),
             grid.model_dump(mode="json"),
-            sae.model_dump(mode="json"),
+            {name: get_control(name).depends_on(sae) for name in edit.controls},
             list(layers),
             with_test,
             {name: plan.to_json() for name, plan in sorted(replay.items())},
@@ -113,9 +119,11 @@ def edit_with_controls(
 ) -> EditOutcome:
     """The edit procedure on the trial's decomposition and on every control."""
     replay = replay or Replay()
+    start = time.perf_counter()
     debiased = run_edit(
         decomposition, target, edit, grid, with_test=with_test, replay=replay.debiased
     )
+    middle = time.perf_counter()
     controls = run_controls(
         list(decomposition),
         target,
@@ -126,7 +134,8 @@ def edit_with_controls(
         replay=replay.controls,
         cache=cache,
     )
-    return EditOutcome(debiased, controls)
+    seconds = {"edit": middle - start, "controls": time.perf_counter() - middle}
+    return EditOutcome(debiased, controls, seconds)
 
 
 @dataclass(frozen=True)

@@ -2,24 +2,25 @@
 plan at every α on validation and report test at the α chosen there.
 
 `plan_edit` asks the edit strategy (`EditConfig.ablate`) for a plan, showing it only the
-probe labels its regime allows; `score_plan` sweeps α; `run_edit` does both, or replays
-a stored plan as it was. A control is the very same procedure on another decomposition
-(hpo.debias.edit.controlled).
+probe labels its regime allows; `score_plan` sweeps α. hpo.debias.edit.run chooses the
+settings (an in-trial search), plans and scores, or replays a stored plan as it was. A
+control is the very same procedure on another decomposition (hpo.debias.edit.controlled).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
-from hpo.config import AlphaGrid, EditConfig
 from hpo.debias import ablation
 from hpo.debias.edit.alpha import AlphaSweep, sweep_alpha
 from hpo.debias.edit.target import EditTarget
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import get_strategy
+from hpo.params import AlphaGrid, EditConfig
 from hpo.plans import EditPlan
 from hpo.results import Edit, GroupMetrics
 from hpo.sae.model import FaithfulSAE
@@ -29,11 +30,13 @@ Decomposition = Mapping[str, FaithfulSAE]  # edited layer -> its decomposition, 
 
 @dataclass(frozen=True)
 class ScoredEdit:
-    """One decomposition's edit: its plan, the α sweep on val, test at that α."""
+    """One decomposition's edit: its plan, the α sweep on val, test at that α, and what
+    an in-trial edit search tried (hpo.debias.edit.search; JSON, empty without one)."""
 
     plan: EditPlan
     sweep: AlphaSweep
     test: GroupMetrics | None
+    search: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def metrics(self) -> dict[str, GroupMetrics]:
@@ -44,12 +47,25 @@ class ScoredEdit:
         return self.plan.components_removed
 
     def edit(self) -> Edit:
-        return Edit(plan=self.plan, alpha=self.sweep.alpha, alpha_curve=self.sweep.curve())
+        return Edit(
+            plan=self.plan,
+            alpha=self.sweep.alpha,
+            alpha_curve=self.sweep.curve(),
+            search=list(self.search),
+        )
 
 
-def plan_edit(decomposition: Decomposition, target: EditTarget, config: EditConfig) -> EditPlan:
+def plan_edit(
+    decomposition: Decomposition,
+    target: EditTarget,
+    config: EditConfig,
+    *,
+    memo: dict[str, Any] | None = None,
+    settings: dict[str, Any] | None = None,
+) -> EditPlan:
     """Per layer, which components go and how much of each: the strategy `config.ablate`
-    chooses, seeing only the probe labels its regime allows."""
+    chooses, seeing only the probe labels its regime allows. `memo`: fits shared by the
+    plans of one search; `settings`: what a search chose, recorded in the plan."""
     strategy = get_strategy(config.ablate)
     group_loss = None
     if strategy.labels == "group":
@@ -67,6 +83,7 @@ def plan_edit(decomposition: Decomposition, target: EditTarget, config: EditConf
             probe_concepts={layer: target.concepts(layer) for layer in layers},
             group_loss=group_loss,
             weights={layer: target.weight_t(layer) for layer in layers},
+            memo=memo,
         )
     )
     return EditPlan(
@@ -74,6 +91,7 @@ def plan_edit(decomposition: Decomposition, target: EditTarget, config: EditConf
         strategy=strategy.name,
         labels=strategy.labels,
         compensate_bias=config.ablate_bias,
+        settings=dict(settings or {}),
     )
 
 
@@ -117,22 +135,6 @@ def score_plan(
     if with_test:
         test = target.scorer.metrics("test", applied(plan, parts, target, sweep.alpha))
     return ScoredEdit(plan, sweep, test)
-
-
-@torch.no_grad()
-def run_edit(
-    decomposition: Decomposition,
-    target: EditTarget,
-    config: EditConfig,
-    grid: AlphaGrid,
-    *,
-    with_test: bool,
-    replay: EditPlan | None = None,
-) -> ScoredEdit:
-    """The edit of `decomposition`: planned (or `replay`, a stored plan, applied as it
-    was: never chosen or fitted again), then scored."""
-    plan = replay if replay is not None else plan_edit(decomposition, target, config)
-    return score_plan(plan, decomposition, target, grid, with_test=with_test)
 
 
 def edited_state(

@@ -9,7 +9,7 @@ model's new tensors (`overrides`), fits with the group-balanced loss on probe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +33,33 @@ class EditTarget:
     scorer: Scorer
     probe_inputs: Mapping[str, torch.Tensor]
     n_concepts: int
+    _means: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def editable_layers(self) -> tuple[str, ...]:
         return tuple(self.probe_inputs)
+
+    def holding_out(self, share: float, seed: int = 0) -> EditTarget:
+        """This target with the probe split cut in two, within each group: a plan fits on
+        the "probe" part and is scored on the held-out `share`, as its "val" split. The
+        cut depends on `seed` only, so every decomposition of a study sees the same."""
+        probe = self.scorer.splits["probe"]
+        gen = torch.Generator().manual_seed(seed)
+        held, kept = [], []
+        for group in torch.unique(probe.groups).tolist():
+            members = torch.nonzero(probe.groups == group).flatten().cpu()
+            members = members[torch.randperm(len(members), generator=gen)]
+            n = int(round(share * len(members)))
+            held.append(members[:n])
+            kept.append(members[n:])
+        fit_index = torch.cat(kept).sort().values.to(probe.y.device)
+        held_index = torch.cat(held).sort().values.to(probe.y.device)
+        splits = {"probe": probe.subset(fit_index), "val": probe.subset(held_index)}
+        scorer = Scorer(
+            self.model, self.scorer.layer, splits, self.scorer.group_names, self.scorer.batch_size
+        )
+        inputs = {layer: z[fit_index] for layer, z in self.probe_inputs.items()}
+        return EditTarget(self.model, scorer, inputs, self.n_concepts)
 
     def weight_t(self, layer: str) -> torch.Tensor:
         """The layer's weight in (in × out) layout, detached: what a decomposition sums to."""
@@ -47,6 +70,12 @@ class EditTarget:
     def rows(self, layer: str) -> torch.Tensor:
         """The layer's probe inputs as rows (a token each where it sees sequences)."""
         return rows(self.probe_inputs[layer])
+
+    def mean_input(self, layer: str) -> torch.Tensor:
+        """The layer's mean probe input (cached: a fit asks for it at every step)."""
+        if layer not in self._means:
+            self._means[layer] = self.rows(layer).mean(dim=0)
+        return self._means[layer]
 
     def concepts(self, layer: str) -> torch.Tensor:
         """Each of the layer's probe rows' concept, one-hot."""
@@ -77,8 +106,7 @@ class EditTarget:
                 continue
             moved = bias.detach()
             if compensate_bias:
-                mean_input = self.rows(name).mean(dim=0)
-                moved = ablation.compensated_bias(moved, part, mean_input, alpha)
+                moved = ablation.compensated_bias(moved, part, self.mean_input(name), alpha)
             if shift is not None:
                 moved = moved + alpha * shift
             out[f"{name}.bias"] = moved

@@ -7,8 +7,8 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import EditConfig
 from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.params import EditConfig
 from hpo.plans import Removal
 
 

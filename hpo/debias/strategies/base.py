@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 
-from hpo.config import EditConfig
 from hpo.debias import ablation
+from hpo.params import EditConfig
 from hpo.plans import Labels, Removal
 from hpo.sae.model import FaithfulSAE
 
@@ -41,6 +41,9 @@ class EditSource:
     # layer -> its weight W in (in × out) layout, the one the edit changes (a decomposition
     # sums to it only as far as it is faithful; a control's may not at all)
     weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    # fits shared by the plans of one in-trial search (hpo.debias.edit.search): a fit
+    # that differs only in its budget reuses the first, unbudgeted one
+    memo: dict[str, Any] | None = None
 
     @property
     def n_concepts(self) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from hpo.config import EditConfig
 from hpo.debias import ablation
 from hpo.debias.strategies.attribution import Attribution, top
 from hpo.debias.strategies.base import EditSource, Labels, within_budget
 from hpo.debias.strategies.conditioned import Conditioned
+from hpo.params import EditConfig
 from hpo.plans import Removal
 
 

@@ -20,9 +20,9 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import EditConfig
 from hpo.debias.strategies.base import EditSource, Labels, concepts_text
 from hpo.debias.strategies.fitted import fit_within_budget
+from hpo.params import EditConfig
 from hpo.plans import Removal
 
 

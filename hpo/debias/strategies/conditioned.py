@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-from hpo.config import EditConfig
 from hpo.debias import ablation
 from hpo.debias.strategies.base import EditSource, Labels, concepts_text, within_budget
+from hpo.params import EditConfig
 from hpo.plans import Removal
 
 

@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from hpo.config import EditConfig
 from hpo.debias import ablation
 from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.params import EditConfig
 from hpo.plans import Removal
 from hpo.sae.model import FaithfulSAE
 
@@ -64,7 +64,7 @@ def fit_within_budget(
     mean over a few kept components would weigh each of them C / budget times more than
     in the first fit)."""
     everything = {layer: list(range(sae.n_components)) for layer, sae in source.saes.items()}
-    removal = fit_fractions(source, everything, loss, shifts)
+    removal = _first_fit(source, everything, loss, shifts)
     total = sum(len(r.components) for r in removal.values())
     if source.budget is None or total <= source.budget:
         return removal
@@ -79,6 +79,24 @@ def fit_within_budget(
     kept = within_budget(removal, sizes, source.budget)
     which = {layer: r.components for layer, r in kept.items()}
     return fit_fractions(source, which, loss, shifts, l1=0.0)
+
+
+def _first_fit(
+    source: EditSource,
+    everything: dict[str, list[int]],
+    loss: ablation.EditLoss,
+    shifts: dict[str, ablation.Shift],
+) -> dict[str, Removal]:
+    """The unbudgeted fit, shared through `source.memo` by plans that differ only in
+    their budget (the loss is the strategy's, which the config and the shifts fix)."""
+    if source.memo is None:
+        return fit_fractions(source, everything, loss, shifts)
+    unbudgeted = source.config.model_copy(update={"max_components": None})
+    key = f"first fit {unbudgeted.model_dump_json()} {sorted(shifts.items())}"
+    if key not in source.memo:
+        source.memo[key] = fit_fractions(source, everything, loss, shifts)
+    removal: dict[str, Removal] = source.memo[key]
+    return removal
 
 
 def fit_fractions(

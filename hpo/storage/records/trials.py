@@ -26,6 +26,8 @@ from hpo.storage.attrs import (
     DATA_SHA256_ATTR,
     DEVICE_ATTR,
     DIVERGED_ATTR,
+    EDIT_SEARCH_ATTR,
+    EDIT_SETTINGS_ATTR,
     INTERRUPTED_ATTR,
     LABELS_ATTR,
     LAYER_ATTR,
@@ -62,6 +64,8 @@ BOOKKEEPING = frozenset(
         REMOVED_FRACTIONS_ATTR,
         COMPENSATE_BIAS_ATTR,
         BIAS_SHIFT_ATTR,
+        EDIT_SETTINGS_ATTR,
+        EDIT_SEARCH_ATTR,
         ALPHA_CURVE_ATTR,
         VAL_GROUPS_ATTR,
         TIMINGS_ATTR,
@@ -158,8 +162,11 @@ def _read_edit(
         strategy=strategy,
         labels=labels,
         compensate_bias=attrs.get(COMPENSATE_BIAS_ATTR) is True,
+        settings=_mapping(attrs.get(EDIT_SETTINGS_ATTR)),
     )
+    search = attrs.get(EDIT_SEARCH_ATTR)
     return Edit(
+        search=[c for c in search if isinstance(c, dict)] if isinstance(search, list) else [],
         plan=plan,
         alpha=_number(attrs[ALPHA_ATTR]),
         alpha_curve=_mapping(attrs.get(ALPHA_CURVE_ATTR)),
@@ -198,6 +205,10 @@ def edit_attrs(edit: Edit) -> dict[str, Any]:
         stored[COMPENSATE_BIAS_ATTR] = True
     if plan.bias_shift is not None:
         stored[BIAS_SHIFT_ATTR] = plan.bias_shift
+    if plan.settings:
+        stored[EDIT_SETTINGS_ATTR] = plan.settings
+    if edit.search:
+        stored[EDIT_SEARCH_ATTR] = edit.search
     return stored
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import optuna
 import torch
 
-from hpo.config import EditConfig
 from hpo.data.cache import load_tensors, save_tensors
 from hpo.debias.edit.controlled import Replay
 from hpo.debias.strategies.registry import get_strategy
+from hpo.params import EditConfig
 from hpo.plans import EditPlan, Removal
 from hpo.results import TrialResult
 from hpo.storage.attrs import (

@@ -1,0 +1,196 @@
+"""What a study finds on a model nobody tuned on, run the way a user runs the service.
+
+For each base-model seed (a new data split and base model: pick seeds no study or
+benchmark used), this runs, through the command line and on an SQLite file of its own:
+
+    hpo launch STUDY --workers W --set task.seed=S ...   # the study, its trial budget
+    hpo confirm NAME --top K --seeds C                   # its top trials on fresh SAE seeds
+    hpo export NAME                                      # the confirmed best, re-scored
+
+and reports, per seed, what the exported edit scores on test (worst group: every choice
+was made on validation, test is only reported), how many components it changes, its
+lift over each control, the references of its label regime, the trials the study ran
+and the wall time of each phase. One JSON line per seed goes to --out as it finishes
+(with the seed, the data checksum and the package versions), then a table.
+
+    HPO_DATA_DIR=../shared/data/mnist .venv/bin/python bench/end_to_end.py \\
+        studies/colored_mnist_sparse.toml --seeds 41 42 43 --label cnn099 \\
+        --out bench/results/end_to_end_cnn099.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import optuna  # noqa: E402
+
+from hpo.results import REGIME_REFERENCES  # noqa: E402
+from hpo.storage.records import read_confirmed_best, read_trial  # noqa: E402
+from hpo.versions import package_versions  # noqa: E402
+
+
+class CommandFailed(Exception):
+    """An `hpo` command exited non-zero; its last line says why."""
+
+
+def hpo(*args: str, log: Path) -> float:
+    """Run one `hpo` command (its output appended to `log`); its wall time in seconds."""
+    start = time.perf_counter()
+    with log.open("a") as out:
+        out.write(f"$ hpo {' '.join(args)}\n")
+        out.flush()
+        done = subprocess.run(
+            [sys.executable, "-m", "hpo", *args], cwd=ROOT, stdout=out, stderr=out, check=False
+        )
+    if done.returncode != 0:
+        last = log.read_text().strip().splitlines()[-1:] or [""]
+        raise CommandFailed(f"hpo {args[0]}: exit {done.returncode}: {last[0]} (see {log})")
+    return time.perf_counter() - start
+
+
+def one_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
+    name = f"e2e-{args.label}-seed{seed}"
+    url = f"sqlite:///{work / name}.db"
+    log = work / f"{name}.log"
+    sets = [f"task.seed={seed}", f"study.name={name}", *args.set]
+    if args.timeout:
+        sets.append(f"study.timeout={args.timeout}")
+    launch = ["launch", args.study_file, "--workers", str(args.workers), "--storage", url]
+    launch += ["--n-trials", str(args.trials)] if args.trials else []
+    for item in sets:
+        launch += ["--set", item]
+    walls = {"study": hpo(*launch, log=log)}
+    out = work / name / "export"
+    confirm = ["confirm", name, "--storage", url, "--top", str(args.top)]
+    try:
+        walls["confirm"] = hpo(*confirm, "--seeds", str(args.seeds_per), log=log)
+        walls["export"] = hpo("export", name, "--storage", url, "--out", str(out), log=log)
+    except CommandFailed as err:  # e.g. no feasible trial: a result too, recorded as such
+        states = [t.state.name for t in optuna.load_study(study_name=name, storage=url).trials]
+        trials = {s: states.count(s) for s in sorted(set(states))}
+        return {"seed": seed, "error": str(err), "wall_seconds": walls, "trials": trials}
+    metrics = json.loads((out / "metrics.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    study = optuna.load_study(study_name=name, storage=url)
+    return summary(seed, study, metrics, config, walls)
+
+
+def summary(
+    seed: int,
+    study: optuna.Study,
+    metrics: dict[str, Any],
+    config: dict[str, Any],
+    walls: dict[str, float],
+) -> dict[str, Any]:
+    models = metrics["models"]
+    test = {m: splits["test"]["worst_group"] for m, splits in models.items() if "test" in splits}
+    regime = metrics.get("labels")
+    states = [t.state.name for t in study.trials]
+    records = [read_trial(t) for t in study.trials if t.state.name == "COMPLETE"]
+    timings = {
+        phase: statistics.fmean(r.timings[phase] for r in records if phase in r.timings)
+        for phase in ("sae_training", "scoring", "edit", "controls")
+        if any(phase in r.timings for r in records)
+    }
+    confirmed = read_confirmed_best(study)
+    controls = {m: v for m, v in test.items() if m.startswith("control_")}
+    return {
+        "seed": seed,
+        "exported_trial": metrics.get("trial"),
+        "confirmed_trial": None if confirmed is None else confirmed.trial,
+        "labels": regime,
+        "test_worst_group": test,
+        "components": metrics.get("components_removed"),
+        "edit_settings": metrics.get("edit_settings", {}),
+        "lift_test": {m: test["debiased"] - v for m, v in controls.items()},
+        "references": list(REGIME_REFERENCES.get(regime or "", ())),
+        "trials": {s: states.count(s) for s in sorted(set(states))},
+        "mean_trial_seconds": timings,
+        "wall_seconds": walls,
+        "data_sha256": config["provenance"]["data_sha256"],
+        "task": config["task"],
+        "params": config["params"],
+        "versions": config["provenance"]["versions"],
+        "bench_versions": package_versions(),
+    }
+
+
+def pct(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{100 * values[0]:.1f}"
+    return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    names = ["debiased", "control_random", "control_svd"]
+    refs = [r for r in rows[0]["references"] if r in rows[0]["test_worst_group"]]
+    names += [*refs, "original"]
+    head = ["seed", "components", *names, "trials", "study min", "all min"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        t = r["test_worst_group"]
+        cells = [str(r["seed"]), str(r["components"])]
+        cells += [f"{100 * t[n]:.1f}" if n in t else "–" for n in names]
+        cells += [
+            str(r["trials"].get("COMPLETE", 0) + r["trials"].get("PRUNED", 0)),
+            f"{r['wall_seconds']['study'] / 60:.1f}",
+            f"{sum(r['wall_seconds'].values()) / 60:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    means = ["mean", "–"]
+    means += [
+        pct([r["test_worst_group"][n] for r in rows if n in r["test_worst_group"]]) for n in names
+    ]
+    lines.append("| " + " | ".join(means + ["", "", ""]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("study_file")
+    parser.add_argument("--seeds", type=int, nargs="+", required=True)
+    parser.add_argument("--label", required=True, help="names the studies and their files")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--trials", type=int, help="study-wide trial budget (default: the file's)")
+    parser.add_argument("--timeout", type=float, help="study.timeout in seconds")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--top", type=int, default=3, help="hpo confirm --top")
+    parser.add_argument("--seeds-per", type=int, default=2, help="hpo confirm --seeds")
+    parser.add_argument("--work", type=Path, help="folder for the studies (default: a temp one)")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="e2e-"))
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HPO_LOG_LEVEL", "WARNING")
+    rows = []
+    for seed in args.seeds:
+        row = one_seed(args, seed, work)
+        rows.append(row)
+        with args.out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    done = [r for r in rows if "error" not in r]
+    if done:
+        print(table(done))
+    for r in rows:
+        if "error" in r:
+            print(f"seed {r['seed']}: {r['error']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
