@@ -155,8 +155,8 @@ def reproducible_threads() -> Iterator[None]:
     oneDNN's convolution weight gradients (the batch in one part per thread), MKL's
     products over a long inner dimension (a small layer's weight gradient), any sum over
     more than 32768 numbers. The last bits differ, training amplifies them, and a seed
-    gave other figures on two threads than on one (a CNN trial: 24.4 -> 89.4 % against
-    22.6 -> 83.0 %). So what trains on such sums or reports one runs here: the base model
+    gives other figures on two threads than on one (README: "Same seed, same numbers").
+    So what trains on such sums or reports one runs here: the base model
     and the oracle, the references, the fitted removal, the decomposition errors. The
     SAE's training and the scoring keep `--threads` (their products split over rows);
     tests/test_reproducible.py checks both.

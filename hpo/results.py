@@ -143,6 +143,26 @@ class Edit:
         }
 
 
+@dataclass(frozen=True)
+class Provenance:
+    """What reproduces a result: the params and task as run, the SAE and task seeds, the
+    data checksum, the base model's content hash, package versions, the device the SAE
+    trained on and the torch threads it used."""
+
+    params: dict[str, Any]
+    task: dict[str, Any]
+    seed: int
+    task_seed: int
+    data_sha256: str
+    base_model: str
+    versions: dict[str, str]
+    device: str
+    torch_threads: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class TrialResult:
     task: str
@@ -154,7 +174,7 @@ class TrialResult:
     # scores are models["control_<name>"].
     control_edits: dict[str, Edit] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
+    provenance: Provenance | None = None
     # What a study ranks by where it differs from the objective: worst-group accuracy
     # with its ties broken (GroupMetrics.ranked_worst_group); the objective itself is
     # what every table reports.
@@ -250,5 +270,6 @@ class TrialResult:
                 for name, e in self.control_edits.items()
             }
         out["timings"] = dict(self.timings)
-        out.update(self.provenance)
+        if self.provenance is not None:
+            out.update(self.provenance.to_json())
         return out

@@ -19,7 +19,7 @@ from hpo.data.colored_mnist import (
     ORACLE_SPLIT,
     PALETTE,
     SPLITS,
-    Split,
+    ImageSplit,
     build_splits,
     colorize,
     make_groups,
@@ -59,7 +59,7 @@ def grey() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def splits(grey: tuple[np.ndarray, ...]) -> dict[str, Split]:
+def splits(grey: tuple[np.ndarray, ...]) -> dict[str, ImageSplit]:
     return build_splits(small_task(), *grey)
 
 
@@ -70,14 +70,14 @@ def tied_color(task: ColoredMnistTask, digits: np.ndarray) -> np.ndarray:
     return tied[digits]
 
 
-def assert_balanced(split: Split, n_colors: int) -> None:
+def assert_balanced(split: ImageSplit, n_colors: int) -> None:
     """Every digit's images spread over the colours evenly, up to one image."""
     for d in range(10):
         counts = np.bincount(split.colors[split.digits == d], minlength=n_colors)
         assert counts.max() - counts.min() <= 1, (d, counts.tolist())
 
 
-def test_splits_have_the_asked_sizes_shapes_and_types(splits: dict[str, Split]) -> None:
+def test_splits_have_the_asked_sizes_shapes_and_types(splits: dict[str, ImageSplit]) -> None:
     assert set(splits) == {*SPLITS, ORACLE_SPLIT}
     sizes = {"train": 300, "probe": 41, "val": 30, "test": 51, ORACLE_SPLIT: 300}
     for name, split in splits.items():
@@ -88,7 +88,7 @@ def test_splits_have_the_asked_sizes_shapes_and_types(splits: dict[str, Split]) 
 
 
 def test_train_probe_and_val_are_disjoint_and_test_comes_from_the_test_set(
-    grey: tuple[np.ndarray, ...], splits: dict[str, Split]
+    grey: tuple[np.ndarray, ...], splits: dict[str, ImageSplit]
 ) -> None:
     train_images, train_labels, test_images, test_labels = grey
     train, probe, val = (set(splits[s].source_index.tolist()) for s in ("train", "probe", "val"))
@@ -103,7 +103,7 @@ def test_train_probe_and_val_are_disjoint_and_test_comes_from_the_test_set(
     assert test.source_index.max() < len(test_images)
 
 
-def test_train_carries_the_colour_bias(splits: dict[str, Split]) -> None:
+def test_train_carries_the_colour_bias(splits: dict[str, ImageSplit]) -> None:
     train = splits["train"]
 
     rate = np.mean(train.colors == tied_color(small_task(), train.digits))
@@ -120,13 +120,13 @@ def test_bias_extremes_are_exact(grey: tuple[np.ndarray, ...], bias: float) -> N
     assert np.mean(train.colors == tied_color(task, train.digits)) == bias
 
 
-def test_probe_val_test_and_the_oracle_set_are_balanced(splits: dict[str, Split]) -> None:
+def test_probe_val_test_and_the_oracle_set_are_balanced(splits: dict[str, ImageSplit]) -> None:
     for name in ("probe", "val", "test", ORACLE_SPLIT):
         assert_balanced(splits[name], 2)
 
 
 def test_the_oracle_trains_on_the_train_images_recoloured(
-    grey: tuple[np.ndarray, ...], splits: dict[str, Split]
+    grey: tuple[np.ndarray, ...], splits: dict[str, ImageSplit]
 ) -> None:
     train, oracle = splits["train"], splits[ORACLE_SPLIT]
 

@@ -8,7 +8,7 @@ from optuna.trial import TrialState
 
 from hpo.params import EditConfig
 from hpo.plans import EditPlan, Removal
-from hpo.results import Edit, GroupMetrics, TrialResult
+from hpo.results import Edit, GroupMetrics, Provenance, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.storage import attrs
 from hpo.storage.records import (
@@ -50,7 +50,17 @@ def a_result() -> TrialResult:
             alpha_curve={"alphas": [0.0, 0.7], "val_worst_group": [0.1, 0.5]},
         ),
         timings={"sae_training": 1.5},
-        provenance={"versions": {"torch": "x"}, "device": "cpu"},
+        provenance=Provenance(
+            params={},
+            task={},
+            seed=3,
+            task_seed=0,
+            data_sha256="abc",
+            base_model="key",
+            versions={"torch": "x"},
+            device="cpu",
+            torch_threads=1,
+        ),
     )
 
 

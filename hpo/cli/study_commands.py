@@ -30,7 +30,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hpo.service.status import collect_status, format_status
 
     rows = collect_status(args.storage, args.study, summarize=study_summary)
-    print(json.dumps(rows) if args.json else format_status(rows))
+    print(json.dumps([r.to_json() for r in rows]) if args.json else format_status(rows))
     return 0
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from hpo.data.colored_mnist import (
     ORACLE_SPLIT,
     ColoredMnistSpec,
-    Split,
+    ImageSplit,
     balanced_colors,
     biased_colors,
 )
@@ -26,7 +26,7 @@ from hpo.data.colorized_files import load_colorized_folder
 from hpo.errors import UserError
 
 
-def folder_splits(task: ColoredMnistSpec) -> tuple[dict[str, Split], str]:
+def folder_splits(task: ColoredMnistSpec) -> tuple[dict[str, ImageSplit], str]:
     """The splits (train, probe, val, test, train_balanced) and the folder's sha256.
 
     Deterministic by `task.seed`. `train_balanced` (the oracle's training set) has the
@@ -152,10 +152,10 @@ def _draw(
 
 def _split(
     cells: list[np.ndarray], images: np.ndarray, digits: np.ndarray, colors: np.ndarray
-) -> Split:
+) -> ImageSplit:
     """One split from its chosen indices; images go from [N,28,28,3] to [N,3,28,28]."""
     idx = np.sort(np.concatenate(cells)).astype(np.int64)
-    return Split(
+    return ImageSplit(
         images=np.ascontiguousarray(images[idx].transpose(0, 3, 1, 2)),
         digits=digits[idx].astype(np.int64),
         colors=colors[idx].astype(np.int64),

@@ -2,13 +2,12 @@
 
 concept-erasure's `LeaceFitter.eraser` forms a dozen dense d×d float64 matrices (W and
 its inverse, P, Q, P·Σ·Pᵀ, a full SVD of I − P with its workspace, the shrunk covariance
-twice): at d = 4096 its peak is 1744 MiB over the fitted statistics. Each of them is the
+twice). Each of them is the
 identity plus a rank-k term, or a product that only thin d×k matrices need. Here the same
 algorithm keeps the covariance and its eigenvectors (`torch.linalg.eigh`) as its only
 d×d matrices and applies the whitening as V·diag·(Vᵀ·X) to thin X, and shrinks the
 covariance in one matrix (`shrunk_covariance`; the library's `sigma_xx` builds ~7 d×d
-temporaries): 591 MiB at d = 4096, the covariance, eigh's eigenvectors and its workspace.
-Measured with `bench/leace_memory.py`.
+temporaries). `bench/leace_memory.py` measures both peaks (BENCHMARKS.md, "Big layers").
 
 The result is the eraser x ↦ x − (x − bias)·(left·right)ᵀ with `left·right` equal to the
 library's `proj_left @ proj_right` up to rounding, but in its `constrain_cov_trace` branch:

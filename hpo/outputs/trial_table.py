@@ -22,10 +22,11 @@ def _pct(x: float | None) -> str:
 
 def format_result(result: TrialResult) -> str:
     p = result.provenance
-    head = (
-        f"{result.task} · seed {p.get('seed')} · data sha256 "
-        f"{str(p.get('data_sha256'))[:12]} · base model {str(p.get('base_model'))[:12]}"
-    )
+    head = result.task
+    if p is not None:
+        head += (
+            f" · seed {p.seed} · data sha256 {p.data_sha256[:12]} · base model {p.base_model[:12]}"
+        )
     lines = [head]
     if result.models:
         lines += _group_table(result)

@@ -87,11 +87,9 @@ class FaithfulSAE(nn.Module):
 
         A fused gather-and-sum of the k·r kept rows per sample (B·k·r·out work) when the
         latents are many per kept one; otherwise one dense product, which is then as
-        fast at narrow outputs (measured on CPU: even at C·r = 32·k·r, e.g. C = 1024,
-        k = 32, out = 64). Wide outputs gather: the dense product and its two backward
-        products grow with out while the top-k selection and scatter do not (at C = 1024,
-        k = 32, B = 512 on one thread, forward + backward: gather 2.3x faster at out = 512,
-        3.3x at 2048).
+        fast at narrow outputs. Wide outputs gather: the dense product and its two
+        backward products grow with out while the top-k selection and scatter do not
+        (BENCHMARKS.md, "SAE training", has the crossover).
         """
         b, m = kept.indices.shape
         narrow = self.d_out < GATHER_DECODE_MIN_OUT

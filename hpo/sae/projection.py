@@ -1,9 +1,10 @@
 """Make a trained decomposition sum to its layer: the smallest change to the factors that
 closes W − E·D, so that the components explain the layer's decisions as well as its weight.
 
-Training trades faithfulness against reconstruction through the top-k latents; a relative
-error of 1 % in ‖W − E·D‖² still changes 6–15 % of a colored-MNIST model's validation
-predictions when the layer is replaced by the sum of its components (`prediction_change`).
+Training trades faithfulness against reconstruction through the top-k latents; even a
+small relative error in ‖W − E·D‖² changes a share of a model's validation predictions
+when the layer is replaced by the sum of its components (`prediction_change`; BENCHMARKS.md,
+"The threshold", relates the two).
 The projection keeps what training found (which latents fire, what each component points
 at) and removes what is left of the error by regularised least squares, each factor pulled
 towards its trained value:

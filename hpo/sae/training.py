@@ -70,11 +70,9 @@ def faithful_sketch_size(params: SAEConfig, d_in: int, d_out: int) -> int | None
     return size if exact >= SKETCH_MIN_SAVING * sketch else None
 
 
-# "auto" sketches the faithfulness loss only where it does at most 1/this of the work.
-# Measured on one CPU thread (bench/scale.py steps, C = 1024, s = 64), the whole step
-# is exact / sketch = 1.02x faster at a work ratio of 1.2 (256 -> 128), 1.23x at 2.3
-# (512 -> 256), 1.39x at 4 (1024 -> 512), 2.9x at 9 (4096 -> 2048); a sketched loss
-# is a noisy one, so only clear savings take it.
+# "auto" sketches the faithfulness loss only where it does at most 1/this of the work: a
+# sketched loss is a noisy one, so only clear savings take it (bench/scale.py steps
+# measures the whole step against the work ratio; BENCHMARKS.md, "Big layers").
 SKETCH_MIN_SAVING = 4
 # A sketched loss is anchored at the exact one every this many steps (see
 # losses.faithfulness_sketch): 3/this of the exact loss's work per step, on average.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import optuna
@@ -16,11 +17,36 @@ from hpo.storage.records import read_trial
 from hpo.storage.urls import storage_urls
 
 
+@dataclass(frozen=True)
+class StudyRow:
+    """One study as `hpo status` shows it (`to_json` for `--json`)."""
+
+    storage: str  # its URL, password masked
+    study: str
+    budget: int | None
+    complete: int
+    pruned: int
+    failed: int
+    interrupted: int
+    running: int
+    waiting: int
+    best_value: float | None
+    devices: dict[str, int]  # trials per device they ran on
+    workers_alive: int
+    summary: list[str] = field(default_factory=list)  # hpo.outputs.summary's lines
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COUNTS = ("complete", "pruned", "failed", "interrupted", "running", "waiting")
+
+
 def collect_status(
     cli_url: str | None,
     summary_of: str | None = None,
     summarize: Callable[[optuna.Study, str], list[str]] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[StudyRow]:
     """One row per study; `summary_of` (or the only study) also gets the lines
     `summarize(study, storage hint)` gives (hpo.outputs.summary.study_summary)."""
     from hpo.service.studies import best_value, trial_counts
@@ -38,31 +64,19 @@ def collect_status(
         for name in named[url]:
             study = optuna.load_study(study_name=name, storage=storage)
             counts = trial_counts(study)
+            hint = "" if cli_url is None else f" --storage '{mask(url)}'"
+            wanted = summarize is not None and (only or name == summary_of)
             rows.append(
-                {
-                    "storage": mask(url),
-                    "study": name,
-                    "budget": study.user_attrs.get(BUDGET_ATTR),
-                    **{
-                        k: counts[k]
-                        for k in (
-                            "complete",
-                            "pruned",
-                            "failed",
-                            "interrupted",
-                            "running",
-                            "waiting",
-                        )
-                    },
-                    "best_value": best_value(study),
-                    "devices": devices(study),
-                    "workers_alive": _alive(storage, study),
-                    "summary": (
-                        summarize(study, "" if cli_url is None else f" --storage '{mask(url)}'")
-                        if summarize is not None and (only or name == summary_of)
-                        else []
-                    ),
-                }
+                StudyRow(
+                    storage=mask(url),
+                    study=name,
+                    budget=study.user_attrs.get(BUDGET_ATTR),
+                    **{k: counts[k] for k in COUNTS},
+                    best_value=best_value(study),
+                    devices=devices(study),
+                    workers_alive=_alive(storage, study),
+                    summary=summarize(study, hint) if summarize is not None and wanted else [],
+                )
             )
     return rows
 
@@ -84,7 +98,7 @@ def _alive(storage: Any, study: optuna.Study) -> int:
     return sum(1 for t in running if compat.trial_id(t) not in stale)
 
 
-def format_status(rows: list[dict[str, Any]]) -> str:
+def format_status(rows: list[StudyRow]) -> str:
     if not rows:
         return "no studies"
     head = (
@@ -93,15 +107,15 @@ def format_status(rows: list[dict[str, Any]]) -> str:
     )
     lines = [head]
     for r in rows:
-        best = "-" if r["best_value"] is None else f"{r['best_value']:.4f}"
-        on = ", ".join(f"{d} {n}" for d, n in r["devices"].items()) or "-"
+        best = "-" if r.best_value is None else f"{r.best_value:.4f}"
+        on = ", ".join(f"{d} {n}" for d, n in r.devices.items()) or "-"
         lines.append(
-            f"{r['study']:<24} {r['budget'] or '-':>6} {r['complete']:>5} {r['pruned']:>6} "
-            f"{r['failed']:>6} {r['interrupted']:>11} {r['running']:>7} "
-            f"{r['workers_alive']:>5}  {best:<7} {on}"
+            f"{r.study:<24} {r.budget or '-':>6} {r.complete:>5} {r.pruned:>6} "
+            f"{r.failed:>6} {r.interrupted:>11} {r.running:>7} "
+            f"{r.workers_alive:>5}  {best:<7} {on}"
         )
-    lines.append(f"storage: {', '.join(sorted({r['storage'] for r in rows}))}")
+    lines.append(f"storage: {', '.join(sorted({r.storage for r in rows}))}")
     for r in rows:
-        if r["summary"]:
-            lines += ["", f"{r['study']}:", *r["summary"]]
+        if r.summary:
+            lines += ["", f"{r.study}:", *r.summary]
     return "\n".join(lines)

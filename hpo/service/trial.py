@@ -16,7 +16,7 @@ import torch
 from hpo.config import StudyFile, TrialParams
 from hpo.data.cache import writable_cache_dir
 from hpo.device import resolve_device
-from hpo.results import TrialResult
+from hpo.results import Provenance, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import TrainResult, train_sae
 from hpo.tasks.base import Saes, TaskContext
@@ -76,17 +76,17 @@ def run_trial(
         "scoring": time.perf_counter() - t0,
         **result.timings,
     }
-    result.provenance = {
-        "params": params.model_dump(mode="json"),
-        "task": study.task.model_dump(mode="json"),
-        "seed": params.seed,
-        "task_seed": study.task.seed,
-        "data_sha256": ctx.data_sha256,
-        "base_model": ctx.bundle_key,
-        "versions": package_versions(),
-        "device": str(next(iter(saes[layers[0]].parameters())).device),
-        "torch_threads": torch.get_num_threads(),
-    }
+    result.provenance = Provenance(
+        params=params.model_dump(mode="json"),
+        task=study.task.model_dump(mode="json"),
+        seed=params.seed,
+        task_seed=study.task.seed,
+        data_sha256=ctx.data_sha256,
+        base_model=ctx.bundle_key,
+        versions=package_versions(),
+        device=str(next(iter(saes[layers[0]].parameters())).device),
+        torch_threads=torch.get_num_threads(),
+    )
     return result, trained
 
 

@@ -37,8 +37,8 @@ from hpo.storage.redact import mask_url, scrub, secrets_of, unredacted
 # Pool sizes per engine. A worker process opens two engines: a read-only probe of the
 # study (held while it runs; opening an RDBStorage leaves 2 connections idle in its pool)
 # and its trial engine, on which at most two connections are in use at once (the trial
-# thread and the heartbeat thread). So a worker holds 4 connections in practice (measured
-# in pg_stat_activity by tests/test_postgres.py) and never more than
+# thread and the heartbeat thread). So a worker holds 4 connections in practice
+# (tests/test_postgres.py counts them in pg_stat_activity) and never more than
 # CONNECTIONS_PER_WORKER = 2 engines * (2 + 2) = 8. PostgreSQL's default max_connections =
 # 100 leaves 97 for ordinary roles: about 24 workers fit in practice and 12 at the bound.
 # Beyond that, raise max_connections or put `hpo storage-proxy` in front.

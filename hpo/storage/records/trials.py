@@ -235,9 +235,9 @@ def write_result(
             {name: result.models[name]["val"].groups for name in result.model_names()},
         )
     trial.set_user_attr(TIMINGS_ATTR, result.timings)
-    for key in (VERSIONS_ATTR, DEVICE_ATTR):  # stored under the provenance's own names
-        if key in result.provenance:  # the device: where the SAE's parameters were
-            trial.set_user_attr(key, result.provenance[key])
+    if result.provenance is not None:  # the device: where the SAE's parameters were
+        trial.set_user_attr(VERSIONS_ATTR, result.provenance.versions)
+        trial.set_user_attr(DEVICE_ATTR, result.provenance.device)
     trial.set_user_attr(LOSS_HISTORY_ATTR, downsample(dict(history)))
 
 
