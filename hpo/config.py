@@ -58,6 +58,9 @@ class TaskConfig(Strict):
     kind: str
     seed: int = 0
     objectives: ClassVar[Mapping[str, Direction]] = {}
+    # The fields that name files or folders: a relative one is resolved against the
+    # study file's folder when the file is read (hpo.service.study_file).
+    path_fields: ClassVar[tuple[str, ...]] = ()
 
 
 class StudySection(Strict):

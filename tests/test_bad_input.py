@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import os
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -471,6 +472,138 @@ def launch_colorized_folder_missing(w: World) -> list[str]:
     task = {"kind": "colored_mnist", "source": "colorized_folder", "colorized_root": "nowhere"}
     study = w.study(task=task, study={"name": "cm", "objectives": ["worst_group"]})
     return ["launch", study, "--workers", "0"]
+
+
+# ---- a user's own model and data (issue 24): streamed splits, benchmark formats -----------
+
+STREAMED_FACTORY = """
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from hpo import Split, UserTask
+
+
+class Items(Dataset):
+    def __init__(self, n, item):
+        self.n, self.item = n, item
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return self.item(i)
+
+
+def good(i):
+    return {"inputs": torch.full((4,), float(i % 3)), "y": i % 2, "groups": i % 2,
+            "concepts": (i // 2) % 2}
+
+
+def make_task(seed, probe="good", shuffle=False):
+    items = {
+        "good": good,
+        "no_labels": lambda i: {"inputs": torch.zeros(4), "groups": 0, "concepts": 0},
+        "wrong_shape": lambda i: {**good(i), "y": torch.tensor([0, 1])},
+    }[probe]
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    return UserTask(
+        model=model, layer="0",
+        probe=DataLoader(Items(16, items), batch_size=8, shuffle=shuffle),
+        val=Items(8, good), test=Items(8, good),
+        group_names=("a", "b"), concept_names=("s0", "s1"),
+    )
+"""
+
+
+def _factory_study(w: World, **options: Any) -> str:
+    """A python-kind study whose factory lies beside it, named relative to the study file
+    (resolved against the study file's folder). Python's own bytecode cache stays off: it
+    is no file of ours, but it would land in the folder compared."""
+    w.monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    w.file("streamed_factory.py", STREAMED_FACTORY.encode())
+    task = {"kind": "python", "factory": "streamed_factory.py:make_task", "options": options}
+    return w.study(task=task, study={"name": "user", "objectives": ["worst_group"]})
+
+
+@case
+def trial_loader_without_labels(w: World) -> list[str]:
+    return ["trial", _factory_study(w, probe="no_labels")]
+
+
+@case
+def trial_batch_of_the_wrong_shape(w: World) -> list[str]:
+    return ["trial", _factory_study(w, probe="wrong_shape")]
+
+
+@case
+def launch_loader_that_shuffles(w: World) -> list[str]:
+    return ["launch", _factory_study(w, shuffle=True), "--workers", "0"]
+
+
+@case
+def trial_factory_file_missing(w: World) -> list[str]:
+    task = {"kind": "python", "factory": "no_such_factory.py:make_task"}
+    return ["trial", w.study(task=task, study={"name": "user", "objectives": ["worst_group"]})]
+
+
+def _image_study(w: World, **task: Any) -> str:
+    from helpers import image_task, write_image_folder
+
+    write_image_folder(w.root / "birds", per_group=2, size=8)
+    w.file("resnet18.pt", b"")  # never read: every case fails before the weights
+    base = image_task(Path("birds"), "resnet18.pt", metadata="birds/metadata.csv")
+    return w.study(task={**base, **task}, study={"name": "img", "objectives": ["worst_group"]})
+
+
+@case
+def trial_image_metadata_csv_missing(w: World) -> list[str]:
+    return ["trial", _image_study(w, metadata="birds/no_metadata.csv")]
+
+
+@case
+def trial_image_metadata_column_missing(w: World) -> list[str]:
+    return ["trial", _image_study(w, columns={"attribute": "background"})]
+
+
+@case
+def launch_image_root_not_there(w: World) -> list[str]:
+    return ["launch", _image_study(w, root="nowhere"), "--workers", "0"]
+
+
+@case
+def trial_image_named_by_the_csv_missing(w: World) -> list[str]:
+    study = _image_study(w)
+    (w.root / "birds/images/0020.png").unlink()  # a test image (0-7 train, 8-15 val)
+    return ["trial", study]
+
+
+@case
+def trial_image_weights_not_there(w: World) -> list[str]:
+    return ["trial", _image_study(w, weights="models/no_weights.pt")]
+
+
+@case
+def trial_image_split_value_absent(w: World) -> list[str]:
+    return ["trial", _image_study(w, splits={"test": "7"})]
+
+
+def _text_study(w: World, **task: Any) -> str:
+    from helpers import write_text_csv
+
+    write_text_csv(w.root / "texts.csv", per_group=2)
+    base = {"kind": "text_csv", "metadata": "texts.csv", "model": "tiny-bert", **task}
+    base.setdefault("splits", {"probe": "val", "val": "val", "test": "test"})
+    return w.study(task=base, study={"name": "txt", "objectives": ["worst_group"]})
+
+
+@case
+def trial_text_model_folder_not_there(w: World) -> list[str]:
+    return ["trial", _text_study(w)]
+
+
+@case
+def trial_text_column_missing(w: World) -> list[str]:
+    return ["trial", _text_study(w, columns={"text": "comment_text"})]
 
 
 def _existing_db_bytes(w: World) -> bytes:

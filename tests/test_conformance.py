@@ -7,6 +7,7 @@ case here fails `test_every_plugin_has_a_tiny_case`.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 from pathlib import Path
@@ -14,6 +15,13 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import (
+    image_task,
+    random_torchvision_weights,
+    tiny_text_model,
+    write_image_folder,
+    write_text_csv,
+)
 from torch import nn
 
 from hpo.config import StudyFile, TrialParams
@@ -83,6 +91,23 @@ def tiny_task(kind: str, tmp: Path) -> dict[str, Any]:
         path = tmp / "tiny_factory.py"
         path.write_text(FACTORY)
         return {"kind": kind, "factory": f"{path}:make_task"}
+    if kind == "image_folder":
+        write_image_folder(tmp / "birds", per_group=4, size=16)
+        weights = tmp / "resnet18.pt"
+        if importlib.util.find_spec("torchvision") is not None:
+            random_torchvision_weights(weights)
+        return image_task(tmp / "birds", weights, image_size=16, resize=16)
+    if kind == "text_csv":
+        write_text_csv(tmp / "texts.csv", per_group=4)
+        if importlib.util.find_spec("transformers") is not None:
+            tiny_text_model(tmp / "tiny-bert")
+        return {
+            "kind": kind,
+            "metadata": str(tmp / "texts.csv"),
+            "model": str(tmp / "tiny-bert"),
+            "splits": {"probe": "val", "val": "val", "test": "test"},
+            "max_length": 12,
+        }
     raise AssertionError(f"no tiny case for task kind {kind!r}: add one to tiny_task()")
 
 
@@ -106,10 +131,18 @@ def test_every_plugin_has_a_tiny_case(tmp_path: Path) -> None:
 # ---- tasks ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", sorted(TASKS))
+# The optional packages a task kind needs, and the marks of its tests (CI runs the
+# `vision` ones in the venv that has torchvision).
+NEEDS = {"image_folder": "torchvision", "text_csv": "transformers"}
+MARKS = {"image_folder": [pytest.mark.vision]}
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=MARKS.get(k, [])) for k in sorted(TASKS)])
 def test_each_task_runs_through_its_protocol(
     kind: str, tmp_path: Path, tiny_mnist_dir: Path
 ) -> None:
+    if kind in NEEDS:
+        pytest.importorskip(NEEDS[kind], reason=f"the {kind} task needs {NEEDS[kind]}")
     study = tiny_study(kind, tmp_path)
     task = get_task(kind)
     assert task.kind == kind and task.config is type(study.task)

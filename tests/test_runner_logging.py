@@ -100,3 +100,44 @@ def test_diverged_trial_is_one_line(records: pytest.LogCaptureFixture) -> None:
 def test_other_failures_keep_their_traceback(records: pytest.LogCaptureFixture) -> None:
     log_failure(RuntimeError("a bug"))
     assert records.records[0].exc_info is not None
+
+
+# ---- hpo launch's progress when its output is not a terminal ---------------------------
+
+
+def test_a_line_per_finished_trial_each_once() -> None:
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from hpo.service.local_workers import finished_trial_lines
+
+    study = optuna.create_study(direction="maximize")
+    reported: set[int] = set()
+    assert finished_trial_lines(study, reported, 4) == []
+    study.add_trial(create_trial(value=0.5, state=TrialState.COMPLETE))
+    study.add_trial(create_trial(state=TrialState.PRUNED))
+    assert finished_trial_lines(study, reported, 4) == [
+        "trial 0 complete 0.5000; 2/4 finished, best 0.5000",
+        "trial 1 pruned; 2/4 finished, best 0.5000",
+    ]
+    assert finished_trial_lines(study, reported, 4) == []  # each trial once
+    study.add_trial(create_trial(value=0.75, state=TrialState.COMPLETE))
+    assert finished_trial_lines(study, reported, 4) == [
+        "trial 2 complete 0.7500; 3/4 finished, best 0.7500"
+    ]
+
+
+def test_launch_into_a_log_writes_trial_lines_not_a_bar(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`hpo launch ... 2> log`: no progress bar redrawn every second, a line per trial."""
+    import os
+
+    from helpers import hpo, toy_study
+
+    path = toy_study(tmp_path, "logged", storage={"url": f"sqlite:///{tmp_path / 'l.db'}"})
+    doc = path.read_text().replace("n_trials = 6", "n_trials = 3")
+    path.write_text(doc)
+    out = hpo("launch", str(path), "--workers", "1", env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stderr.splitlines() if line.startswith("trial ")]
+    assert [line.split()[1] for line in lines] == ["0", "1", "2"], out.stderr
+    assert "\r" not in out.stderr and "it/s" not in out.stderr and "trial/s" not in out.stderr

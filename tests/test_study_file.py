@@ -243,3 +243,40 @@ def test_start_from_params_enqueues_the_files_params_as_the_first_trial(
     assert (first.lr, first.top_k, first.layers, first.steps) == (0.004, 8, "fc1+fc2", 7)
     again = create_or_load(study_file, storage, None)  # a relaunch enqueues nothing more
     assert not [t for t in again.get_trials() if t.state == optuna.trial.TrialState.WAITING]
+
+
+def test_task_paths_are_relative_to_the_study_file_not_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 24: a study file names its factory and data beside itself, and runs from
+    anywhere; what `--set` gives is relative to the working folder, as a shell path is."""
+    import tomli_w
+
+    folder = tmp_path / "project" / "studies"
+    folder.mkdir(parents=True)
+    doc = {
+        "study": {"name": "mine", "objectives": ["worst_group"]},
+        "task": {"kind": "python", "factory": "../tasks/make.py:make_task"},
+    }
+    (folder / "mine.toml").write_text(tomli_w.dumps(doc))
+    monkeypatch.chdir(tmp_path)
+    study = load_study_file("project/studies/mine.toml")
+    assert study.task.factory == f"{folder}/../tasks/make.py:make_task"
+    again = load_study_file("project/studies/mine.toml", ["task.factory='here.py:make_task'"])
+    assert again.task.factory == f"{tmp_path}/here.py:make_task"
+    doc["task"]["factory"] = "my_tasks.waterbirds:make_task"  # a module name: not a path
+    (folder / "mine.toml").write_text(tomli_w.dumps(doc))
+    assert load_study_file("project/studies/mine.toml").task.factory == doc["task"]["factory"]
+    doc["task"] = {
+        "kind": "image_folder",
+        "root": "data/birds",
+        "metadata": "/abs/metadata.csv",
+        "weights": "~/erm.pt",
+    }
+    (folder / "mine.toml").write_text(tomli_w.dumps(doc))
+    task = load_study_file("project/studies/mine.toml").task
+    assert (task.root, task.metadata, task.weights) == (
+        f"{folder}/data/birds",
+        "/abs/metadata.csv",
+        "~/erm.pt",
+    )

@@ -31,6 +31,7 @@ def add_trial(sub: argparse._SubParsersAction) -> None:
 def cmd_trial(args: argparse.Namespace) -> int:
     from hpo.cpus import threads_per_worker, torch_threads
     from hpo.outputs.trial_table import format_result
+    from hpo.service.concept_budget import concept_budget_warnings
     from hpo.service.study_file import load_study_file
     from hpo.service.trial import prepare_task, run_trial
 
@@ -47,6 +48,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
     with torch_threads(threads):
         say(f"task {study.task.kind}: preparing data and base model", quiet=not progress)
         ctx = prepare_task(study, data_dir=args.data_dir, progress=progress)
+        for line in concept_budget_warnings(study, getattr(ctx, "concept_names", ())):
+            say(f"warning: {path}: {line}", quiet=False)
         say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=not progress)
         try:
             result, _ = run_trial(

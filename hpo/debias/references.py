@@ -21,6 +21,7 @@ from torch import nn
 from hpo.debias.leace import leace_eraser
 from hpo.debias.scoring import CachedSplit, Overrides
 from hpo.models.linear_layers import linear_call_order, per_row, rows
+from hpo.models.model_inputs import ModelInputs, take
 from hpo.registry import Registry
 
 
@@ -34,7 +35,7 @@ class ReferenceSource:
     model: nn.Module
     layer: str
     probe: CachedSplit
-    inputs_of: Callable[[str, torch.Tensor], torch.Tensor]  # (module name, x) -> its input
+    inputs_of: Callable[[str, ModelInputs], torch.Tensor]  # (module name, x) -> its input
     oracle: nn.Module | None
     seed: int
     val: CachedSplit | None = None
@@ -59,7 +60,7 @@ class Reference(Protocol):
     def fit(self, source: ReferenceSource) -> Fitted: ...
 
 
-def final_linear(model: nn.Module, x: torch.Tensor) -> str | None:
+def final_linear(model: nn.Module, x: ModelInputs) -> str | None:
     """The nn.Linear the model calls last on `x`: its classifier layer."""
     order = linear_call_order(model, x)
     return order[-1] if order else None
@@ -106,7 +107,7 @@ class LastLayer:
         name = final_linear(source.model, source.probe.x)
         if name is None:
             return "the model calls no nn.Linear layer"
-        if source.inputs_of(name, source.probe.x[:2]).dim() != 2:
+        if source.inputs_of(name, take(source.probe.x, slice(0, 2))).dim() != 2:
             return f"its final nn.Linear ({name}) sees sequences, not one vector per sample"
         return None
 

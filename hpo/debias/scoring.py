@@ -9,13 +9,14 @@ reruns; for any other model it runs the whole forward pass on the split's inputs
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from hpo.models.model_inputs import ModelInputs, call_args, n_samples, take
 from hpo.results import GroupMetrics
 
 Overrides = Mapping[str, torch.Tensor]  # parameter name (model.state_dict() key) -> value
@@ -24,13 +25,19 @@ Overrides = Mapping[str, torch.Tensor]  # parameter name (model.state_dict() key
 @dataclass
 class CachedSplit:
     """One split, ready for scoring: the decomposed layer's inputs, labels, groups, and
-    the model inputs where scoring runs the whole model (None when it runs the head)."""
+    the model inputs where scoring runs the whole model (None when it runs the head): a
+    tensor, or a dict of tensors passed as keyword arguments.
+
+    `extras`: any other per-sample tensors (first dimension = sample) that running the
+    model from the layer needs beside `z` (an attention mask, a residual stream); stored
+    and subsampled with the split."""
 
     z: torch.Tensor
     y: torch.Tensor
     groups: torch.Tensor
     concepts: torch.Tensor | None = None
-    x: torch.Tensor | None = None
+    x: ModelInputs | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def subset(self, index: torch.Tensor) -> CachedSplit:
         """The samples at `index` (a sample's every token where the layer sees sequences)."""
@@ -109,10 +116,11 @@ class Scorer:
                 raise ValueError(f"split {split} has no model inputs to score")
             swapped = {f"model.{k}": v for k, v in overrides.items()}
             return functional_call(self.head, swapped, (s.z,))
+        b = self.batch_size
         return torch.cat(
             [
-                functional_call(self.model, overrides, (s.x[i : i + self.batch_size],))
-                for i in range(0, len(s.x), self.batch_size)
+                functional_call(self.model, overrides, *call_args(take(s.x, slice(i, i + b))))
+                for i in range(0, n_samples(s.x), b)
             ]
         )
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hpo.models.model_inputs import ModelInputs, call_model, take
+
 
 def linear_layers(model: nn.Module) -> list[str]:
     """The dotted names of the model's nn.Linear modules, in definition order."""
@@ -18,7 +20,7 @@ def linear_layers(model: nn.Module) -> list[str]:
 
 
 @torch.no_grad()
-def linear_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
+def linear_call_order(model: nn.Module, x: ModelInputs) -> list[str]:
     """The nn.Linear layers `model` calls on `x[:2]`, in call order (each once). Call
     order, not definition order: a subclass may define its first layer after its head."""
     linear = {m: n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
@@ -30,14 +32,14 @@ def linear_call_order(model: nn.Module, x: torch.Tensor) -> list[str]:
 
     hooks = [m.register_forward_hook(record) for m in linear]
     try:
-        model(x[:2])
+        call_model(model, take(x, slice(0, 2)))
     finally:
         for handle in hooks:
             handle.remove()
     return called
 
 
-def layers_from(model: nn.Module, layer: str, x: torch.Tensor) -> list[str]:
+def layers_from(model: nn.Module, layer: str, x: ModelInputs) -> list[str]:
     """`layer` and every nn.Linear the model calls after it: what an edit scored from
     `layer`'s inputs can change."""
     order = linear_call_order(model, x)

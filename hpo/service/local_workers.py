@@ -15,6 +15,7 @@ import optuna
 from hpo.cpus import OPENMP_ENV
 from hpo.device import gpu_arg
 from hpo.service.interrupt import GracefulStop
+from hpo.service.objective import is_result
 from hpo.service.studies import best_value, trial_counts
 from hpo.storage.attrs import BUDGET_ATTR
 from hpo.storage.urls import STORAGE_ENV
@@ -96,6 +97,11 @@ def _monitor(
     quiet: bool,
     stop: GracefulStop,
 ) -> None:
+    """A progress bar on a terminal; elsewhere (a log, a pipe) one line per trial that
+    ends, instead of a bar redrawn every second."""
+    if not quiet and not sys.stderr.isatty():
+        _log_trials(study, procs, budget, stop)
+        return
     from tqdm import tqdm
 
     with tqdm(total=budget, desc="trials", disable=quiet, unit="trial", dynamic_ncols=True) as bar:
@@ -116,3 +122,36 @@ def _monitor(
             if not alive:
                 return
             stop.sleep(1.0)
+
+
+def _log_trials(
+    study: optuna.Study, procs: list[subprocess.Popen], budget: int, stop: GracefulStop
+) -> None:
+    reported: set[int] = set()
+    while not stop.requested:
+        alive = any(p.poll() is None for p in procs)
+        for line in finished_trial_lines(study, reported, budget):
+            print(line, file=sys.stderr, flush=True)
+        if not alive:
+            return
+        stop.sleep(1.0)
+
+
+def finished_trial_lines(study: optuna.Study, reported: set[int], budget: int) -> list[str]:
+    """One line per trial that has ended since the last call (its number added to
+    `reported`): its state and value, the study's count and best so far."""
+    ended = [t for t in study.get_trials(deepcopy=False) if is_result(t)]
+    new = [t for t in ended if t.number not in reported]
+    if not new:
+        return []
+    counts, best = trial_counts(study), best_value(study)
+    lines = []
+    for t in sorted(new, key=lambda t: t.number):
+        reported.add(t.number)
+        value = "" if t.values is None else " " + ", ".join(f"{v:.4f}" for v in t.values)
+        lines.append(
+            f"trial {t.number} {t.state.name.lower()}{value}; "
+            f"{min(counts['finished'], budget)}/{budget} finished"
+            + ("" if best is None else f", best {best:.4f}")
+        )
+    return lines

@@ -23,6 +23,7 @@ from hpo.device import resolve_device
 from hpo.errors import UserError
 from hpo.sae.training import check_fits
 from hpo.search_spec import spec_extremes
+from hpo.service.concept_budget import concept_budget_warnings
 from hpo.service.samplers import check_options
 from hpo.storage.artifacts import artifact_target
 from hpo.storage.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
@@ -62,6 +63,8 @@ def check_launch(
         study_file.task, data_dir=data_dir, device=device, progress=sys.stderr.isatty()
     )
     ctx = task.load(study_file.task, bundle, device)
+    for line in concept_budget_warnings(study_file, getattr(ctx, "concept_names", ())):
+        print(f"warning: {path}: {line}", file=sys.stderr, flush=True)
     searched = [n for n in SIZE_FIELDS if n in study_file.search]
     what = f"{path}: " + (f"search ({', '.join(searched)} at most)" if searched else "params")
     for layer in candidate_layers(task, ctx, study_file, path):

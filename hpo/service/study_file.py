@@ -25,11 +25,37 @@ _TAGS = {"floatrange", "intrange", "choice", "fixed"}
 
 
 def load_study_file(path: str | Path, overrides: list[str] | None = None) -> StudyFile:
-    """Parse and validate a study file, applying `section.key=value` overrides first."""
+    """Parse and validate a study file, applying `section.key=value` overrides first.
+    Relative paths in its `[task]` are resolved against the file's own folder (those
+    given by `--set`, against the working folder), so a study runs from anywhere."""
     raw = read_toml(Path(path))
+    resolve_task_paths(raw, Path(path).absolute().parent)
     for item in overrides or []:
         apply_override(raw, item, path)
+    resolve_task_paths(raw, Path.cwd())
     return parse_study(raw, path)
+
+
+def resolve_task_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Every relative path the `[task]` kind declares (`path_fields`; a factory's
+    'file.py:function'), made absolute against `folder`, in place."""
+    task = raw.get("task")
+    if not isinstance(task, dict) or task.get("kind") not in task_kinds():
+        return
+    for field in get_task(task["kind"]).config.path_fields:
+        value = task.get(field)
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+            task[field] = str(folder / value)
+    factory = task.get("factory")
+    if task["kind"] == "python" and isinstance(factory, str):
+        target, sep, function = factory.rpartition(":")
+        if sep and is_path(target) and not Path(target).expanduser().is_absolute():
+            task["factory"] = f"{folder / target}:{function}"
+
+
+def is_path(target: str) -> bool:
+    """A factory names a file ('dir/file.py:function') rather than a module."""
+    return target.endswith(".py") or "/" in target
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -29,8 +30,12 @@ from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit, Scorer, runs_from_layer
 from hpo.errors import UserError
 from hpo.models.linear_layers import layers_from
+from hpo.models.model_inputs import ModelInputs, call_model, n_samples, take, to_device
 from hpo.results import GroupMetrics
-from hpo.tasks.user import SPLITS, UserTask
+from hpo.tasks.batches import Batch, is_stream, stream_batches
+from hpo.tasks.row_sampling import sample_keys, smallest
+from hpo.tasks.streaming import RowPlan, sample_tokens, stream_split
+from hpo.tasks.user import SPLITS, Split, UserTask
 
 EVAL_SPLITS = ("val", "test")
 
@@ -98,13 +103,14 @@ def tensor_digest(tensors: Sequence[torch.Tensor | None]) -> str:
 
 @torch.no_grad()
 def module_inputs(
-    model: nn.Module, name: str, x: torch.Tensor, batch_size: int = 1024
+    model: nn.Module, name: str, x: ModelInputs, batch_size: int = 1024
 ) -> torch.Tensor:
     """What module `name` receives when `model` runs on `x` (in batches): from the model's
     own `layer_input` where it has one, else read by a forward pre-hook."""
-    if runs_from_layer(model, name):
+    n = n_samples(x)
+    if isinstance(x, torch.Tensor) and runs_from_layer(model, name):
         return torch.cat(
-            [model.layer_input(x[i : i + batch_size], name) for i in range(0, len(x), batch_size)]
+            [model.layer_input(x[i : i + batch_size], name) for i in range(0, n, batch_size)]
         )
     captured: list[torch.Tensor] = []
 
@@ -113,8 +119,8 @@ def module_inputs(
 
     handle = model.get_submodule(name).register_forward_pre_hook(hook)
     try:
-        for i in range(0, len(x), batch_size):
-            model(x[i : i + batch_size])
+        for i in range(0, n, batch_size):
+            call_model(model, take(x, slice(i, i + batch_size)))
     finally:
         handle.remove()
     if not captured:
@@ -130,6 +136,18 @@ def check_references(names: Sequence[str], can_train_oracle: bool, kind: str) ->
             raise ValueError(f"task kind {kind} cannot train an oracle; remove 'oracle'")
 
 
+@dataclass
+class Collected:
+    """Every split's cached layer inputs and labels (model inputs where kept), the
+    probe inputs of the layers after the task's, two probe samples' model inputs (for
+    call order and export) and, for streamed splits, the digest of what was read."""
+
+    splits: dict[str, CachedSplit]
+    probe_inputs: dict[str, torch.Tensor]
+    example: ModelInputs
+    digest: str | None
+
+
 @reproducible_threads()
 def write_bundle(
     path: Path,
@@ -141,24 +159,24 @@ def write_bundle(
     meta: Mapping[str, Any],
     model_payload: Mapping[str, Any],
     device: torch.device,
+    collected: Collected | None = None,
 ) -> dict[str, float]:
     """Cache the layer inputs on every split and the references' scores, in one file.
     One torch thread (`reproducible_threads`): the references train and fit covariances.
 
     The model inputs (x) are kept only when scoring has to run the whole model; a model
-    that runs from the layer (`head`) is scored from the cached inputs alone.
+    that runs from the layer (`head`) is scored from the cached inputs alone. `collected`:
+    the splits already collected (a streamed task's build reads them once, for its key).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = task.model.to(device).eval()
-    full = cached_splits(model, task, device)
-    probe_x = full["probe"].x
-    assert probe_x is not None
-    later = layers_from(model, task.layer, probe_x)[1:]
-    probe_inputs = {name: module_inputs(model, name, probe_x) for name in later}
+    if collected is None:
+        collected = collect_splits(model, task, device, seed)
+    full, probe_inputs = collected.splits, collected.probe_inputs
     timings["activations"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = score_references(model, task, full, references, oracle, seed)
+    scores = score_references(model, task, collected, references, oracle, seed)
     timings["references"] = time.perf_counter() - t0
     keep_x = not runs_from_layer(model, task.layer)
     bundle = {
@@ -180,19 +198,118 @@ def write_bundle(
     return timings
 
 
-def cached_splits(model: nn.Module, task: UserTask, device: torch.device) -> dict[str, CachedSplit]:
+@reproducible_threads()
+def collect_splits(model: nn.Module, task: UserTask, device: torch.device, seed: int) -> Collected:
+    """Every split's cached layer inputs: a split of tensors as it always was (capped to
+    `task.max_rows` by seed), a streamed one batch by batch (hpo.tasks.streaming)."""
+    model = model.to(device).eval()
+    plan = RowPlan(task.max_rows, task.tokens_per_sample, seed)
+    keep_x = not runs_from_layer(model, task.layer)
+    digest = hashlib.sha256()
+    splits: dict[str, CachedSplit] = {}
+    probe_inputs: dict[str, torch.Tensor] = {}
+    example: ModelInputs | None = None
+    for i, name in enumerate(SPLITS):
+        data = getattr(task, name)
+        where = f"UserTask.{name}"
+        if not is_stream(data):
+            splits[name] = cached_split(model, task.layer, data, plan, i, device)
+            if name == "probe":
+                x = splits[name].x
+                assert x is not None
+                example = take(x, slice(0, 2))
+                later = layers_from(model, task.layer, x)[1:]
+                probe_inputs = _tensor_probe_inputs(model, later, x, plan)
+            continue
+        batches = stream_batches(
+            data,
+            where,
+            batch_size=task.batch_size,
+            n_groups=len(task.group_names),
+            n_concepts=len(task.concept_names),
+            needs_concepts=name == "probe",
+        )
+        if name == "probe":
+            first, batches = _peek(batches, where)
+            later = layers_from(model, task.layer, to_device(first.inputs, device))[1:]
+        streamed = stream_split(
+            model,
+            task.layer,
+            later if name == "probe" else (),
+            batches,
+            plan,
+            salt=SAMPLE_SALT + i,
+            keep_x=keep_x,
+            device=device,
+            digest=digest,
+            where=where,
+        )
+        splits[name] = streamed.split
+        if name == "probe":
+            probe_inputs, example = streamed.layer_inputs, streamed.example
+    assert example is not None
+    if task.tokens_per_sample is not None and not keep_x and splits["probe"].z.dim() == 3:
+        raise UserError(
+            "UserTask.tokens_per_sample: the model runs from the layer (head), which needs "
+            "every token of a sequence; leave it None"
+        )
+    streams = any(is_stream(getattr(task, n)) for n in SPLITS)
+    return Collected(splits, probe_inputs, example, digest.hexdigest() if streams else None)
+
+
+SAMPLE_SALT = 10  # + the split's index: each split draws its own rows
+
+
+def _peek(batches: Iterator[Batch], where: str) -> tuple[Batch, Iterator[Batch]]:
+    first = next(batches)  # stream_batches raises for an empty split
+    return first, itertools.chain([first], batches)
+
+
+def kept_rows(n: int, plan: RowPlan, salt: int) -> torch.Tensor | None:
+    """The sample indices a split of `n` samples keeps (None: every one)."""
+    if plan.max_rows is None or n <= plan.max_rows:
+        return None
+    return smallest(sample_keys(plan.seed, torch.arange(n), salt), plan.max_rows)
+
+
+def cached_split(
+    model: nn.Module, layer: str, s: Split, plan: RowPlan, i: int, device: torch.device
+) -> CachedSplit:
+    """A split of tensors with the decomposed layer's inputs computed once (and the
+    model inputs, which scoring the references needs)."""
+    keep = kept_rows(len(s), plan, SAMPLE_SALT + i)
+    index = torch.arange(len(s)) if keep is None else keep
+
+    def rows(t: torch.Tensor) -> torch.Tensor:
+        return t if keep is None else t[keep.to(t.device)]
+
+    x = to_device(s.x if keep is None else take(s.x, keep), device)
+    z = module_inputs(model, layer, x)
+    return CachedSplit(
+        z=sample_tokens(z, x, index, plan, f"UserTask.{SPLITS[i]}"),
+        y=rows(s.y).to(device).long(),
+        groups=rows(s.groups).to(device).long(),
+        concepts=None if s.concepts is None else rows(s.concepts).to(device).long(),
+        x=x,
+    )
+
+
+def _tensor_probe_inputs(
+    model: nn.Module, names: Sequence[str], x: ModelInputs, plan: RowPlan
+) -> dict[str, torch.Tensor]:
+    index = torch.arange(n_samples(x))
+    return {
+        name: sample_tokens(module_inputs(model, name, x), x, index, plan, "UserTask.probe")
+        for name in names
+    }
+
+
+def cached_splits(
+    model: nn.Module, task: UserTask, device: torch.device, seed: int = 0
+) -> dict[str, CachedSplit]:
     """Every split with the decomposed layer's inputs computed once (and the model
     inputs, which scoring the references needs)."""
-    return {
-        name: CachedSplit(
-            z=module_inputs(model, task.layer, s.x.to(device)),
-            y=s.y.to(device).long(),
-            groups=s.groups.to(device).long(),
-            concepts=None if s.concepts is None else s.concepts.to(device).long(),
-            x=s.x.to(device),
-        )
-        for name, s in ((n, getattr(task, n)) for n in SPLITS)
-    }
+    return collect_splits(model, task, device, seed).splits
 
 
 def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, torch.Tensor]:
@@ -204,25 +321,40 @@ def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, torch.Tensor]:
         "groups": s.groups,
         **({"concepts": s.concepts} if s.concepts is not None else {}),
         **({"x": s.x} if keep_x and s.x is not None else {}),
+        **({"extras": s.extras} if s.extras else {}),
     }
 
 
 def score_references(
     model: nn.Module,
     task: UserTask,
-    splits: dict[str, CachedSplit],
+    collected: Collected,
     names: Sequence[str],
     oracle: nn.Module | None,
     seed: int,
 ) -> dict[str, dict[str, GroupMetrics]]:
-    """original plus each named reference, on val and test (with model inputs)."""
-    scorer = Scorer(model, task.layer, splits, task.group_names)  # whole model: x is here
+    """original plus each named reference, on val and test (with model inputs, or from
+    the layer where the model runs from it)."""
+    splits = collected.splits
+    scorer = Scorer(model, task.layer, splits, task.group_names)
     out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
+    probe = splits["probe"]
+    if probe.x is None:  # streamed, scored from the layer: its inputs were collected
+        known = {task.layer: probe.z, **collected.probe_inputs}
+        probe = replace(probe, x=collected.example)
+
+        def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
+            return known[name]
+    else:
+
+        def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
+            return module_inputs(model, name, x)
+
     source = ReferenceSource(
         model=model,
         layer=task.layer,
-        probe=splits["probe"],
-        inputs_of=lambda name, x: module_inputs(model, name, x),
+        probe=probe,
+        inputs_of=inputs_of,
         oracle=oracle,
         seed=seed,
         val=splits["val"],

@@ -35,6 +35,8 @@ from hpo.tasks.user import Split, UserTask
 class ColoredMnistTask(ClassifierConfig):
     """Colored MNIST: digits tied to colours in `train`, balanced everywhere else."""
 
+    path_fields: ClassVar[tuple[str, ...]] = ("colorized_root",)
+
     kind: Literal["colored_mnist"] = "colored_mnist"
     source: Literal["mnist", "colorized_folder"] = "mnist"
     colorized_root: str | None = None

@@ -26,11 +26,14 @@ from torch import nn
 from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
 from hpo.errors import UserError
-from hpo.tasks import bundle
+from hpo.models.model_inputs import ModelInputs, take
+from hpo.tasks import batches, bundle, row_sampling, streaming
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import SPLITS, UserTask, validate_user_task
+
+BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module)
 
 
 class PythonTask(ClassifierConfig):
@@ -63,9 +66,12 @@ def import_factory(spec: str) -> Any:
     where = f"task.factory {spec!r}"
     target, _, name = spec.rpartition(":")
     if target.endswith(".py") or "/" in target:
-        path = Path(target)
+        path = Path(target).expanduser()
         if not path.is_file():
-            raise UserError(f"{where}: no such file {path}")
+            raise UserError(
+                f"{where}: no such file {path} (a relative path in a study file is resolved "
+                "against the study file's folder)"
+            )
         mod_name = f"hpo_user_task_{abs(hash(str(path.resolve())))}"
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         if module_spec is None or module_spec.loader is None:
@@ -84,8 +90,10 @@ def import_factory(spec: str) -> Any:
             module = importlib.import_module(target)
         except ModuleNotFoundError as err:
             raise UserError(
-                f"{where}: module {err.name!r} not found (run from the folder that holds it, "
-                "or install it, or give a path: 'path/to/file.py:function')"
+                f"{where}: module {err.name!r} not found on the Python path or in the working "
+                f"folder {Path.cwd()} (a module name is imported as `python -m` would; run "
+                "from the folder that holds it, install it, or give a file: "
+                "'path/to/file.py:function', resolved against the study file's folder)"
             ) from None
         except Exception as err:
             raise UserError(f"{where}: importing {target} failed: {_one_line(err)}") from None
@@ -119,11 +127,18 @@ def call_factory(cfg: PythonTask) -> UserTask:
     return validate_user_task(task, source)
 
 
-def export_program(model: nn.Module, example: torch.Tensor, source: str) -> bytes:
-    """The model as a serialized torch.export program with a dynamic batch dimension."""
+def export_program(model: nn.Module, example: ModelInputs, source: str) -> bytes:
+    """The model as a serialized torch.export program with a dynamic batch dimension
+    (inputs given as a dict are exported as keyword arguments)."""
     batch = torch.export.Dim.DYNAMIC
+    if isinstance(example, torch.Tensor):
+        args, kwargs, shapes = (example,), None, ({0: batch},)
+    else:
+        args, kwargs, shapes = (), dict(example), {k: {0: batch} for k in example}
     try:
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},), strict=False)
+        program = torch.export.export(
+            model, args, kwargs=kwargs, dynamic_shapes=shapes, strict=False
+        )
     except Exception as err:
         raise UserError(
             f"{source}: torch.export cannot capture the model ({_one_line(err)}); workers "
@@ -153,9 +168,17 @@ class Python(ClassifierTask):
         task = call_factory(cfg)
         timings = {"factory": time.perf_counter() - t0}
         model = task.model.eval()
-        data_sha = bundle.tensor_digest(
-            [t for s in SPLITS for t in vars(getattr(task, s)).values()]
-        )
+        collected = None
+        if task.streams:  # read once: the data's digest is known only after a pass
+            t0 = time.perf_counter()
+            collected = bundle.collect_splits(model, task, device, cfg.seed)
+            timings["activations"] = time.perf_counter() - t0
+            assert collected.digest is not None
+            data_sha = collected.digest
+        else:
+            data_sha = bundle.tensor_digest(
+                [t for s in SPLITS for t in vars(getattr(task, s)).values()]
+            )
         weights = bundle.tensor_digest(list(model.state_dict().values()))
         key = content_hash(
             {
@@ -163,14 +186,16 @@ class Python(ClassifierTask):
                 "data": data_sha,
                 "weights": weights,
                 "layer": task.layer,
-                "code": bundle.code_fingerprint((bundle, references_module)),
+                "rows": [task.max_rows, task.tokens_per_sample],
+                "code": bundle.code_fingerprint(BUNDLE_CODE),
             }
         )
         path = bundle_file(self.kind, key)
         if path.exists():
             return path, timings
         cls = type(model)
-        program = export_program(model, task.probe.x[:2], f"task.factory {cfg.factory}")
+        example = collected.example if collected else take(task.probe.x, slice(0, 2))
+        program = export_program(model, example, f"task.factory {cfg.factory}")
         timings |= bundle.write_bundle(
             path,
             task,
@@ -189,6 +214,7 @@ class Python(ClassifierTask):
                 "program": torch.frombuffer(bytearray(program), dtype=torch.uint8),
             },
             device=device,
+            collected=collected,
         )
         return path, timings
 

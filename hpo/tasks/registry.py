@@ -9,10 +9,12 @@ from __future__ import annotations
 from hpo.registry import Registry
 from hpo.tasks.base import Task
 from hpo.tasks.colored_mnist import ColoredMnist
+from hpo.tasks.image_folder import ImageFolder
 from hpo.tasks.python_factory import Python
+from hpo.tasks.text_csv import TextCsv
 from hpo.tasks.toy import ToySuperposition
 
-BUILTIN: tuple[Task, ...] = (ColoredMnist(), ToySuperposition(), Python())
+BUILTIN: tuple[Task, ...] = (ColoredMnist(), ToySuperposition(), Python(), ImageFolder(), TextCsv())
 TASKS: Registry[Task] = Registry("task kind")
 for _task in BUILTIN:
     TASKS.register(_task.kind, _task)

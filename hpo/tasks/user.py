@@ -2,7 +2,8 @@
 
 A study file names a factory (`[task] kind = "python"`, `factory = "module:function"`),
 which is called as `factory(seed=..., **options)` and returns a `UserTask`: a trained
-model, the dotted name of one `nn.Linear` inside it, and three labelled splits. Everything
+model, the dotted name of one `nn.Linear` inside it, and three labelled splits, each a
+`Split` of tensors or a Dataset / DataLoader that streams (hpo.tasks.batches). Everything
 else (caching, references, the Faithful-SAE, the α sweep, the study, export) is the
 service's. `validate_user_task` turns every mistake into one sentence naming the field.
 """
@@ -15,8 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from hpo.errors import UserError
+from hpo.tasks.batches import CONTRACT, is_stream
 
 
 @dataclass(frozen=True)
@@ -52,19 +55,38 @@ class UserTask:
         `concepts`.
     val: balanced data every hyperparameter and α is chosen on.
     test: held-out data, only ever reported.
+        Each split is a `Split` of tensors, or a `torch.utils.data.Dataset` or
+        `DataLoader` whose items / batches are dicts of inputs, y, groups, concepts
+        (hpo.tasks.batches): read batch by batch, and only the layer inputs of the rows
+        kept are cached.
     group_names: one name per group id (at least two).
     concept_names: one name per concept label (at least two).
+    max_rows: at most this many samples cached per split (None: all), drawn
+        reproducibly by the task's seed; what bounds a large data set's memory.
+    tokens_per_sample: where the layer sees sequences, the SAE and the references keep
+        this many tokens of each sample (its real tokens: `attention_mask` where the
+        inputs have one), drawn by seed (None: every token). Needs whole-model scoring.
+    batch_size: how many items of a Dataset split run through the model at once.
     """
 
     model: nn.Module
     layer: str
-    probe: Split
-    val: Split
-    test: Split
+    probe: SplitData
+    val: SplitData
+    test: SplitData
     group_names: Sequence[str] = field(default_factory=tuple)
     concept_names: Sequence[str] = field(default_factory=tuple)
+    max_rows: int | None = None
+    tokens_per_sample: int | None = None
+    batch_size: int = 256
+
+    @property
+    def streams(self) -> bool:
+        """Whether any split is a Dataset or DataLoader."""
+        return any(is_stream(getattr(self, name)) for name in SPLITS)
 
 
+SplitData = Split | Dataset | DataLoader
 SPLITS = ("probe", "val", "test")
 
 
@@ -103,6 +125,12 @@ def validate_user_task(task: Any, source: str) -> UserTask:
             f"{source}: UserTask.concept_names has {n_concepts} name(s); give one name per "
             "value of the spurious attribute (at least two)"
         )
+    for attr in ("max_rows", "tokens_per_sample", "batch_size"):
+        value = getattr(task, attr)
+        if not (value is None and attr != "batch_size") and (
+            not isinstance(value, int) or isinstance(value, bool) or value < 1
+        ):
+            raise UserError(f"{source}: UserTask.{attr} is {value!r}; expected an int >= 1")
     for name in SPLITS:
         _check_split(getattr(task, name), name, n_groups, n_concepts, source)
     return task
@@ -110,8 +138,13 @@ def validate_user_task(task: Any, source: str) -> UserTask:
 
 def _check_split(split: Any, name: str, n_groups: int, n_concepts: int, source: str) -> None:
     where = f"{source}: UserTask.{name}"
+    if is_stream(split):
+        return  # its batches are checked as they are read (hpo.tasks.batches)
     if not isinstance(split, Split):
-        raise UserError(f"{where} is {type(split).__name__}, expected hpo.Split")
+        raise UserError(
+            f"{where} is {type(split).__name__}, expected hpo.Split, a torch Dataset or a "
+            f"DataLoader ({CONTRACT})"
+        )
     for attr in ("x", "y", "groups", "concepts"):
         value = getattr(split, attr)
         if value is None and attr == "concepts":
