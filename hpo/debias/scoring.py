@@ -1,21 +1,26 @@
 """Group accuracies of a classifier, with some of its parameters replaced.
 
 `Scorer` scores any edit of the model (a mapping from parameter names to new tensors)
-on a split. Where the model can run from the decomposed layer's input (`head`, see
-hpo.models.classifiers), it starts from the cached layer inputs and the trunk never
-reruns; for any other model it runs the whole forward pass on the split's inputs.
+on a split, from the decomposed layer on wherever it can: with a `Head`
+(hpo.models.head: a graph split of a user's exported model, or the user's own) it
+starts from the values cached at the cut, and the trunk never reruns; the built-in
+models run their own `head` (hpo.models.classifiers) from the cached layer inputs.
+Only a model with neither, or an edit of a tensor the head does not own, runs the whole
+forward pass on the split's inputs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from hpo.models.graph_split import LAYER_INPUT
+from hpo.models.head import Head, logits_of
 from hpo.results import GroupMetrics
 
 Overrides = Mapping[str, torch.Tensor]  # parameter name (model.state_dict() key) -> value
@@ -23,14 +28,20 @@ Overrides = Mapping[str, torch.Tensor]  # parameter name (model.state_dict() key
 
 @dataclass
 class CachedSplit:
-    """One split, ready for scoring: the decomposed layer's inputs, labels, groups, and
-    the model inputs where scoring runs the whole model (None when it runs the head)."""
+    """One split, ready for scoring: the decomposed layer's inputs, labels, groups, the
+    other values a head reads across the cut (`carry`, by name; one row per sample), and
+    the model inputs where scoring runs the whole model (None when it runs a head)."""
 
     z: torch.Tensor
     y: torch.Tensor
     groups: torch.Tensor
     concepts: torch.Tensor | None = None
     x: torch.Tensor | None = None
+    carry: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """What a head takes: the layer's input and the carried values."""
+        return {LAYER_INPUT: self.z, **self.carry}
 
 
 def group_metrics(
@@ -71,7 +82,8 @@ def runs_from_layer(model: nn.Module, layer: str) -> bool:
 
 
 class Scorer:
-    """Logits and group metrics of `model` with parameters replaced, per split."""
+    """Logits and group metrics of `model` with parameters replaced, per split.
+    `head`: the model from `layer` on (hpo.models.head), used for every edit it takes."""
 
     def __init__(
         self,
@@ -80,11 +92,13 @@ class Scorer:
         splits: Mapping[str, CachedSplit],
         group_names: Sequence[str],
         batch_size: int = 4096,
+        head: Head | None = None,
     ) -> None:
         self.model, self.layer, self.splits = model, layer, splits
         self.group_names = tuple(group_names)
         self.batch_size = batch_size
-        self.head = _Head(model, layer) if runs_from_layer(model, layer) else None
+        self.head = head
+        self.own_head = _Head(model, layer) if runs_from_layer(model, layer) else None
 
     @torch.no_grad()
     def logits(self, split: str, overrides: Overrides | None = None) -> torch.Tensor:
@@ -94,14 +108,19 @@ class Scorer:
         """`logits` with gradients flowing to the overrides (what fitting an edit needs)."""
         s = self.splits[split]
         overrides = dict(overrides or {})
+        if self.head is not None and self.head.takes(overrides):
+            return self.head(s.values(), overrides)
         if s.x is None:
-            if self.head is None:
-                raise ValueError(f"split {split} has no model inputs to score")
+            if self.own_head is None:
+                raise ValueError(
+                    f"split {split} has no model inputs to score an edit of "
+                    f"{', '.join(sorted(overrides)) or 'nothing'} with"
+                )
             swapped = {f"model.{k}": v for k, v in overrides.items()}
-            return functional_call(self.head, swapped, (s.z,))
+            return functional_call(self.own_head, swapped, (s.z,))
         return torch.cat(
             [
-                functional_call(self.model, overrides, (s.x[i : i + self.batch_size],))
+                logits_of(functional_call(self.model, overrides, (s.x[i : i + self.batch_size],)))
                 for i in range(0, len(s.x), self.batch_size)
             ]
         )

@@ -141,6 +141,15 @@ def _load_section(card: ModelCard, layers: list[str]) -> list[str]:
         "model.eval()",
         "```",
         "",
+        *(
+            [
+                f"`hf/` is the same model as `save_pretrained` writes it: "
+                f'`{card.pretrained}.from_pretrained("hf")` loads it, edit included.',
+                "",
+            ]
+            if card.pretrained
+            else []
+        ),
         'The Faithful-SAE of each layer: `d = torch.load("sae.pt", weights_only=True)'
         f'["layers"]["{layers[0]}"]`, then `from hpo.sae.model import FaithfulSAE; '
         'sae = FaithfulSAE(**d["sae_config"]); sae.load_state_dict(d["sae"])`.',

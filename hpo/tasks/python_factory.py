@@ -26,7 +26,8 @@ from torch import nn
 from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
 from hpo.errors import UserError
-from hpo.tasks import bundle
+from hpo.models import graph_split
+from hpo.tasks import bundle, cut, hugging_face
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
@@ -163,14 +164,28 @@ class Python(ClassifierTask):
                 "data": data_sha,
                 "weights": weights,
                 "layer": task.layer,
-                "code": bundle.code_fingerprint((bundle, references_module)),
+                "head": None if task.head is None else getattr(task.head, "__qualname__", "head"),
+                "code": bundle.code_fingerprint((bundle, references_module, cut, graph_split)),
             }
         )
         path = bundle_file(self.kind, key)
         if path.exists():
             return path, timings
         cls = type(model)
-        program = export_program(model, task.probe.x[:2], f"task.factory {cfg.factory}")
+        source = f"task.factory {cfg.factory}"
+        program = export_program(model, task.probe.x[:2], source)
+        stored = torch.frombuffer(bytearray(program), dtype=torch.uint8)
+        probe_z = bundle.module_inputs(
+            model.to(device), task.layer, task.probe.x[: cut.CHECK_ROWS].to(device)
+        )
+        found = cut.find_cut(
+            task,
+            load_program(stored, device),  # as workers will see the model
+            probe_z,
+            export=export_program,
+            load=load_program,
+            source=source,
+        )
         timings |= bundle.write_bundle(
             path,
             task,
@@ -183,12 +198,11 @@ class Python(ClassifierTask):
                 "task": cfg.model_dump(mode="json"),
                 "model_class": f"{cls.__module__}.{cls.__qualname__}",
                 "model_file": sys.modules[cls.__module__].__file__ or "",
+                **({"hf": hf} if (hf := hugging_face.describe(model)) is not None else {}),
             },
-            model_payload={
-                "state": model.state_dict(),
-                "program": torch.frombuffer(bytearray(program), dtype=torch.uint8),
-            },
+            model_payload={"state": model.state_dict(), "program": stored},
             device=device,
+            cut=found,
         )
         return path, timings
 
@@ -206,6 +220,29 @@ class Python(ClassifierTask):
                 f"(defined in {meta['model_file'] or module})"
             ),
         }
-        ctx = bundle.context_from_bundle(stored, model, path, card)
+        if "hf" in meta:  # a Hugging Face model: its class rebuilt from the stored config
+            card["load"] = (
+                f"from transformers import {name}\n"
+                f'model = {name}.from_pretrained("hf")  # the edited model itself; or:'
+            )
+        found = load_cut(stored, model, meta["layer"], device)
+        ctx = bundle.context_from_bundle(stored, model, path, card, head=found.head)
+        if found.head is not None:
+            cut.check_loaded(found, ctx.splits["probe"].values(), stored["cut"]["check"])
         ctx.timings = {"load": time.perf_counter() - t0}
         return ctx
+
+
+def load_cut(
+    stored: dict[str, Any], program: nn.Module, layer: str, device: torch.device
+) -> cut.Cut:
+    """The cut the bundle recorded, made again from what it stores; the whole model
+    (said once, with why) where it found none."""
+    meta = stored["meta"].get("cut", {"kind": "whole_model", "why": "an older bundle"})
+    if meta["kind"] == "graph_split":
+        assert isinstance(program, torch.fx.GraphModule)
+        return cut.graph_split_cut(program, layer, int(stored["cut"]["logits_leaf"]))
+    if meta["kind"] == "user_head":
+        return cut.user_head_cut(load_program(stored["cut"]["head_program"], device))
+    cut.warn_whole_model(meta["why"], layer)
+    return cut.Cut("whole_model", None, why=meta["why"])

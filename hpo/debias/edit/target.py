@@ -9,7 +9,7 @@ model's new tensors (`overrides`), fits with the group-balanced loss on probe
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from torch import nn
 from hpo.debias import ablation
 from hpo.debias.scoring import Overrides, Scorer
 from hpo.debias.strategies.base import EditLoss
+from hpo.models.layer_types import LINEAR, LayerType
 from hpo.models.linear_layers import per_row, rows
 
 
@@ -27,32 +28,38 @@ class EditTarget:
 
     `probe_inputs`: each editable layer's inputs on the probe split, as the model feeds
     them ([N, in], or [N, ..., in] where the layer sees sequences). The scorer holds the
-    splits (probe with its labels, val, test) and the group names."""
+    splits (probe with its labels, val, test) and the group names. `layer_types`: each
+    editable layer's kind (hpo.models.layer_types; nn.Linear where none is given), which
+    says how its weight is stored and its inputs are rows."""
 
     model: nn.Module
     scorer: Scorer
     probe_inputs: Mapping[str, torch.Tensor]
     n_concepts: int
+    layer_types: Mapping[str, LayerType] = field(default_factory=dict)
 
     @property
     def editable_layers(self) -> tuple[str, ...]:
         return tuple(self.probe_inputs)
 
+    def layer_type(self, layer: str) -> LayerType:
+        return self.layer_types.get(layer, LINEAR)
+
     def weight_t(self, layer: str) -> torch.Tensor:
         """The layer's weight in (in × out) layout, detached: what a decomposition sums to."""
-        weight = _tensor(self.model.get_submodule(layer), "weight")
-        assert weight is not None
+        weight = self.layer_type(layer).weight(self.model.get_submodule(layer))
         return weight.detach().T.contiguous()
 
     def rows(self, layer: str) -> torch.Tensor:
-        """The layer's probe inputs as rows (a token each where it sees sequences)."""
-        return rows(self.probe_inputs[layer])
+        """The layer's probe inputs as rows (a token or pixel each where it sees several)."""
+        return rows(self.probe_inputs[layer], self.layer_type(layer))
 
     def concepts(self, layer: str) -> torch.Tensor:
         """Each of the layer's probe rows' concept, one-hot."""
         concepts = self.scorer.splits["probe"].concepts
         assert concepts is not None
-        return per_row(F.one_hot(concepts, self.n_concepts).float(), self.probe_inputs[layer])
+        one_hot = F.one_hot(concepts, self.n_concepts).float()
+        return per_row(one_hot, self.probe_inputs[layer], self.layer_type(layer))
 
     def overrides(
         self,
@@ -67,11 +74,11 @@ class EditTarget:
         α × its `bias_shift` where one is given."""
         out: dict[str, torch.Tensor] = {}
         for name, part in parts.items():
-            layer = self.model.get_submodule(name)
-            weight, bias = _tensor(layer, "weight"), _tensor(layer, "bias")
-            assert weight is not None
+            layer, kind = self.model.get_submodule(name), self.layer_type(name)
+            weight, bias = kind.weight(layer), _tensor(layer, "bias")
             # detached: fitting an edit must not write gradients into the base model
-            out[f"{name}.weight"] = ablation.debiased_weight(weight.detach(), part, alpha)
+            edited = ablation.debiased_weight(weight.detach(), part, alpha)
+            out[f"{name}.weight"] = kind.stored(layer, edited)
             shift = None if bias_shift is None else bias_shift.get(name)
             if bias is None or (not compensate_bias and shift is None):
                 continue
