@@ -71,11 +71,10 @@ def make_task(
     epochs: int = 8,
 ) -> UserTask:
     """The task for `seed`: sequences drawn and GPT-2 trained from it alone."""
-    from transformers import GPT2ForSequenceClassification
-    from transformers.utils import logging as hf_logging
-
     _check_options(bias, n_filler, seq_len, d_model, n_heads, n_blocks, epochs)
     _check_sizes({"n_train": n_train, "n_probe": n_probe, "n_val": n_val, "n_test": n_test})
+    from transformers import GPT2ForSequenceClassification
+    from transformers.utils import logging as hf_logging
     gen = torch.Generator().manual_seed(seed)
     token_a, token_b, token_s = n_filler, n_filler + 1, n_filler + 2
 

@@ -14,6 +14,7 @@ in any exported model; a user may also hand one over (`UserTask.head`).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,21 @@ def logits_of(output: Any) -> torch.Tensor:
     if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
         return output[0]
     raise TypeError(f"cannot find the logits in a {type(output).__name__}")
+
+
+def logits_only(model: nn.Module) -> nn.Module:
+    """`model` itself where its forward returns a tensor; else a twin sharing its modules
+    and parameters (so the same state-dict keys) whose forward returns the logits alone:
+    what is exported, so that a worker needs none of the output's classes (a Hugging Face
+    ModelOutput would need transformers to be deserialized)."""
+    cls = type(model)
+
+    def forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:  # one input, as exported
+        return logits_of(cls.forward(self, x))
+
+    twin = copy.copy(model)  # shallow: the same submodules, parameters and buffers
+    twin.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__})
+    return twin
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
 from hpo.errors import UserError
 from hpo.models import graph_split
+from hpo.models.head import logits_only
 from hpo.tasks import bundle, cut, hugging_face
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
@@ -173,7 +174,9 @@ class Python(ClassifierTask):
             return path, timings
         cls = type(model)
         source = f"task.factory {cfg.factory}"
-        program = export_program(model, task.probe.x[:2], source)
+        with torch.no_grad():
+            flat = isinstance(model(task.probe.x[:2]), torch.Tensor)
+        program = export_program(model if flat else logits_only(model), task.probe.x[:2], source)
         stored = torch.frombuffer(bytearray(program), dtype=torch.uint8)
         probe_z = bundle.module_inputs(
             model.to(device), task.layer, task.probe.x[: cut.CHECK_ROWS].to(device)
