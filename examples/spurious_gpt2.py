@@ -75,6 +75,7 @@ def make_task(
     _check_sizes({"n_train": n_train, "n_probe": n_probe, "n_val": n_val, "n_test": n_test})
     from transformers import GPT2ForSequenceClassification
     from transformers.utils import logging as hf_logging
+
     gen = torch.Generator().manual_seed(seed)
     token_a, token_b, token_s = n_filler, n_filler + 1, n_filler + 2
 

@@ -62,7 +62,7 @@ class ClassifierTask:
             if name not in valid:
                 raise UserError(
                     f"params.layers: {name!r} is not a layer this task can edit; valid: "
-                    f"{', '.join(valid)} (the task's layer and the nn.Linear layers the "
+                    f"{', '.join(valid)} (the task's layer and the editable layers the "
                     "model calls after it), or several joined by '+'"
                 )
         return sorted(names, key=valid.index)
