@@ -789,6 +789,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(
     before, db_before = tree(world.root), _existing_db(world)
     capsys.readouterr()
     code = main(argv)
+    gc.collect()  # what the command left open closes, as it would when its process exits
     out, err = capsys.readouterr()
     assert code == 2, (argv, out, err)
     assert err.startswith("error: ") and err.count("\n") == 1, err

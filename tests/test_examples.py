@@ -36,22 +36,44 @@ from hpo.service.study_file import load_study_file
 from hpo.tasks.user import validate_user_task
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ("spurious_tabular", "spurious_last_layer", "spurious_tokens")
+HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
+NEEDS_TRANSFORMERS = pytest.mark.skipif(
+    not HAS_TRANSFORMERS,
+    reason="spurious_gpt2 needs transformers: pip install -e '.[transformers]'",
+)
+EXAMPLES = ("spurious_tabular", "spurious_last_layer", "spurious_tokens", "spurious_gpt2")
+EXAMPLE_PARAMS = [
+    pytest.param(name, marks=NEEDS_TRANSFORMERS) if name == "spurious_gpt2" else name
+    for name in EXAMPLES
+]
 SEEDS = (0, 1)
 
 
 @pytest.fixture(scope="module")
 def modules() -> Iterator[dict[str, ModuleType]]:
-    """The example modules, imported as the study files name them (from the repo root)."""
+    """The example modules, imported as the study files name them (from the repo root);
+    spurious_gpt2 imports transformers only when its factory runs."""
     with pytest.MonkeyPatch.context() as mp:
         mp.syspath_prepend(str(ROOT))
         yield {name: importlib.import_module(f"examples.{name}") for name in EXAMPLES}
 
 
+class Tasks(dict):
+    """Each example's task for each seed, built the first time a test asks for it."""
+
+    def __init__(self, modules: dict[str, ModuleType]) -> None:
+        super().__init__()
+        self.modules = modules
+
+    def __missing__(self, key: tuple[str, int]) -> UserTask:
+        name, seed = key
+        self[key] = task = self.modules[name].make_task(seed=seed)
+        return task
+
+
 @pytest.fixture(scope="module")
-def tasks(modules: dict[str, ModuleType]) -> dict[tuple[str, int], UserTask]:
-    """Each example's task for each seed, built once for the module."""
-    return {(name, seed): modules[name].make_task(seed=seed) for name in EXAMPLES for seed in SEEDS}
+def tasks(modules: dict[str, ModuleType]) -> Tasks:
+    return Tasks(modules)
 
 
 def load_by_path(name: str) -> ModuleType:
@@ -65,13 +87,15 @@ def load_by_path(name: str) -> ModuleType:
 
 @torch.no_grad()
 def worst_group(model: nn.Module, split: Split, n_groups: int) -> float:
-    correct = (model(split.x).argmax(-1) == split.y).double()
+    out = model(split.x)
+    correct = (getattr(out, "logits", out).argmax(-1) == split.y).double()
     return min(float(correct[split.groups == g].mean()) for g in range(n_groups))
 
 
 def retrain_last_layer(task: UserTask) -> nn.Module:
     """The model with its last Linear refitted on the balanced probe split: a logistic
-    regression on the features that reach it (the reference debiasing has to approach)."""
+    regression on the features that reach it (the reference debiasing has to approach).
+    Where it sees every token and the model pools after it (GPT-2), through the model."""
     model = copy.deepcopy(task.model)
     last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
     seen: dict[str, torch.Tensor] = {}
@@ -80,12 +104,22 @@ def retrain_last_layer(task: UserTask) -> nn.Module:
         model(task.probe.x)
     hook.remove()
     nn.init.zeros_(last.weight)
-    nn.init.zeros_(last.bias)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
     opt = torch.optim.LBFGS(last.parameters(), max_iter=200, line_search_fn="strong_wolfe")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in last.parameters():
+        p.requires_grad_(True)
+
+    def logits() -> torch.Tensor:
+        if seen["x"].dim() == 2:
+            return last(seen["x"])
+        return model(task.probe.x).logits  # per-token logits, pooled by the model
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(last(seen["x"]), task.probe.y) + 1e-3 * last.weight.square().sum()
+        loss = F.cross_entropy(logits(), task.probe.y) + 1e-3 * last.weight.square().sum()
         loss.backward()
         return loss
 
@@ -96,7 +130,7 @@ def retrain_last_layer(task: UserTask) -> nn.Module:
 # ----------------------------------------------------------------------- the factories
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", EXAMPLE_PARAMS)
 def test_factory_returns_a_valid_balanced_task(
     name: str, tasks: dict[tuple[str, int], UserTask]
 ) -> None:
@@ -110,7 +144,7 @@ def test_factory_returns_a_valid_balanced_task(
             assert split.concepts is not None
 
 
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", EXAMPLE_PARAMS)
 def test_factory_is_deterministic_by_seed_and_loads_by_path(
     name: str, tasks: dict[tuple[str, int], UserTask]
 ) -> None:
@@ -133,7 +167,7 @@ def test_factory_is_deterministic_by_seed_and_loads_by_path(
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-@pytest.mark.parametrize("name", EXAMPLES)
+@pytest.mark.parametrize("name", EXAMPLE_PARAMS)
 def test_the_model_is_biased_and_worth_debiasing(
     name: str, seed: int, tasks: dict[tuple[str, int], UserTask]
 ) -> None:
@@ -157,6 +191,8 @@ def test_the_model_is_biased_and_worth_debiasing(
         ("spurious_tokens", {"n_heads": 3}, "n_heads = 3"),
         ("spurious_tokens", {"seq_len": 2}, "seq_len = 2"),
         ("spurious_tokens", {"bias": -0.1}, "bias = -0.1"),
+        ("spurious_gpt2", {"n_heads": 3}, "n_heads = 3"),
+        ("spurious_gpt2", {"n_probe": 4}, "n_probe = 4"),
     ],
 )
 def test_bad_options_are_value_errors_naming_them(
@@ -352,3 +388,61 @@ def test_tabular_example_end_to_end_through_the_cli(
     got = worst_group(model, task.test, len(task.group_names))
     assert got == pytest.approx(metrics["models"]["debiased"]["test"]["worst_group"], abs=1e-9)
     assert got > metrics["models"]["original"]["test"]["worst_group"]
+
+
+GPT2_TINY = {"n_train": 1000, "n_probe": 400, "n_val": 400, "n_test": 400, "epochs": 4}
+
+
+@pytest.mark.slow
+@NEEDS_TRANSFORMERS
+def test_gpt2_example_end_to_end_through_the_cli_and_from_pretrained(
+    tmp_path: Path, modules: dict[str, ModuleType]
+) -> None:
+    """A Hugging Face GPT-2 debiased by editing `transformer.h.0.mlp.c_fc` (a Conv1D):
+    trial, a 2-worker study, export, and `from_pretrained` on the export's hf/ folder
+    giving exactly the numbers metrics.json records."""
+    from transformers import GPT2ForSequenceClassification
+
+    env = {
+        **os.environ,
+        "HPO_CACHE_DIR": str(tmp_path / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    doc = tomllib.loads((ROOT / "examples/spurious_gpt2.toml").read_text())
+    doc["task"]["options"] |= GPT2_TINY
+    doc["params"] |= {"n_components": 32, "steps": 200, "eval_every": 100}
+    url = f"sqlite:///{tmp_path / 'storage' / 'spurious_gpt2.db'}"
+    doc["storage"] = {"url": url}
+    doc["study"]["n_trials"] = n_trials = 4
+    study_file = tmp_path / "spurious_gpt2.toml"
+    study_file.write_text(tomli_w.dumps(doc))
+
+    out = hpo("trial", str(study_file), "--json", env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert {"original", "debiased", "control_random", "control_svd", "leace"} <= set(
+        result["models"]
+    )
+    assert "whole model" not in out.stderr  # scored from the layer, never the whole model
+
+    out = hpo("launch", str(study_file), "--workers", "2", env=env)
+    assert out.returncode == 0, out.stderr
+    study = optuna.load_study(study_name=doc["study"]["name"], storage=url)
+    done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(done) == n_trials
+
+    export = tmp_path / "export"
+    out = hpo("export", doc["study"]["name"], "--storage", url, "--out", str(export), env=env)
+    assert out.returncode == 0, out.stderr
+    metrics = json.loads((export / "metrics.json").read_text())
+    model = GPT2ForSequenceClassification.from_pretrained(export / "hf").eval()
+    task = modules["spurious_gpt2"].make_task(seed=0, **doc["task"]["options"])
+    for split in ("val", "test"):
+        got = worst_group(model, getattr(task, split), len(task.group_names))
+        assert got == pytest.approx(metrics["models"]["debiased"][split]["worst_group"], abs=1e-9)
+    state = torch.load(export / "model.pt", weights_only=True)
+    strict = GPT2ForSequenceClassification(model.config)
+    strict.load_state_dict(state, strict=True)  # model.pt: the model's own state dict
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert "from_pretrained" in (export / "README.md").read_text()

@@ -20,6 +20,8 @@ from torch import nn
 
 from hpo.debias.leace import leace_eraser
 from hpo.debias.scoring import CachedSplit, Overrides
+from hpo.models.head import Head
+from hpo.models.layer_types import LINEAR, LayerType, editable_type, layer_type_of
 from hpo.models.linear_layers import linear_call_order, per_row, rows
 from hpo.models.model_inputs import ModelInputs, take
 from hpo.registry import Registry
@@ -28,7 +30,8 @@ from hpo.registry import Registry
 @dataclass
 class ReferenceSource:
     """What a reference may fit on: the model, its decomposed layer, the probe split
-    (with model inputs), a way to read any module's inputs on it, and the task's oracle;
+    (with model inputs), a way to read any module's inputs on it, the task's oracle, the
+    model from the layer on where one was found for a user model (hpo.models.head), and
     `val` (with model inputs) for a reference that chooses a hyperparameter there, as
     every edit chooses its α."""
 
@@ -38,6 +41,7 @@ class ReferenceSource:
     inputs_of: Callable[[str, ModelInputs], torch.Tensor]  # (module name, x) -> its input
     oracle: nn.Module | None
     seed: int
+    head: Head | None = None
     val: CachedSplit | None = None
 
 
@@ -61,7 +65,8 @@ class Reference(Protocol):
 
 
 def final_linear(model: nn.Module, x: ModelInputs) -> str | None:
-    """The nn.Linear the model calls last on `x`: its classifier layer."""
+    """The editable layer (an nn.Linear, mostly) the model calls last on `x`: its
+    classifier layer."""
     order = linear_call_order(model, x)
     return order[-1] if order else None
 
@@ -106,9 +111,9 @@ class LastLayer:
             return "the probe split has no model inputs"
         name = final_linear(source.model, source.probe.x)
         if name is None:
-            return "the model calls no nn.Linear layer"
-        if source.inputs_of(name, take(source.probe.x, slice(0, 2))).dim() != 2:
-            return f"its final nn.Linear ({name}) sees sequences, not one vector per sample"
+            return "the model calls no editable layer (nn.Linear, ...)"
+        if not _per_sample(source, name) and not _in_head(source, name):
+            return f"its final layer ({name}) sees sequences, not one vector per sample"
         return None
 
     def fit(self, source: ReferenceSource) -> Fitted:
@@ -116,10 +121,43 @@ class LastLayer:
         name = final_linear(source.model, source.probe.x)
         assert name is not None
         layer = source.model.get_submodule(name)
+        kind = editable_type(layer) or LINEAR
+        if not _per_sample(source, name):
+            # it sees every token, and the model pools after it (GPT-2 reads the last
+            # one): fitted through the head, with the model's own pooling
+            assert source.head is not None
+            keys = {k for k in source.head.overridable if k.startswith(f"{name}.")}
+            with torch.enable_grad():
+                fitted = retrain_from_head(
+                    source.head, source.model, source.probe, source.seed, only=keys
+                )
+            return Fitted(overrides=fitted)
         with torch.enable_grad():
             features = source.inputs_of(name, source.probe.x)
-            fitted = fit_linear(layer, features, source.probe.y, seed=source.seed)
-        return Fitted(overrides={f"{name}.{k}": v.detach() for k, v in fitted.state_dict().items()})
+            fitted = fit_linear(_as_linear(layer, kind), features, source.probe.y, seed=source.seed)
+        state = {k: v.detach() for k, v in fitted.state_dict().items()}
+        state["weight"] = kind.stored(layer, state["weight"])
+        return Fitted(overrides={f"{name}.{k}": v for k, v in state.items()})
+
+
+def _per_sample(source: ReferenceSource, name: str) -> bool:
+    """Whether layer `name` sees one vector per sample (not every token of a sequence)."""
+    assert source.probe.x is not None
+    return bool(source.inputs_of(name, take(source.probe.x, slice(0, 2))).dim() == 2)
+
+
+def _in_head(source: ReferenceSource, name: str) -> bool:
+    return source.head is not None and f"{name}.weight" in source.head.overridable
+
+
+def _as_linear(layer: nn.Module, kind: LayerType) -> nn.Linear:
+    """The layer itself where it is an nn.Linear, else an nn.Linear of its shape (what
+    `fit_linear` re-initialises and fits; the result is written back in its layout)."""
+    if isinstance(layer, nn.Linear):
+        return layer
+    out_features, in_features = kind.weight(layer).shape
+    bias = getattr(layer, "bias", None)
+    return nn.Linear(in_features, out_features, bias=isinstance(bias, torch.Tensor))
 
 
 class Dfr:
@@ -141,7 +179,11 @@ class Dfr:
     def unavailable(self, source: ReferenceSource) -> str | None:
         if source.val is None or source.val.x is None:
             return "the validation split has no model inputs"
-        return LastLayer().unavailable(source)
+        why = LastLayer().unavailable(source)
+        final = final_linear(source.model, source.probe.x) if source.probe.x is not None else None
+        if why is None and final is not None and not _per_sample(source, final):
+            return "its final layer sees sequences; DFR refits one feature vector per sample"
+        return why
 
     def fit(self, source: ReferenceSource) -> Fitted:
         from hpo.debias.dfr import dfr_layer
@@ -151,6 +193,7 @@ class Dfr:
         name = final_linear(source.model, source.probe.x)
         assert name is not None
         layer = source.model.get_submodule(name)
+        kind = editable_type(layer) or LINEAR
         weight, bias = dfr_layer(
             source.inputs_of(name, source.probe.x),
             source.probe.y,
@@ -158,37 +201,102 @@ class Dfr:
             source.inputs_of(name, source.val.x),
             source.val.y,
             source.val.groups,
-            n_out=layer.weight.shape[0],
+            n_out=kind.weight(layer).shape[0],
             seed=source.seed,
         )
-        dtype, device = layer.weight.dtype, layer.weight.device
-        overrides = {f"{name}.weight": weight.to(dtype=dtype, device=device)}
-        if layer.bias is not None:
-            overrides[f"{name}.bias"] = bias.to(dtype=dtype, device=device)
+        own = kind.weight(layer)
+        stored = kind.stored(layer, weight.to(dtype=own.dtype, device=own.device))
+        overrides = {f"{name}.weight": stored}
+        layer_bias = getattr(layer, "bias", None)
+        if isinstance(layer_bias, torch.Tensor):
+            overrides[f"{name}.bias"] = bias.to(dtype=layer_bias.dtype, device=layer_bias.device)
         return Fitted(overrides=overrides)
 
 
 class RetrainHead:
     """Every layer from the decomposed one on, re-initialised and retrained on the probe
-    split from cached inputs (two layers when the decomposed layer is `fc1`)."""
+    split from cached inputs (two layers when the decomposed layer is `fc1`). A built-in
+    model retrains through its own `head`; any other model through the head found at its
+    layer (hpo.models.head): every tensor only the head reads is trained, each module
+    owning them re-initialised as its constructor does (where its type says how)."""
 
     name: ClassVar[str] = "retrain_head"
     description: ClassVar[str] = "all layers from the decomposed one on, retrained on probe"
 
     def unavailable(self, source: ReferenceSource) -> str | None:
-        layers = getattr(source.model, "LAYERS", ())
-        if source.layer not in layers or not callable(getattr(source.model, "head", None)):
-            return "the model does not declare its head layers (LAYERS and head())"
-        return None
+        if _declares_head(source.model, source.layer) or source.head is not None:
+            return None
+        return (
+            f"the model cannot run from {source.layer!r} here: no head was found there (a "
+            "user model's is found when its bundle is built; built-in models declare LAYERS "
+            "and head())"
+        )
 
     def fit(self, source: ReferenceSource) -> Fitted:
-        from hpo.models.training import retrain_head
-
-        model = copy.deepcopy(source.model)
         p = source.probe
+        if _declares_head(source.model, source.layer):
+            from hpo.models.training import retrain_head
+
+            model = copy.deepcopy(source.model)
+            with torch.enable_grad():
+                retrain_head(model, source.layer, p.z, p.y, seed=source.seed)
+            return Fitted(model=model)
+        assert source.head is not None
         with torch.enable_grad():
-            retrain_head(model, source.layer, p.z, p.y, seed=source.seed)
-        return Fitted(model=model)
+            return Fitted(overrides=retrain_from_head(source.head, source.model, p, source.seed))
+
+
+def _declares_head(model: nn.Module, layer: str) -> bool:
+    return layer in getattr(model, "LAYERS", ()) and callable(getattr(model, "head", None))
+
+
+def retrain_from_head(
+    head: Head,
+    model: nn.Module,
+    probe: CachedSplit,
+    seed: int,
+    *,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    only: set[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The head's tensors (or `only` these of them) re-initialised, per module of
+    `model` that owns nothing else, by its layer type or its `reset_parameters`, and
+    trained by cross-entropy on `probe`'s cached values, as the built-in `retrain_head`
+    trains its layers. Returns the trained tensors by the base model's keys."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    start = {
+        k: v.detach().clone() for k, v in head.parameters().items() if only is None or k in only
+    }
+    fresh = copy.deepcopy(model)
+    for name, module in fresh.named_modules():
+        own = {f"{name}.{k}" if name else k: p for k, p in module.named_parameters(recurse=False)}
+        if not own or not all(k in start for k in own):
+            continue
+        kind = layer_type_of(module)
+        if kind is not None:
+            kind.reset(module)
+        elif callable(getattr(module, "reset_parameters", None)):
+            module.reset_parameters()
+        else:
+            continue  # no way to re-initialise it: trained from where it is
+        start |= {k: p.detach().clone() for k, p in own.items()}
+    params = {k for k, _ in model.named_parameters()}  # the rest (buffers) stay as they are
+    trained = {k: nn.Parameter(v) for k, v in start.items() if k in params}
+    opt = torch.optim.Adam(trained.values(), lr=lr)
+    values, n = probe.values(), len(probe.y)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(probe.y.device)
+        for i in range(0, n, batch_size):
+            idx = perm[i : i + batch_size]
+            logits = head({k: v[idx] for k, v in values.items()}, {**start, **trained})
+            loss = F.cross_entropy(logits, probe.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {**start, **{k: v.detach() for k, v in trained.items()}}
 
 
 LEACE_ROWS = 4096
@@ -213,9 +321,10 @@ class Leace:
         from concept_erasure import LeaceFitter
 
         layer = source.model.get_submodule(source.layer)
-        z = rows(source.probe.z)  # one row per token where the layer sees sequences
+        kind = editable_type(layer) or LINEAR
+        z = rows(source.probe.z, kind)  # one row per token (or pixel) where it sees several
         assert source.probe.concepts is not None
-        concepts = per_row(F.one_hot(source.probe.concepts).double(), source.probe.z)
+        concepts = per_row(F.one_hot(source.probe.concepts).double(), source.probe.z, kind)
         affine = layer.bias is not None
         # the statistics in float64 from LEACE_ROWS rows at a time: fitting on all rows at
         # once holds three float64 copies of them (2.3 GiB for 16 000 × 4096)
@@ -226,9 +335,11 @@ class Leace:
         # forms a dozen dense d×d matrices, 1745 MiB over the statistics at d = 4096;
         # this, 591 MiB: the shrunk covariance, its eigenvectors and eigh's workspace
         eraser = leace_eraser(fitter)
-        weight = layer.weight.double()
+        own = kind.weight(layer)  # out × in
+        weight = own.double()
         erased = weight @ eraser.left @ eraser.right  # W·L·R
-        overrides = {f"{source.layer}.weight": (weight - erased).to(layer.weight.dtype)}
+        new = (weight - erased).to(own.dtype)
+        overrides = {f"{source.layer}.weight": kind.stored(layer, new)}
         if affine:
             assert eraser.bias is not None
             shift = erased @ eraser.bias

@@ -1,9 +1,12 @@
 """Group accuracies of a classifier, with some of its parameters replaced.
 
 `Scorer` scores any edit of the model (a mapping from parameter names to new tensors)
-on a split. Where the model can run from the decomposed layer's input (`head`, see
-hpo.models.classifiers), it starts from the cached layer inputs and the trunk never
-reruns; for any other model it runs the whole forward pass on the split's inputs.
+on a split, from the decomposed layer on wherever it can: with a `Head`
+(hpo.models.head: a graph split of a user's exported model, or the user's own) it
+starts from the values cached at the cut, and the trunk never reruns; the built-in
+models run their own `head` (hpo.models.classifiers) from the cached layer inputs.
+Only a model with neither, or an edit of a tensor the head does not own, runs the whole
+forward pass on the split's inputs.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from hpo.models.graph_split import LAYER_INPUT
+from hpo.models.head import Head, logits_of
 from hpo.models.model_inputs import ModelInputs, call_args, n_samples, take
 from hpo.results import GroupMetrics
 
@@ -24,20 +29,21 @@ Overrides = Mapping[str, torch.Tensor]  # parameter name (model.state_dict() key
 
 @dataclass
 class CachedSplit:
-    """One split, ready for scoring: the decomposed layer's inputs, labels, groups, and
-    the model inputs where scoring runs the whole model (None when it runs the head): a
-    tensor, or a dict of tensors passed as keyword arguments.
-
-    `extras`: any other per-sample tensors (first dimension = sample) that running the
-    model from the layer needs beside `z` (an attention mask, a residual stream); stored
-    and subsampled with the split."""
+    """One split, ready for scoring: the decomposed layer's inputs, labels, groups, the
+    other values a head reads across the cut (`carry`, by name; one row per sample), and
+    the model inputs where scoring runs the whole model (None when it runs a head): a
+    tensor, or a dict of tensors passed as keyword arguments."""
 
     z: torch.Tensor
     y: torch.Tensor
     groups: torch.Tensor
     concepts: torch.Tensor | None = None
     x: ModelInputs | None = None
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    carry: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def values(self) -> dict[str, torch.Tensor]:
+        """What a head takes: the layer's input and the carried values."""
+        return {LAYER_INPUT: self.z, **self.carry}
 
     def subset(self, index: torch.Tensor) -> CachedSplit:
         """The samples at `index` (a sample's every token where the layer sees sequences)."""
@@ -46,7 +52,8 @@ class CachedSplit:
             y=self.y[index],
             groups=self.groups[index],
             concepts=None if self.concepts is None else self.concepts[index],
-            x=None if self.x is None else self.x[index],
+            x=None if self.x is None else take(self.x, index),
+            carry={name: value[index] for name, value in self.carry.items()},
         )
 
 
@@ -88,7 +95,8 @@ def runs_from_layer(model: nn.Module, layer: str) -> bool:
 
 
 class Scorer:
-    """Logits and group metrics of `model` with parameters replaced, per split."""
+    """Logits and group metrics of `model` with parameters replaced, per split.
+    `head`: the model from `layer` on (hpo.models.head), used for every edit it takes."""
 
     def __init__(
         self,
@@ -97,11 +105,13 @@ class Scorer:
         splits: Mapping[str, CachedSplit],
         group_names: Sequence[str],
         batch_size: int = 4096,
+        head: Head | None = None,
     ) -> None:
         self.model, self.layer, self.splits = model, layer, splits
         self.group_names = tuple(group_names)
         self.batch_size = batch_size
-        self.head = _Head(model, layer) if runs_from_layer(model, layer) else None
+        self.head = head
+        self.own_head = _Head(model, layer) if runs_from_layer(model, layer) else None
 
     @torch.no_grad()
     def logits(self, split: str, overrides: Overrides | None = None) -> torch.Tensor:
@@ -111,15 +121,22 @@ class Scorer:
         """`logits` with gradients flowing to the overrides (what fitting an edit needs)."""
         s = self.splits[split]
         overrides = dict(overrides or {})
+        if self.head is not None and self.head.takes(overrides):
+            return self.head(s.values(), overrides)
         if s.x is None:
-            if self.head is None:
-                raise ValueError(f"split {split} has no model inputs to score")
+            if self.own_head is None:
+                raise ValueError(
+                    f"split {split} has no model inputs to score an edit of "
+                    f"{', '.join(sorted(overrides)) or 'nothing'} with"
+                )
             swapped = {f"model.{k}": v for k, v in overrides.items()}
-            return functional_call(self.head, swapped, (s.z,))
+            return functional_call(self.own_head, swapped, (s.z,))
         b = self.batch_size
         return torch.cat(
             [
-                functional_call(self.model, overrides, *call_args(take(s.x, slice(i, i + b))))
+                logits_of(
+                    functional_call(self.model, overrides, *call_args(take(s.x, slice(i, i + b))))
+                )
                 for i in range(0, n_samples(s.x), b)
             ]
         )

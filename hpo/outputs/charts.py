@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from hpo.outputs.group_rows import select_groups
 from hpo.storage.records import TrialRecord
 
 if TYPE_CHECKING:
@@ -162,7 +163,9 @@ def _draw_groups(record: TrialRecord, number: int | None) -> Figure | None:
     if not isinstance(groups, Mapping):
         return None
     models = _models(groups)
-    names = list(dict.fromkeys(g for m in models for g in groups[m]))
+    every = list(dict.fromkeys(g for m in models for g in groups[m]))
+    shown = select_groups(every, [groups[m] for m in models])
+    names = list(shown.listed)
     values = {m: _floats([groups[m].get(g) for g in names]) for m in models}
     if not names or not any(_finite(v) for v in values.values()):
         return None
@@ -188,7 +191,8 @@ def _draw_groups(record: TrialRecord, number: int | None) -> Figure | None:
     ax.set(xlim=(-0.5, len(names) - 0.5), ylim=(0.0, 1.06), ylabel="accuracy")  # room for 100
     ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.grid(axis="y")
-    ax.set_title(_title("per-group accuracy (validation)", number), pad=4 + 14 * legend_rows)
+    title = _title(f"per-group accuracy (validation){shown.title_note}", number)
+    ax.set_title(title, pad=4 + 14 * legend_rows)
     ax.legend(
         loc="lower center", bbox_to_anchor=(0.5, 1.0), ncols=columns, frameon=False, borderpad=0.2
     )

@@ -7,7 +7,8 @@ study, and never reaches the sampler. An export whose re-scored validation numbe
 differ from the trial's recorded ones is refused: it would not be the model that won.
 
 Layout of `models/<study>/` (written into a temp folder, renamed into place at the end):
-config.toml, config.json, sae.pt, model.pt, metrics.json, README.md.
+config.toml, config.json, sae.pt, model.pt, metrics.json, README.md, and for a Hugging Face
+model hf/ (its `save_pretrained` output, which `from_pretrained` loads).
 """
 
 from __future__ import annotations
@@ -233,6 +234,8 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         state = {k: v.detach().cpu() for k, v in r.weights.debiased.items()}
         _verify_model(r, state)
         files["model.pt"] = _torch_bytes(state)
+        task = get_task(r.study_file.task.kind)
+        files |= {f"hf/{name}": data for name, data in task.model_files(r.ctx, state).items()}
     files["metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
     task = get_task(r.study_file.task.kind)
     files["README.md"] = model_card(

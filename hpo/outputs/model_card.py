@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpo.debias.strategies.registry import get_strategy
+from hpo.outputs.group_rows import select_groups
 from hpo.params import TrialParams
 from hpo.results import TrialResult
 from hpo.tasks.base import ModelCard
@@ -23,14 +24,30 @@ def accuracy_table(result: TrialResult) -> list[str]:
     cols = [(m, s) for m in result.model_names() for s in ("val", "test") if result.metric(m, s)]
     head = "| accuracy | " + " | ".join(f"{m.replace('_', ' ')} {s}" for m, s in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols)]
+    val = [m.groups for name in result.model_names() if (m := result.metric(name, "val"))]
+    groups = select_groups(result.group_names, val)
     rows = [("**worst group**", "worst_group"), ("mean group", "mean_group")]
-    rows += [("overall", "overall"), *((g, g) for g in result.group_names)]
+    rows += [("overall", "overall"), *((g, g) for g in groups.listed)]
     for label, key in rows:
         cells = []
         for m, s in cols:
             metric = result.metric(m, s)
             cells.append(_pct(None if metric is None else metric.get(key)))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    for label, statistic in groups.rest_rows():
+        cells = []
+        for m, s in cols:
+            metric = result.metric(m, s)
+            cells.append(
+                _pct(None if metric is None else groups.summarise(metric.groups, statistic))
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if groups.rest:
+        lines += [
+            "",
+            f"Groups listed: the {len(groups.listed)} worst on validation; "
+            "every group's numbers are in `metrics.json`.",
+        ]
     return lines
 
 
@@ -142,6 +159,15 @@ def _load_section(card: ModelCard, layers: list[str]) -> list[str]:
         "model.eval()",
         "```",
         "",
+        *(
+            [
+                f"`hf/` is the same model as `save_pretrained` writes it: "
+                f'`{card.pretrained}.from_pretrained("hf")` loads it, edit included.',
+                "",
+            ]
+            if card.pretrained
+            else []
+        ),
         'The Faithful-SAE of each layer: `d = torch.load("sae.pt", weights_only=True)'
         f'["layers"]["{layers[0]}"]`, then `from hpo.sae.model import FaithfulSAE; '
         'sae = FaithfulSAE(**d["sae_config"]); sae.load_state_dict(d["sae"])`.',

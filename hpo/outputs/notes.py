@@ -20,6 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
+from hpo.outputs.group_rows import select_groups
 from hpo.results import CONTROL_PREFIX, Edit
 from hpo.storage import compat
 from hpo.storage.attrs import BEST_NOTES_ATTR, STUDY_FILE_ATTR
@@ -146,9 +147,14 @@ def _gain_lines(groups: Mapping[str, Mapping[str, float | None]]) -> list[str]:
         f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | **{_gain(o_worst, d_worst)}** |"
     )
     lines.append(f"| mean group | {_pct(o_mean)} | {_pct(d_mean)} | {_gain(o_mean, d_mean)} |")
-    for g, before in groups["original"].items():
-        after = groups["debiased"].get(g)
+    shown = select_groups(list(groups["original"]), [groups["original"], groups["debiased"]])
+    for g in shown.listed:
+        before, after = groups["original"].get(g), groups["debiased"].get(g)
         lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
+    for label, statistic in shown.rest_rows():
+        before = shown.summarise(groups["original"], statistic)
+        after = shown.summarise(groups["debiased"], statistic)
+        lines.append(f"| {label} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
     controls = [m for m in groups if m.startswith(CONTROL_PREFIX)]
     refs = [m for m in groups if m not in ("original", "debiased", *controls)]
     if controls:

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import UserError
+from hpo.outputs.group_rows import select_groups
 from hpo.outputs.report_figures import (
     TITLES,
     alpha_figure,
@@ -112,18 +113,33 @@ def _best_table(r: Rescored) -> str:
         cols = [(m, s) for m in res.model_names() for s in ("val", "test") if res.metric(m, s)]
         head = ["accuracy", *(f"{m.replace('_', ' ')} {s}" for m, s in cols)]
         lines = []
+        val = [m.groups for name in res.model_names() if (m := res.metric(name, "val"))]
+        groups = select_groups(res.group_names, val)
         for label, key in [
             ("worst group", "worst_group"),
             ("mean group", "mean_group"),
             ("overall", "overall"),
-            *((g, g) for g in res.group_names),
+            *((g, g) for g in groups.listed),
         ]:
             row = [f"<b>{html.escape(label)}</b>" if key == "worst_group" else html.escape(label)]
             for m, s in cols:
                 metric = res.metric(m, s)
                 row.append(_pct(None if metric is None else metric.get(key)))
             lines.append(row)
+        for label, statistic in groups.rest_rows():
+            row = [html.escape(label)]
+            for m, s in cols:
+                metric = res.metric(m, s)
+                row.append(
+                    _pct(None if metric is None else groups.summarise(metric.groups, statistic))
+                )
+            lines.append(row)
         out += _table(head, lines)
+        if groups.rest:
+            out += (
+                f"<p class='note'>Groups listed: the {len(groups.listed)} worst on validation "
+                f"of {len(res.group_names)}; the others are summarised.</p>"
+            )
     if r.mismatches:
         out += (
             "<p class='warn'>Re-scoring the stored weights does not reproduce the recorded "

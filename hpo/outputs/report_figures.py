@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.outputs.charts import MODEL_COLORS
+from hpo.outputs.group_rows import select_groups
 from hpo.outputs.rescore import Rescored
 from hpo.storage.records import TrialRecord, stored_objectives
 from hpo.tasks.base import BUDGETS
@@ -178,13 +179,15 @@ def groups_figure(r: Rescored) -> Any | str:
 
     if not r.result.models:
         return "This task has no groups."
+    val = [m.groups for n in r.result.model_names() if (m := r.result.metric(n, "val"))]
+    shown = select_groups(r.result.group_names, val)
     fig = make_subplots(rows=1, cols=2, subplot_titles=("validation", "test"), shared_yaxes=True)
     for col, split in enumerate(("val", "test"), start=1):
         for name in r.result.model_names():
             metrics = r.result.metric(name, split)
             if metrics is None:
                 continue
-            groups = list(metrics.groups)
+            groups = [g for g in shown.listed if g in metrics.groups]
             fig.add_bar(
                 x=groups,
                 y=[metrics.groups[g] for g in groups],
@@ -200,7 +203,7 @@ def groups_figure(r: Rescored) -> Any | str:
             )
     fig.update_yaxes(range=[0, 1.1], title="accuracy", row=1, col=1)
     fig.update_layout(barmode="group")
-    return _titled(fig, f"{TITLES['groups']}: trial {r.trial.number}")
+    return _titled(fig, f"{TITLES['groups']}: trial {r.trial.number}{shown.title_note}")
 
 
 def budget_figure(r: Rescored) -> Any | str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from hpo.outputs.group_rows import select_groups
 from hpo.results import TrialResult
 
 PHASES = (
@@ -43,8 +44,9 @@ def _group_table(result: TrialResult) -> list[str]:
     models = result.model_names()
     splits = [s for s in ("val", "test") if result.metric("original", s) is not None]
     cols = [(m, s) for m in models for s in splits]
-    groups = result.group_names
-    width = max(12, *(len(g) for g in groups))
+    groups = select_groups(result.group_names, _val_groups(result))
+    rest = groups.rest_rows()
+    width = max(12, *(len(g) for g in groups.listed), *(len(label) for label, _ in rest))
     top = " " * width + "".join(f"{_label(m):>{7 * len(splits)}}" for m in models)
     sub = " " * width + "".join(f"{s:>7}" for _, s in cols)
     edit = result.edit
@@ -60,13 +62,20 @@ def _group_table(result: TrialResult) -> list[str]:
         )
         lines.append(regime_line(result))
     lines += [top, sub]
-    rows = [(g, g) for g in groups]
+    rows = [(g, g) for g in groups.listed]
     rows += [("worst group", "worst_group"), ("mean group", "mean_group"), ("overall", "overall")]
     for label, key in rows:
         cells = []
         for m, s in cols:
             metric = result.metric(m, s)
             cells.append(f"  {_pct(None if metric is None else metric.get(key))}")
+        lines.append(f"{label:<{width}}" + "".join(cells))
+    for label, statistic in rest:  # the groups not listed, in one line each statistic
+        cells = []
+        for m, s in cols:
+            metric = result.metric(m, s)
+            value = None if metric is None else groups.summarise(metric.groups, statistic)
+            cells.append(f"  {_pct(value)}")
         lines.append(f"{label:<{width}}" + "".join(cells))
     for s in splits:
         lift = result.lift(s)
@@ -83,6 +92,12 @@ def _group_table(result: TrialResult) -> list[str]:
                 f"{gap[1].replace('_', ' ')} (worst group)"
             )
     return lines
+
+
+def _val_groups(result: TrialResult) -> list[dict[str, float | None]]:
+    """Every model's validation accuracy per group: what the groups listed are chosen by."""
+    found = (result.metric(m, "val") for m in result.model_names())
+    return [dict(m.groups) for m in found if m is not None]
 
 
 def _label(model: str) -> str:

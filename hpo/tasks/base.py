@@ -55,6 +55,7 @@ class ModelCard:
     class_name: str
     load: str
     concept_names: tuple[str, ...] = ()
+    pretrained: str | None = None  # a Hugging Face class whose from_pretrained reads hf/
 
 
 class Task(Protocol):
@@ -119,4 +120,9 @@ class Task(Protocol):
 
     def model_card(self, ctx: TaskContext) -> ModelCard:
         """How to describe and load the task's model."""
+        ...
+
+    def model_files(self, ctx: TaskContext, state: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
+        """Files beside model.pt that load the model with `state` in its own library
+        (a Hugging Face model's `save_pretrained` output), by name; {} for none."""
         ...

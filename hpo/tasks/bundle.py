@@ -1,8 +1,9 @@
 """A classifier task's bundle: everything a trial needs, computed once, in one file.
 
 `write_bundle` runs the model over every split once to cache the decomposed layer's
-inputs, fits and scores the references on them, and stores the lot (with the model's
-weights) in the content-addressed cache; `context_from_bundle` rebuilds a
+inputs (and, for a user model cut by hpo.tasks.cut, the other values its head reads
+across the cut), fits and scores the references on them, and stores the lot (with the
+model's weights) in the content-addressed cache; `context_from_bundle` rebuilds a
 `ClassifierContext` from that file alone, so a worker on another machine needs nothing
 else. Bundle keys hash the source of the code that shapes them (`code_fingerprint`).
 """
@@ -29,10 +30,13 @@ from hpo.debias.edit.target import EditTarget
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit, Scorer, runs_from_layer
 from hpo.errors import UserError
+from hpo.models.head import Head
+from hpo.models.layer_types import LAYER_TYPES, LINEAR, editable_type
 from hpo.models.linear_layers import layers_from
 from hpo.models.model_inputs import ModelInputs, call_model, n_samples, take, to_device
 from hpo.results import GroupMetrics
 from hpo.tasks.batches import Batch, is_stream, stream_batches
+from hpo.tasks.cut import Cut, carried
 from hpo.tasks.row_sampling import sample_keys, smallest
 from hpo.tasks.streaming import RowPlan, sample_tokens, stream_split
 from hpo.tasks.user import SPLITS, Split, UserTask
@@ -54,10 +58,18 @@ class ClassifierContext:
     bundle_key: str
     bundle_path: Path
     card: dict[str, str]
-    # The layers a trial may edit (`layer` and every nn.Linear called after it, in call
-    # order) and their inputs on the probe split, which their decompositions train on.
+    # The layers a trial may edit (`layer` and every editable layer called after it that
+    # the scorer can change, in call order) and their inputs on the probe split, which
+    # their decompositions train on.
     probe_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    # The model from `layer` on, for a user model (hpo.tasks.cut); None: the built-in
+    # model's own head, or the whole model.
+    head: Head | None = None
+    layer_types: dict[str, str] = field(default_factory=dict)  # layer -> LayerType.name
+    # A Hugging Face model's class and config (hpo.tasks.hugging_face): export writes
+    # its save_pretrained output too.
+    pretrained: dict[str, str] | None = None
     scorer: Scorer = field(init=False)
     edit_target: EditTarget = field(init=False)
     # The controls' scored edits of the last few configurations: they do not depend on
@@ -65,10 +77,14 @@ class ClassifierContext:
     control_cache: ControlCache = field(default_factory=ControlCache, repr=False)
 
     def __post_init__(self) -> None:
-        self.scorer = Scorer(self.model, self.layer, self.splits, self.group_names)
+        self.scorer = Scorer(self.model, self.layer, self.splits, self.group_names, head=self.head)
         self.probe_inputs = {self.layer: self.splits["probe"].z, **self.probe_inputs}
         self.edit_target = EditTarget(
-            self.model, self.scorer, self.probe_inputs, len(self.concept_names)
+            self.model,
+            self.scorer,
+            self.probe_inputs,
+            len(self.concept_names),
+            layer_types={k: LAYER_TYPES[v] for k, v in self.layer_types.items()},
         )
 
     @property
@@ -80,7 +96,8 @@ class ClassifierContext:
         return next(self.model.parameters()).device
 
     def weight_of(self, layer: str) -> torch.Tensor:
-        return self.model.get_submodule(layer).weight
+        """The layer's weight, out × in, whatever its type stores."""
+        return self.edit_target.layer_type(layer).weight(self.model.get_submodule(layer))
 
 
 def code_fingerprint(modules: Sequence[ModuleType]) -> str:
@@ -120,7 +137,14 @@ def module_inputs(
     handle = model.get_submodule(name).register_forward_pre_hook(hook)
     try:
         for i in range(0, n, batch_size):
+            before = len(captured)
             call_model(model, take(x, slice(i, i + batch_size)))
+            if len(captured) - before > 1:
+                raise UserError(
+                    f"UserTask.layer {name!r} is called {len(captured) - before} times in one "
+                    "forward pass; an edited layer must be called once (its inputs are "
+                    "one set of rows)"
+                )
     finally:
         handle.remove()
     if not captured:
@@ -160,13 +184,16 @@ def write_bundle(
     model_payload: Mapping[str, Any],
     device: torch.device,
     collected: Collected | None = None,
+    cut: Cut | None = None,
 ) -> dict[str, float]:
     """Cache the layer inputs on every split and the references' scores, in one file.
     One torch thread (`reproducible_threads`): the references train and fit covariances.
 
-    The model inputs (x) are kept only when scoring has to run the whole model; a model
-    that runs from the layer (`head`) is scored from the cached inputs alone. `collected`:
-    the splits already collected (a streamed task's build reads them once, for its key).
+    `collected`: the splits already collected (a streamed task's build reads them once,
+    for its key). `cut`: how a user model is scored (hpo.tasks.cut); None for a built-in
+    model, which runs from the layer through its own `head`. The model inputs (x) are kept
+    only when scoring has to run the whole model; else the cached values alone score
+    every edit.
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -174,19 +201,33 @@ def write_bundle(
     if collected is None:
         collected = collect_splits(model, task, device, seed)
     full, probe_inputs = collected.splits, collected.probe_inputs
+    head = cut.head if cut is not None else None
+    if cut is not None:  # the other values the head reads across the cut, per split
+        full = {name: with_carry(s, cut) for name, s in full.items()}
+        collected = replace(collected, splits=full)
+    if head is not None:  # only what the head can change: the rest runs before the cut
+        probe_inputs = {n: v for n, v in probe_inputs.items() if f"{n}.weight" in head.overridable}
+    later = list(probe_inputs)
     timings["activations"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = score_references(model, task, collected, references, oracle, seed)
+    scores = score_references(model, task, collected, references, oracle, seed, head)
     timings["references"] = time.perf_counter() - t0
-    keep_x = not runs_from_layer(model, task.layer)
+    keep_x = not runs_from_layer(model, task.layer) if cut is None else head is None
+    types = {
+        name: (editable_type(model.get_submodule(name)) or LINEAR).name
+        for name in (task.layer, *later)
+    }
     bundle = {
         "meta": {
             **meta,
             "layer": task.layer,
             "group_names": list(task.group_names),
             "concept_names": list(task.concept_names),
+            "layer_types": types,
+            **({"cut": cut.meta()} if cut is not None else {}),
         },
         "model": dict(model_payload),
+        **({"cut": cut.payload} if cut is not None else {}),
         "splits": {name: _split_json(s, keep_x) for name, s in full.items()},
         "probe_inputs": probe_inputs,
         "references": {
@@ -312,7 +353,17 @@ def cached_splits(
     return collect_splits(model, task, device, seed).splits
 
 
-def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, torch.Tensor]:
+def with_carry(s: CachedSplit, cut: Cut) -> CachedSplit:
+    """The split with the values its head reads across the cut, from its model inputs."""
+    if s.x is None:
+        raise UserError(
+            "UserTask: a model scored from its cut needs each split's model inputs; a "
+            "streamed split kept none"
+        )
+    return replace(s, carry=carried(cut, s.x))
+
+
+def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, Any]:
     """What the bundle stores of a split: the model inputs only where scoring must run
     the whole model."""
     return {
@@ -321,7 +372,7 @@ def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, torch.Tensor]:
         "groups": s.groups,
         **({"concepts": s.concepts} if s.concepts is not None else {}),
         **({"x": s.x} if keep_x and s.x is not None else {}),
-        **({"extras": s.extras} if s.extras else {}),
+        **({"carry": s.carry} if s.carry else {}),
     }
 
 
@@ -332,11 +383,12 @@ def score_references(
     names: Sequence[str],
     oracle: nn.Module | None,
     seed: int,
+    head: Head | None = None,
 ) -> dict[str, dict[str, GroupMetrics]]:
-    """original plus each named reference, on val and test (with model inputs, or from
-    the layer where the model runs from it)."""
+    """original plus each named reference, on val and test (with model inputs: a
+    built-in model is scored whole here, a user model from its head where it has one)."""
     splits = collected.splits
-    scorer = Scorer(model, task.layer, splits, task.group_names)
+    scorer = Scorer(model, task.layer, splits, task.group_names, head=head)
     out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
     probe = splits["probe"]
     if probe.x is None:  # streamed, scored from the layer: its inputs were collected
@@ -358,6 +410,7 @@ def score_references(
         oracle=oracle,
         seed=seed,
         val=splits["val"],
+        head=head,
     )
     for name in names:
         method = REFERENCES[name]
@@ -396,7 +449,11 @@ def _cpu(obj: Any) -> Any:
 
 
 def context_from_bundle(
-    bundle: dict[str, Any], model: nn.Module, path: Path, card: dict[str, str]
+    bundle: dict[str, Any],
+    model: nn.Module,
+    path: Path,
+    card: dict[str, str],
+    head: Head | None = None,
 ) -> ClassifierContext:
     meta = bundle["meta"]
     splits = {name: CachedSplit(**d) for name, d in bundle["splits"].items()}
@@ -415,4 +472,7 @@ def context_from_bundle(
         bundle_path=path,
         card=card,
         probe_inputs=dict(bundle.get("probe_inputs", {})),  # older bundles: the layer only
+        head=head,
+        layer_types=dict(meta.get("layer_types", {})),
+        pretrained=meta.get("hf"),
     )

@@ -30,6 +30,7 @@ from hpo.errors import UserError
 from hpo.params import TrialParams
 from hpo.results import GroupMetrics, TrialResult, control_name
 from hpo.sae.training import SAEData
+from hpo.tasks import hugging_face
 from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
 from hpo.tasks.bundle import ClassifierContext
 from hpo.tasks.classifier_metrics import decomposition_errors, prediction_change, worst_errors
@@ -67,7 +68,7 @@ class ClassifierTask:
             if name not in valid:
                 raise UserError(
                     f"params.layers: {name!r} is not a layer this task can edit; valid: "
-                    f"{', '.join(valid)} (the task's layer and the nn.Linear layers the "
+                    f"{', '.join(valid)} (the task's layer and the editable layers the "
                     "model calls after it), or several joined by '+'"
                 )
         return sorted(names, key=valid.index)
@@ -160,8 +161,13 @@ class ClassifierTask:
     ) -> dict[str, GroupMetrics]:
         model = copy.deepcopy(ctx.model)
         model.load_state_dict(state, strict=True)
-        scorer = Scorer(model, ctx.layer, ctx.splits, ctx.group_names)  # eval, as loaded
-        return {split: scorer.metrics(split) for split in ("val", "test")}
+        if ctx.head is None:
+            scorer = Scorer(model, ctx.layer, ctx.splits, ctx.group_names)  # eval, as loaded
+            return {split: scorer.metrics(split) for split in ("val", "test")}
+        # from the head: the loaded model is the base model with the tensors that differ
+        base = ctx.model.state_dict()
+        changed = {k: v for k, v in model.state_dict().items() if not torch.equal(v, base[k])}
+        return {split: ctx.scorer.metrics(split, changed) for split in ("val", "test")}
 
     def model_card(self, ctx: ClassifierContext) -> ModelCard:
         return ModelCard(
@@ -169,7 +175,16 @@ class ClassifierTask:
             class_name=ctx.card["class"],
             load=ctx.card["load"],
             concept_names=ctx.concept_names,
+            pretrained=None if ctx.pretrained is None else ctx.card["class"].rpartition(".")[2],
         )
+
+    def model_files(
+        self, ctx: ClassifierContext, state: Mapping[str, torch.Tensor]
+    ) -> dict[str, bytes]:
+        """A Hugging Face model's `save_pretrained` output with `state` (hpo.tasks.hugging_face)."""
+        if ctx.pretrained is None:
+            return {}
+        return hugging_face.pretrained_files(ctx.pretrained, state)
 
 
 def objectives(outcome: EditOutcome) -> dict[str, float]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from hpo.cpus import reproducible_threads
+from hpo.models.layer_types import weight_override
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 from hpo.tasks.base import Saes
@@ -16,7 +17,10 @@ def prediction_change(ctx: ClassifierContext, saes: Saes) -> float:
     """The share of validation predictions that change when each decomposed weight is
     replaced by the sum of its components: what a faithfulness error means for the model
     (0: the components are the layer, as far as its decisions go)."""
-    summed = {f"{layer}.weight": sae.effective_weight().T for layer, sae in saes.items()}
+    summed: dict[str, torch.Tensor] = {}
+    for layer, sae in saes.items():
+        kind, module = ctx.edit_target.layer_type(layer), ctx.model.get_submodule(layer)
+        summed |= weight_override(kind, module, layer, sae.effective_weight().T)
     before = ctx.scorer.logits("val").argmax(-1)
     after = ctx.scorer.logits("val", summed).argmax(-1)
     return float((before != after).double().mean())

@@ -26,14 +26,16 @@ from torch import nn
 from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
 from hpo.errors import UserError
-from hpo.models.model_inputs import ModelInputs, take
-from hpo.tasks import batches, bundle, row_sampling, streaming
+from hpo.models import graph_split
+from hpo.models.head import logits_only
+from hpo.models.model_inputs import ModelInputs, call_model, take, to_device
+from hpo.tasks import batches, bundle, cut, hugging_face, row_sampling, streaming
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import SPLITS, UserTask, validate_user_task
 
-BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module)
+BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module, cut, graph_split)
 
 
 class PythonTask(ClassifierConfig):
@@ -187,6 +189,7 @@ class Python(ClassifierTask):
                 "weights": weights,
                 "layer": task.layer,
                 "rows": [task.max_rows, task.tokens_per_sample],
+                "head": None if task.head is None else getattr(task.head, "__qualname__", "head"),
                 "code": bundle.code_fingerprint(BUNDLE_CODE),
             }
         )
@@ -194,8 +197,26 @@ class Python(ClassifierTask):
         if path.exists():
             return path, timings
         cls = type(model)
+        source = f"task.factory {cfg.factory}"
         example = collected.example if collected else take(task.probe.x, slice(0, 2))
-        program = export_program(model, example, f"task.factory {cfg.factory}")
+        with torch.no_grad():
+            flat = isinstance(call_model(model, example), torch.Tensor)
+        program = export_program(model if flat else logits_only(model), example, source)
+        stored = torch.frombuffer(bytearray(program), dtype=torch.uint8)
+        check = collected.splits["probe"].x if collected else task.probe.x
+        if check is None:  # a streamed split scored from the layer keeps no model inputs
+            check = example
+        check = to_device(take(check, slice(0, cut.CHECK_ROWS)), device)
+        probe_z = bundle.module_inputs(model.to(device), task.layer, check)
+        found = cut.find_cut(
+            task,
+            load_program(stored, device),  # as workers will see the model
+            check,
+            probe_z,
+            export=export_program,
+            load=load_program,
+            source=source,
+        )
         timings |= bundle.write_bundle(
             path,
             task,
@@ -208,13 +229,12 @@ class Python(ClassifierTask):
                 "task": cfg.model_dump(mode="json"),
                 "model_class": f"{cls.__module__}.{cls.__qualname__}",
                 "model_file": sys.modules[cls.__module__].__file__ or "",
+                **({"hf": hf} if (hf := hugging_face.describe(model)) is not None else {}),
             },
-            model_payload={
-                "state": model.state_dict(),
-                "program": torch.frombuffer(bytearray(program), dtype=torch.uint8),
-            },
+            model_payload={"state": model.state_dict(), "program": stored},
             device=device,
             collected=collected,
+            cut=found,
         )
         return path, timings
 
@@ -232,6 +252,29 @@ class Python(ClassifierTask):
                 f"(defined in {meta['model_file'] or module})"
             ),
         }
-        ctx = bundle.context_from_bundle(stored, model, path, card)
+        if "hf" in meta:  # a Hugging Face model: its class rebuilt from the stored config
+            card["load"] = (
+                f"from transformers import {name}\n"
+                f'model = {name}.from_pretrained("hf")  # the edited model itself; or:'
+            )
+        found = load_cut(stored, model, meta["layer"], device)
+        ctx = bundle.context_from_bundle(stored, model, path, card, head=found.head)
+        if found.head is not None:
+            cut.check_loaded(found, ctx.splits["probe"].values(), stored["cut"]["check"])
         ctx.timings = {"load": time.perf_counter() - t0}
         return ctx
+
+
+def load_cut(
+    stored: dict[str, Any], program: nn.Module, layer: str, device: torch.device
+) -> cut.Cut:
+    """The cut the bundle recorded, made again from what it stores; the whole model
+    (said once, with why) where it found none."""
+    meta = stored["meta"].get("cut", {"kind": "whole_model", "why": "an older bundle"})
+    if meta["kind"] == "graph_split":
+        assert isinstance(program, torch.fx.GraphModule)
+        return cut.graph_split_cut(program, layer, int(stored["cut"]["logits_leaf"]))
+    if meta["kind"] == "user_head":
+        return cut.user_head_cut(load_program(stored["cut"]["head_program"], device))
+    cut.warn_whole_model(meta["why"], layer)
+    return cut.Cut("whole_model", None, why=meta["why"])

@@ -213,6 +213,9 @@ class ToySuperposition:
     def budget_curve(self, *_: Any) -> dict[str, list[BudgetPoint]]:
         return {}  # no edit
 
+    def model_files(self, *_: Any) -> dict[str, bytes]:
+        return {}
+
     def model_card(self, ctx: ToyContext) -> ModelCard:
         t = ctx.task
         return ModelCard(

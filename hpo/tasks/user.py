@@ -2,15 +2,16 @@
 
 A study file names a factory (`[task] kind = "python"`, `factory = "module:function"`),
 which is called as `factory(seed=..., **options)` and returns a `UserTask`: a trained
-model, the dotted name of one `nn.Linear` inside it, and three labelled splits, each a
-`Split` of tensors or a Dataset / DataLoader that streams (hpo.tasks.batches). Everything
-else (caching, references, the Faithful-SAE, the α sweep, the study, export) is the
-service's. `validate_user_task` turns every mistake into one sentence naming the field.
+model, the dotted name of one editable layer inside it (an `nn.Linear`, a Hugging Face
+`Conv1D` or a 1×1 `nn.Conv2d`), and three labelled splits, each a `Split` of tensors or a
+Dataset / DataLoader that streams (hpo.tasks.batches). Everything else (caching,
+references, the Faithful-SAE, the α sweep, the study, export) is the service's.
+`validate_user_task` turns every mistake into one sentence naming the field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from hpo.errors import UserError
+from hpo.models.layer_types import editable_type, layer_type_of, supported
 from hpo.tasks.batches import CONTRACT, is_stream
 
 
@@ -49,8 +51,9 @@ class UserTask:
     """A trained model, the layer to decompose, and the data to debias it with.
 
     model: a trained `torch.nn.Module` (any architecture); it is put in eval mode.
-    layer: dotted name of an `nn.Linear` inside it (as in `model.named_modules()`), e.g.
-        "head.0"; it may feed a nonlinearity or be the last layer.
+    layer: dotted name of an editable layer inside it (as in `model.named_modules()`),
+        e.g. "head.0": an `nn.Linear`, a Hugging Face `Conv1D` (GPT-2's MLP and
+        attention) or a 1×1 `nn.Conv2d`; it may feed a nonlinearity or be the last layer.
     probe: balanced data the decomposition and the references are fitted on; needs
         `concepts`.
     val: balanced data every hyperparameter and α is chosen on.
@@ -67,6 +70,11 @@ class UserTask:
         this many tokens of each sample (its real tokens: `attention_mask` where the
         inputs have one), drawn by seed (None: every token). Needs whole-model scoring.
     batch_size: how many items of a Dataset split run through the model at once.
+    head: optional; a function from `layer`'s input (as the layer receives it) to the
+        model's logits, through the model's own modules. The service finds the model
+        from `layer` on by itself (a graph split of the exported model); give `head`
+        where that split fails and the layer's input is all the rest of the model needs.
+        It is checked once against the whole model on probe rows.
     """
 
     model: nn.Module
@@ -79,6 +87,7 @@ class UserTask:
     max_rows: int | None = None
     tokens_per_sample: int | None = None
     batch_size: int = 256
+    head: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def streams(self) -> bool:
@@ -101,18 +110,11 @@ def validate_user_task(task: Any, source: str) -> UserTask:
         raise UserError(
             f"{source}: UserTask.model is {type(task.model).__name__}, expected a torch.nn.Module"
         )
-    modules = dict(task.model.named_modules())
-    linear = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
-    if task.layer not in modules:
+    _check_layer(task, source)
+    if task.head is not None and not callable(task.head):
         raise UserError(
-            f"{source}: UserTask.layer {task.layer!r} is not a module of "
-            f"{type(task.model).__name__}; its nn.Linear layers: {', '.join(linear) or 'none'}"
-        )
-    if not isinstance(modules[task.layer], nn.Linear):
-        raise UserError(
-            f"{source}: UserTask.layer {task.layer!r} is a "
-            f"{type(modules[task.layer]).__name__}, not an nn.Linear; its nn.Linear layers: "
-            f"{', '.join(linear) or 'none'}"
+            f"{source}: UserTask.head is {type(task.head).__name__}, expected a function "
+            "from the layer's input to the logits (or None)"
         )
     n_groups, n_concepts = len(task.group_names), len(task.concept_names)
     if n_groups < 2:
@@ -134,6 +136,31 @@ def validate_user_task(task: Any, source: str) -> UserTask:
     for name in SPLITS:
         _check_split(getattr(task, name), name, n_groups, n_concepts, source)
     return task
+
+
+def _check_layer(task: UserTask, source: str) -> None:
+    """`task.layer` names a module of the model that is an editable layer."""
+    modules = dict(task.model.named_modules())
+    editable = [n for n, m in modules.items() if editable_type(m) is not None]
+    listing = f"its editable layers: {', '.join(editable) or 'none'}"
+    if task.layer not in modules:
+        raise UserError(
+            f"{source}: UserTask.layer {task.layer!r} is not a module of "
+            f"{type(task.model).__name__}; {listing}"
+        )
+    module = modules[task.layer]
+    kind = layer_type_of(module)
+    if kind is None:
+        raise UserError(
+            f"{source}: UserTask.layer {task.layer!r} is a {type(module).__name__}, not a "
+            f"layer the service can edit ({supported()}); {listing}"
+        )
+    why = kind.unusable(module)
+    if why is not None:
+        raise UserError(
+            f"{source}: UserTask.layer {task.layer!r} is a {kind.label} but {why}: only a "
+            f"linear map of each input row can be edited ({supported()}); {listing}"
+        )
 
 
 def _check_split(split: Any, name: str, n_groups: int, n_concepts: int, source: str) -> None:

@@ -18,6 +18,7 @@ from torch import nn
 from hpo.debias import ablation
 from hpo.debias.scoring import Overrides, Scorer
 from hpo.debias.strategies.base import EditLoss
+from hpo.models.layer_types import LINEAR, LayerType
 from hpo.models.linear_layers import per_row, rows
 
 
@@ -27,17 +28,23 @@ class EditTarget:
 
     `probe_inputs`: each editable layer's inputs on the probe split, as the model feeds
     them ([N, in], or [N, ..., in] where the layer sees sequences). The scorer holds the
-    splits (probe with its labels, val, test) and the group names."""
+    splits (probe with its labels, val, test) and the group names. `layer_types`: each
+    editable layer's kind (hpo.models.layer_types; nn.Linear where none is given), which
+    says how its weight is stored and its inputs are rows."""
 
     model: nn.Module
     scorer: Scorer
     probe_inputs: Mapping[str, torch.Tensor]
     n_concepts: int
+    layer_types: Mapping[str, LayerType] = field(default_factory=dict)
     _means: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def editable_layers(self) -> tuple[str, ...]:
         return tuple(self.probe_inputs)
+
+    def layer_type(self, layer: str) -> LayerType:
+        return self.layer_types.get(layer, LINEAR)
 
     def holding_out(self, share: float, seed: int = 0) -> EditTarget:
         """This target with the probe split cut in two, within each group: a plan fits on
@@ -56,20 +63,24 @@ class EditTarget:
         held_index = torch.cat(held).sort().values.to(probe.y.device)
         splits = {"probe": probe.subset(fit_index), "val": probe.subset(held_index)}
         scorer = Scorer(
-            self.model, self.scorer.layer, splits, self.scorer.group_names, self.scorer.batch_size
+            self.model,
+            self.scorer.layer,
+            splits,
+            self.scorer.group_names,
+            self.scorer.batch_size,
+            head=self.scorer.head,
         )
         inputs = {layer: z[fit_index] for layer, z in self.probe_inputs.items()}
-        return EditTarget(self.model, scorer, inputs, self.n_concepts)
+        return EditTarget(self.model, scorer, inputs, self.n_concepts, self.layer_types)
 
     def weight_t(self, layer: str) -> torch.Tensor:
         """The layer's weight in (in × out) layout, detached: what a decomposition sums to."""
-        weight = _tensor(self.model.get_submodule(layer), "weight")
-        assert weight is not None
+        weight = self.layer_type(layer).weight(self.model.get_submodule(layer))
         return weight.detach().T.contiguous()
 
     def rows(self, layer: str) -> torch.Tensor:
-        """The layer's probe inputs as rows (a token each where it sees sequences)."""
-        return rows(self.probe_inputs[layer])
+        """The layer's probe inputs as rows (a token or pixel each where it sees several)."""
+        return rows(self.probe_inputs[layer], self.layer_type(layer))
 
     def mean_input(self, layer: str) -> torch.Tensor:
         """The layer's mean probe input (cached: a fit asks for it at every step)."""
@@ -81,7 +92,8 @@ class EditTarget:
         """Each of the layer's probe rows' concept, one-hot."""
         concepts = self.scorer.splits["probe"].concepts
         assert concepts is not None
-        return per_row(F.one_hot(concepts, self.n_concepts).float(), self.probe_inputs[layer])
+        one_hot = F.one_hot(concepts, self.n_concepts).float()
+        return per_row(one_hot, self.probe_inputs[layer], self.layer_type(layer))
 
     def overrides(
         self,
@@ -96,11 +108,11 @@ class EditTarget:
         α × its `bias_shift` where one is given."""
         out: dict[str, torch.Tensor] = {}
         for name, part in parts.items():
-            layer = self.model.get_submodule(name)
-            weight, bias = _tensor(layer, "weight"), _tensor(layer, "bias")
-            assert weight is not None
+            layer, kind = self.model.get_submodule(name), self.layer_type(name)
+            weight, bias = kind.weight(layer), _tensor(layer, "bias")
             # detached: fitting an edit must not write gradients into the base model
-            out[f"{name}.weight"] = ablation.debiased_weight(weight.detach(), part, alpha)
+            edited = ablation.debiased_weight(weight.detach(), part, alpha)
+            out[f"{name}.weight"] = kind.stored(layer, edited)
             shift = None if bias_shift is None else bias_shift.get(name)
             if bias is None or (not compensate_bias and shift is None):
                 continue
