@@ -139,12 +139,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     names = ["debiased", "control_random", "control_svd"]
     refs = [r for r in rows[0]["references"] if r in rows[0]["test_worst_group"]]
     names += [*refs, "original"]
-    head = ["seed", "components", *names, "trials", "study min", "all min"]
+    head = ["seed", "components", *names, "lift", "trials", "study min", "all min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         t = r["test_worst_group"]
         cells = [str(r["seed"]), str(r["components"])]
         cells += [f"{100 * t[n]:.1f}" if n in t else "–" for n in names]
+        controls = [v for m, v in t.items() if m.startswith("control_")]
+        cells.append(f"{100 * (t['debiased'] - max(controls)):+.1f}" if controls else "–")
         cells += [
             str(r["trials"].get("COMPLETE", 0) + r["trials"].get("PRUNED", 0)),
             f"{r['wall_seconds']['study'] / 60:.1f}",
@@ -155,15 +157,26 @@ def table(rows: list[dict[str, Any]]) -> str:
     means += [
         pct([r["test_worst_group"][n] for r in rows if n in r["test_worst_group"]]) for n in names
     ]
-    lines.append("| " + " | ".join(means + ["", "", ""]) + " |")
+    lifts = [
+        r["test_worst_group"]["debiased"]
+        - max(v for m, v in r["test_worst_group"].items() if m.startswith("control_"))
+        for r in rows
+    ]
+    lines.append("| " + " | ".join(means + [pct(lifts), "", "", ""]) + " |")
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("study_file")
-    parser.add_argument("--seeds", type=int, nargs="+", required=True)
-    parser.add_argument("--label", required=True, help="names the studies and their files")
+    parser.add_argument("study_file", nargs="?")
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--label", help="names the studies and their files")
+    parser.add_argument(
+        "--tables",
+        type=Path,
+        nargs="+",
+        help="print the tables of earlier --out files, run nothing",
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--trials", type=int, help="study-wide trial budget (default: the file's)")
     parser.add_argument("--timeout", type=float, help="study.timeout in seconds")
@@ -171,8 +184,15 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=3, help="hpo confirm --top")
     parser.add_argument("--seeds-per", type=int, default=2, help="hpo confirm --seeds")
     parser.add_argument("--work", type=Path, help="folder for the studies (default: a temp one)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.tables:
+        for path in args.tables:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            print(f"{path}:\n{table([r for r in rows if 'error' not in r])}\n")
+        return 0
+    if not (args.study_file and args.seeds and args.label and args.out):
+        parser.error("a run needs STUDY_FILE, --seeds, --label and --out")
     work = args.work or Path(tempfile.mkdtemp(prefix="e2e-"))
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HPO_LOG_LEVEL", "WARNING")
