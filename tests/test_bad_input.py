@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import pytest
 import tomli_w
 import torch
@@ -26,6 +27,7 @@ from helpers import toy_study
 
 from hpo.cli import main
 from hpo.service.runner import launch
+from hpo.storage.engine import open_storage
 
 CASES: list[tuple[str, Callable[[World], list[str]]]] = []
 
@@ -693,6 +695,25 @@ def export_empty_file(w: World) -> list[str]:
 @case
 def worker_unknown_study(w: World) -> list[str]:
     return ["worker", "--study", "nope", "--storage", w.existing]
+
+
+def _foreign_study(w: World) -> str:
+    """A study another tool made (no study file stored), in a database of its own, opened
+    once as hpo opens any (so that it is in the journal mode hpo's engines keep)."""
+    url = f"sqlite:///{w.root / 'foreign.db'}"
+    optuna.create_study(study_name="foreign", storage=open_storage(url, heartbeat=False))
+    gc.collect()
+    return url
+
+
+@case
+def worker_of_a_study_hpo_did_not_launch(w: World) -> list[str]:
+    return ["worker", "--study", "foreign", "--storage", _foreign_study(w)]
+
+
+@case
+def confirm_a_study_hpo_did_not_launch(w: World) -> list[str]:
+    return ["confirm", "foreign", "--storage", _foreign_study(w)]
 
 
 # ---- command-line values -------------------------------------------------------------------

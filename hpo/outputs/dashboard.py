@@ -26,10 +26,8 @@ from hpo.config import StorageSection
 from hpo.errors import UserError
 from hpo.outputs.notes import sync_best_notes
 from hpo.storage.artifacts import artifact_store
-from hpo.storage.attrs import (
-    STUDY_FILE_ATTR,
-)
 from hpo.storage.engine import mask, open_storage
+from hpo.storage.records.study import read_study_doc
 from hpo.storage.urls import single_storage_url
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -180,7 +178,7 @@ def storage_artifact_store(url: str, storage: Any) -> Any:
     """The artifact store(s) the studies in this storage were launched with."""
     targets: dict[str | None, Any] = {}
     for summary in optuna.study.get_all_study_summaries(storage, include_best_trial=False):
-        section = summary.user_attrs.get(STUDY_FILE_ATTR, {}).get("storage", {})
+        section = (read_study_doc(summary.user_attrs) or {}).get("storage", {})
         target = section.get("artifacts")
         if target not in targets:
             targets[target] = _store_or_none(url, target)

@@ -23,7 +23,7 @@ from hpo.errors import UserError
 from hpo.outputs.group_rows import select_groups
 from hpo.results import CONTROL_PREFIX, Edit
 from hpo.storage import compat
-from hpo.storage.attrs import BEST_NOTES_ATTR, STUDY_FILE_ATTR
+from hpo.storage.attrs import BEST_NOTES_ATTR
 from hpo.storage.records import (
     Confirmation,
     TrialRecord,
@@ -303,11 +303,11 @@ def _describer(study: optuna.Study) -> Callable[[FrozenTrial], str | None]:
     """trial -> how its edit strategy chose, in its own words (None: it made no edit, or
     the stored study file no longer reads). The study file is read once per call."""
     from hpo.service.search_space import trial_params
-    from hpo.service.study_file import stored_study_file
+    from hpo.service.study_file import study_file_of
 
     try:
-        study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
-    except (KeyError, UserError):
+        study_file = study_file_of(study)
+    except UserError:
         return lambda _: None
 
     def how(trial: FrozenTrial) -> str | None:

@@ -20,7 +20,6 @@ from hpo.errors import UserError
 from hpo.results import CONTROL_PREFIX, TrialResult
 from hpo.sae.model import FaithfulSAE
 from hpo.storage.artifacts import artifact_store
-from hpo.storage.attrs import STUDY_FILE_ATTR
 from hpo.storage.records import (
     StoredSAE,
     TrialRecord,
@@ -119,9 +118,9 @@ def rescore(study: optuna.Study, url: str, trial: FrozenTrial) -> Rescored:
     """Rebuild a trial's Faithful-SAE from its stored weights; score it on val and test."""
     from hpo.service.search_space import trial_params
     from hpo.service.studies import worker_context
-    from hpo.service.study_file import stored_study_file
+    from hpo.service.study_file import study_file_of
 
-    study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], study.study_name)
+    study_file = study_file_of(study)
     ctx = worker_context(study, study_file, url)
     record = read_trial(trial, default_layer=ctx.layer)
     params = trial_params(study_file, trial)

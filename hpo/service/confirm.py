@@ -20,7 +20,6 @@ from optuna.trial import FrozenTrial, TrialState
 from hpo.config import StudyFile
 from hpo.errors import DivergedError, UserError
 from hpo.results import TrialResult
-from hpo.storage.attrs import STUDY_FILE_ATTR
 from hpo.storage.records import (
     Confirmation,
     ConfirmationRun,
@@ -140,14 +139,14 @@ def confirm(
     record and the confirmed best in the study, then call `on_confirmed(study)` (the CLI
     passes hpo.outputs.notes.sync_best_notes: the dashboard notes show the confirmation)."""
     from hpo.service.studies import load_study, worker_context
-    from hpo.service.study_file import stored_study_file
+    from hpo.service.study_file import study_file_of
     from hpo.storage.urls import study_url
 
     if top < 1 or seeds < 1:
         raise UserError(f"--top and --seeds must be at least 1, got {top} and {seeds}")
     url = study_url(name, cli_url)
     study = load_study(name, url)
-    study_file = stored_study_file(study.user_attrs[STUDY_FILE_ATTR], name)
+    study_file = study_file_of(study)
     ctx = worker_context(study, study_file, url)
     chosen = top_trials(study, top)
     seed_list = [SEED_OFFSET + i for i in range(seeds)]

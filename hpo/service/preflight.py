@@ -26,8 +26,9 @@ from hpo.search_spec import spec_extremes
 from hpo.service.concept_budget import concept_budget_warnings
 from hpo.service.samplers import check_options
 from hpo.storage.artifacts import artifact_target
-from hpo.storage.attrs import BASE_MODEL_ATTR, STUDY_FILE_ATTR
+from hpo.storage.attrs import BASE_MODEL_ATTR
 from hpo.storage.engine import check_url, open_storage, sqlite_path
+from hpo.storage.records.study import read_study_doc
 from hpo.tasks.base import Task, TaskContext
 from hpo.tasks.registry import get_task
 
@@ -106,7 +107,7 @@ def existing_study(url: str, study_file: StudyFile) -> optuna.Study | None:
         study = optuna.load_study(study_name=study_file.study.name, storage=storage)
     except KeyError:
         return None
-    stored = study.user_attrs.get(STUDY_FILE_ATTR)
+    stored = read_study_doc(study.user_attrs)
     if stored is not None:
         check_resumable(study_file, stored)
     return study

@@ -31,12 +31,11 @@ from hpo.service.studies import (
     trial_counts,
     worker_context,
 )
-from hpo.service.study_file import stored_study_file
+from hpo.service.study_file import study_file_of
 from hpo.storage.artifacts import artifact_store
 from hpo.storage.attrs import (
     BUDGET_ATTR,
     INTERRUPTED_ATTR,
-    STUDY_FILE_ATTR,
 )
 from hpo.storage.engine import mask, open_storage
 from hpo.storage.urls import resolve_url
@@ -92,7 +91,7 @@ def _work(
     device: str | None,
 ) -> int:
     probe = load_study(name, url)
-    study_file = stored_study_file(probe.user_attrs[STUDY_FILE_ATTR], name)
+    study_file = study_file_of(probe)
     where = worker_device(study_file.params.device, device)
     if where.startswith("cuda:"):  # stray allocations on the current GPU land here too
         import torch

@@ -26,10 +26,10 @@ from hpo.storage.attrs import (
     BASE_MODEL_ATTR,
     BUDGET_ATTR,
     INTERRUPTED_ATTR,
-    STUDY_FILE_ATTR,
     SURPLUS_ATTR,
 )
 from hpo.storage.engine import mask, open_storage
+from hpo.storage.records.study import read_study_doc, write_study_doc
 from hpo.storage.redact import redact
 from hpo.tasks.base import TaskContext
 from hpo.tasks.registry import get_task
@@ -71,9 +71,9 @@ def create_or_load(study_file: StudyFile, storage: Any, n_trials: int | None) ->
         directions=study_file.directions,
         load_if_exists=True,
     )
-    stored = study.user_attrs.get(STUDY_FILE_ATTR)
+    stored = read_study_doc(study.user_attrs)
     if stored is None:
-        study.set_user_attr(STUDY_FILE_ATTR, storable(study_file))
+        write_study_doc(study, storable(study_file))
         if study_file.study.start_from_params:
             study.enqueue_trial(study_file.start_params(), skip_if_exists=True)
     else:

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import optuna
 from pydantic import BaseModel, ValidationError
 
 from hpo.config import StudyFile
@@ -19,6 +20,7 @@ from hpo.errors import UserError
 from hpo.registry import Registry
 from hpo.search_spec import spec_extremes
 from hpo.service.samplers import PRUNERS, SAMPLERS
+from hpo.storage.records.study import read_study_doc
 from hpo.tasks.registry import get_task, task_kinds
 
 _TAGS = {"floatrange", "intrange", "choice", "fixed"}
@@ -158,6 +160,18 @@ def check_edit_search(study: StudyFile, source: str | Path) -> None:
 def stored_study_file(doc: dict[str, Any], study_name: str) -> StudyFile:
     """The study file a study stored (`hpo launch` wrote it), validated as a file is."""
     return parse_study(doc, f"study {study_name!r} (its stored study file)")
+
+
+def study_file_of(study: optuna.Study) -> StudyFile:
+    """The study file `study` was launched with; a UserError for a study that stores
+    none (one another tool made)."""
+    doc = read_study_doc(study.user_attrs)
+    if doc is None:
+        raise UserError(
+            f"study {study.study_name!r} stores no study file: it was not created by "
+            "`hpo launch`, so hpo cannot run or read its trials"
+        )
+    return stored_study_file(doc, study.study_name)
 
 
 def apply_override(raw: dict[str, Any], item: str, source: str | Path) -> None:
