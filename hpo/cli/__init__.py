@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from hpo.cli.args import Subparsers
 from hpo.cli.run_commands import add_launch, add_trial, add_worker
 from hpo.cli.study_commands import (
     add_confirm,
@@ -21,7 +22,7 @@ from hpo.cli.study_commands import (
 )
 from hpo.errors import UserError
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+COMMANDS: list[Callable[[Subparsers], None]] = [
     add_trial,
     add_launch,
     add_worker,

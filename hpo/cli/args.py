@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TypeAlias
+
+# What `ArgumentParser.add_subparsers()` returns; argparse's class is generic only in
+# typeshed, so the alias is a string.
+Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def add_overrides(p: argparse.ArgumentParser) -> None:

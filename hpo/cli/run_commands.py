@@ -7,11 +7,11 @@ import json
 import os
 import sys
 
-from hpo.cli.args import add_overrides, add_threads, say
+from hpo.cli.args import Subparsers, add_overrides, add_threads, say
 from hpo.errors import DivergedError, UserError
 
 
-def add_trial(sub: argparse._SubParsersAction) -> None:
+def add_trial(sub: Subparsers) -> None:
     p = sub.add_parser("trial", help="run one trial with the study's fixed parameters")
     p.add_argument(
         "study_file", nargs="?", help="a study file (studies/*.toml) or an exported config"
@@ -66,7 +66,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_launch(sub: argparse._SubParsersAction) -> None:
+def add_launch(sub: Subparsers) -> None:
     p = sub.add_parser("launch", help="create or resume a study and run local workers")
     p.add_argument("study_file", help="a study file, e.g. studies/colored_mnist.toml")
     p.add_argument(
@@ -118,7 +118,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
     )
 
 
-def add_worker(sub: argparse._SubParsersAction) -> None:
+def add_worker(sub: Subparsers) -> None:
     p = sub.add_parser("worker", help="join an existing study (from any machine)")
     p.add_argument("--study", required=True, help="study name")
     p.add_argument("--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL)")

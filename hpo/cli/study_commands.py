@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 
-from hpo.cli.args import say
+from hpo.cli.args import Subparsers, say
 from hpo.errors import UserError
 
 
-def add_status(sub: argparse._SubParsersAction) -> None:
+def add_status(sub: Subparsers) -> None:
     p = sub.add_parser("status", help="studies, trial counts, best values, workers alive")
     p.add_argument(
         "study",
@@ -34,7 +34,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_dashboard(sub: argparse._SubParsersAction) -> None:
+def add_dashboard(sub: Subparsers) -> None:
     p = sub.add_parser("dashboard", help="optuna-dashboard over a storage, with trial charts")
     p.add_argument(
         "--storage", help="SQLAlchemy URL (default: $HPO_STORAGE_URL, else the one storage/*.db)"
@@ -61,7 +61,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return serve(args.storage, host=args.host, port=args.port, read_only=args.read_only)
 
 
-def add_report(sub: argparse._SubParsersAction) -> None:
+def add_report(sub: Subparsers) -> None:
     p = sub.add_parser("report", help="one self-contained HTML report of a study")
     p.add_argument("study", help="study name")
     p.add_argument(
@@ -79,7 +79,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export(sub: argparse._SubParsersAction) -> None:
+def add_export(sub: Subparsers) -> None:
     p = sub.add_parser("export", help="best config, SAE and debiased model weights, model card")
     p.add_argument("study", help="study name")
     p.add_argument(
@@ -104,7 +104,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_storage_proxy(sub: argparse._SubParsersAction) -> None:
+def add_storage_proxy(sub: Subparsers) -> None:
     p = sub.add_parser(
         "storage-proxy",
         help="serve a study database to many workers over gRPC "
@@ -131,7 +131,7 @@ def cmd_storage_proxy(args: argparse.Namespace) -> int:
     return serve(url, host=args.host, port=args.port)
 
 
-def add_confirm(sub: argparse._SubParsersAction) -> None:
+def add_confirm(sub: Subparsers) -> None:
     p = sub.add_parser(
         "confirm", help="re-run the best configurations with fresh seeds (mean ± std on val)"
     )
