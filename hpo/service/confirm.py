@@ -133,11 +133,12 @@ def confirm(
     seeds: int,
     new_base_model: bool,
     data_dir: str | None,
-    on_confirmed: Callable[[optuna.Study], None] | None = None,
+    on_confirmed: Callable[[optuna.Study], object] | None = None,
 ) -> list[Confirmed]:
     """Re-run the `top` best feasible trials with `seeds` fresh seeds; store each trial's
     record and the confirmed best in the study, then call `on_confirmed(study)` (the CLI
-    passes hpo.outputs.notes.sync_best_notes: the dashboard notes show the confirmation)."""
+    passes hpo.outputs.notes.sync_best_notes: the dashboard notes show the confirmation;
+    what it returns is not used)."""
     from hpo.service.studies import load_study, worker_context
     from hpo.service.study_file import study_file_of
     from hpo.storage.urls import study_url
