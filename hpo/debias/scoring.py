@@ -13,12 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeGuard
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from hpo.models.classifiers import LayerModel
 from hpo.models.graph_split import LAYER_INPUT
 from hpo.models.head import Head, logits_of
 from hpo.models.model_inputs import ModelInputs, call_args, n_samples, take
@@ -81,7 +83,7 @@ class _Head(nn.Module):
     """The model from `layer` on, as a module: so that functional_call can swap its
     parameters (named "model.<state dict key>")."""
 
-    def __init__(self, model: nn.Module, layer: str) -> None:
+    def __init__(self, model: LayerModel, layer: str) -> None:
         super().__init__()
         self.model, self.layer = model, layer
 
@@ -89,7 +91,7 @@ class _Head(nn.Module):
         return self.model.head(z, self.layer)
 
 
-def runs_from_layer(model: nn.Module, layer: str) -> bool:
+def runs_from_layer(model: nn.Module, layer: str) -> TypeGuard[LayerModel]:
     """Whether `model` can run from `layer`'s input (the fast path: cached inputs)."""
     return callable(getattr(model, "head", None)) and layer in getattr(model, "LAYERS", ())
 
@@ -130,7 +132,8 @@ class Scorer:
                     f"{', '.join(sorted(overrides)) or 'nothing'} with"
                 )
             swapped = {f"model.{k}": v for k, v in overrides.items()}
-            return functional_call(self.own_head, swapped, (s.z,))
+            logits: torch.Tensor = functional_call(self.own_head, swapped, (s.z,))
+            return logits
         b = self.batch_size
         return torch.cat(
             [

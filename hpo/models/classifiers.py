@@ -9,9 +9,24 @@ with one tensor swapped.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class LayerModel(Protocol):
+    """The head protocol: the layers a model runs from (`LAYERS`), what feeds one of them
+    (`layer_input`) and the model from that layer on (`head`). The classifiers below
+    declare it; hpo.models.final_layer gives it to a user model whose layer is its last."""
+
+    @property
+    def LAYERS(self) -> tuple[str, ...]: ...
+
+    def layer_input(self, x: torch.Tensor, layer: str) -> torch.Tensor: ...
+
+    def head(self, z: torch.Tensor, layer: str) -> torch.Tensor: ...
 
 
 class ColoredMnistClassifier(nn.Module):
@@ -32,7 +47,8 @@ class ColoredMnistClassifier(nn.Module):
         h = self.features(x)
         if layer == "fc1":
             return h
-        return self.dropout(F.relu(self.fc1(h)))
+        out: torch.Tensor = self.dropout(F.relu(self.fc1(h)))
+        return out
 
     def head(self, z: torch.Tensor, layer: str, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the decomposed layer's input; `weight` (out × in) replaces its own.
@@ -40,14 +56,16 @@ class ColoredMnistClassifier(nn.Module):
         A leading batch dimension on `weight` ([A, out, in]) scores A edited weights at
         once and returns [A, N, 10]: how an α sweep costs one batched matmul.
         """
-        lin = getattr(self, layer)
+        lin: nn.Linear = getattr(self, layer)
+        h: torch.Tensor
         if weight is None:
             h = lin(z)  # the module itself: hooks see the layer called
         else:
             h = torch.matmul(z, weight.transpose(-1, -2)) + lin.bias
         if layer == "fc2":
             return h
-        return self.fc2(self.dropout(F.relu(h)))
+        logits: torch.Tensor = self.fc2(self.dropout(F.relu(h)))
+        return logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.layer_input(x, "fc1"), "fc1")
@@ -68,7 +86,8 @@ class ColorMnistCNN(ColoredMnistClassifier):
         x = self.pool(F.relu(self.conv1(x)))
         x = self.pool(F.relu(self.conv2(x)))
         x = self.pool(F.relu(self.conv3(x)))
-        return self.gap(x).flatten(1)
+        pooled: torch.Tensor = self.gap(x)
+        return pooled.flatten(1)
 
 
 class ColorMnistMLP(ColoredMnistClassifier):

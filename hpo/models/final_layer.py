@@ -50,13 +50,15 @@ def attach_final_head(model: nn.Module, layer: str, example: ModelInputs) -> boo
 def install_final_head(model: nn.Module, layer: str) -> None:
     """The head protocol for `layer`, as `attach_final_head` found it holds (a bundle
     records that, so a worker installs it without inputs to check it on)."""
-    model.LAYERS = (layer,)
-    model.head = types.MethodType(_head, model)
-    model.layer_input = types.MethodType(_layer_input, model)
+    # nn.Module.__setattr__ is typed for tensors and modules only; any value is accepted
+    model.LAYERS = (layer,)  # type: ignore[assignment]
+    model.head = types.MethodType(_head, model)  # type: ignore[assignment]
+    model.layer_input = types.MethodType(_layer_input, model)  # type: ignore[assignment]
 
 
 def _head(self: nn.Module, z: torch.Tensor, layer: str) -> torch.Tensor:
-    return self.get_submodule(layer)(z)
+    out: torch.Tensor = self.get_submodule(layer)(z)
+    return out
 
 
 @torch.no_grad()

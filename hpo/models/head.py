@@ -35,7 +35,8 @@ def logits_of(output: Any) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output
     if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
+        from_mapping: torch.Tensor = output["logits"]
+        return from_mapping
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
@@ -80,7 +81,8 @@ class Head:
         args = [values[name] for name in self.inputs]
         n = len(values[LAYER_INPUT])
         if n <= self.batch_size:
-            return functional_call(self.module, swapped, tuple(args))
+            out: torch.Tensor = functional_call(self.module, swapped, tuple(args))
+            return out
         return torch.cat(
             [
                 functional_call(

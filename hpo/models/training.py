@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm import tqdm
 
 from hpo.cpus import reproducible_threads
+from hpo.debias.scoring import runs_from_layer
 from hpo.models.classifiers import ColoredMnistClassifier
+
+M = TypeVar("M", bound=nn.Module)
 
 
 def images_to_float(images: torch.Tensor) -> torch.Tensor:
@@ -44,7 +50,7 @@ def train_classifier(
                 idx = perm[start : start + batch_size]
                 loss = F.cross_entropy(model(images_to_float(images[idx])), digits[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
                 opt.step()
                 bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -53,7 +59,7 @@ def train_classifier(
 
 @reproducible_threads()
 def retrain_head(
-    model: ColoredMnistClassifier,
+    model: M,
     layer: str,
     z: torch.Tensor,
     digits: torch.Tensor,
@@ -62,16 +68,22 @@ def retrain_head(
     lr: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,
-) -> ColoredMnistClassifier:
+) -> M:
     """Last-layer retraining: re-initialise the layers from `layer` on and fit them on
-    balanced data, from cached inputs of `layer` (the trunk stays frozen and never runs)."""
+    balanced data, from cached inputs of `layer` (the trunk stays frozen and never runs).
+    `model` declares the head protocol for `layer` (a built-in classifier, or a user
+    model given it by hpo.models.final_layer)."""
+    split: nn.Module = model
+    if not runs_from_layer(split, layer):
+        raise ValueError(f"the model cannot run from {layer!r}: it declares no LAYERS and head()")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     head = [
-        m for name, m in model.named_children() if name in model.LAYERS[model.LAYERS.index(layer) :]
+        m for name, m in model.named_children() if name in split.LAYERS[split.LAYERS.index(layer) :]
     ]
     for module in head:
-        module.reset_parameters()
+        # nn.Module.__getattr__ is typed Tensor | Module; the head's layers define it
+        module.reset_parameters()  # type: ignore[operator]
     params = [p for m in head for p in m.parameters()]
     opt = torch.optim.Adam(params, lr=lr)
     model.train()
@@ -80,8 +92,8 @@ def retrain_head(
         perm = torch.randperm(n, generator=gen).to(z.device)
         for start in range(0, n, batch_size):
             idx = perm[start : start + batch_size]
-            loss = F.cross_entropy(model.head(z[idx], layer), digits[idx])
+            loss = F.cross_entropy(split.head(z[idx], layer), digits[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
             opt.step()
     return model.eval()

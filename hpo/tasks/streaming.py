@@ -61,10 +61,10 @@ def batch_layer_inputs(
     model's `layer_input` where it has one for that layer, else by a forward pre-hook
     (one forward pass for all of them)."""
     out: dict[str, torch.Tensor] = {}
-    hooked = [n for n in names if not (isinstance(x, torch.Tensor) and runs_from_layer(model, n))]
     for name in names:
-        if name not in hooked:
+        if isinstance(x, torch.Tensor) and runs_from_layer(model, name):
             out[name] = model.layer_input(x, name)
+    hooked = [n for n in names if n not in out]
     if not hooked:
         return out
     captured: dict[str, list[torch.Tensor]] = {n: [] for n in hooked}
