@@ -94,7 +94,7 @@ def fit_linear(
             idx = perm[start : start + batch_size]
             loss = F.cross_entropy(fresh(features[idx]), targets[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
             opt.step()
     return fresh.eval()
 
@@ -128,10 +128,10 @@ class LastLayer:
             assert source.head is not None
             keys = {k for k in source.head.overridable if k.startswith(f"{name}.")}
             with torch.enable_grad():
-                fitted = retrain_from_head(
+                trained = retrain_from_head(
                     source.head, source.model, source.probe, source.seed, only=keys
                 )
-            return Fitted(overrides=fitted)
+            return Fitted(overrides=trained)
         with torch.enable_grad():
             features = source.inputs_of(name, source.probe.x)
             fitted = fit_linear(_as_linear(layer, kind), features, source.probe.y, seed=source.seed)
@@ -294,7 +294,7 @@ def retrain_from_head(
             logits = head({k: v[idx] for k, v in values.items()}, {**start, **trained})
             loss = F.cross_entropy(logits, probe.y[idx])
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
             opt.step()
     return {**start, **{k: v.detach() for k, v in trained.items()}}
 
@@ -325,11 +325,13 @@ class Leace:
         z = rows(source.probe.z, kind)  # one row per token (or pixel) where it sees several
         assert source.probe.concepts is not None
         concepts = per_row(F.one_hot(source.probe.concepts).double(), source.probe.z, kind)
-        affine = layer.bias is not None
+        layer_bias = getattr(layer, "bias", None)
+        affine = isinstance(layer_bias, torch.Tensor)
         # the statistics in float64 from LEACE_ROWS rows at a time: fitting on all rows at
         # once holds three float64 copies of them (2.3 GiB for 16 000 × 4096)
         fitter = LeaceFitter(z.shape[1], concepts.shape[1], affine=affine, dtype=torch.float64)
-        for part, labels in zip(z.split(LEACE_ROWS), concepts.split(LEACE_ROWS), strict=True):
+        parts = zip(torch.split(z, LEACE_ROWS), torch.split(concepts, LEACE_ROWS), strict=True)
+        for part, labels in parts:
             fitter.update(part.double(), labels)
         # the eraser as thin factors (hpo.debias.leace): the library's `fitter.eraser`
         # forms a dozen dense d×d matrices, 1745 MiB over the statistics at d = 4096;
@@ -340,10 +342,10 @@ class Leace:
         erased = weight @ eraser.left @ eraser.right  # W·L·R
         new = (weight - erased).to(own.dtype)
         overrides = {f"{source.layer}.weight": kind.stored(layer, new)}
-        if affine:
+        if isinstance(layer_bias, torch.Tensor):
             assert eraser.bias is not None
             shift = erased @ eraser.bias
-            overrides[f"{source.layer}.bias"] = (layer.bias.double() + shift).to(layer.bias.dtype)
+            overrides[f"{source.layer}.bias"] = (layer_bias.double() + shift).to(layer_bias.dtype)
         return Fitted(overrides=overrides)
 
 
