@@ -16,6 +16,7 @@ import sys
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -34,7 +35,17 @@ def describe(model: nn.Module) -> dict[str, str] | None:
     return {"class": f"{cls.__module__}.{cls.__qualname__}", "config": config}
 
 
-def rebuild(hf: Mapping[str, str], state: Mapping[str, torch.Tensor]) -> nn.Module:
+class Pretrained(Protocol):
+    """What export uses of a `transformers.PreTrainedModel` (transformers has no types
+    under this project's mypy settings)."""
+
+    def save_pretrained(self, save_directory: str) -> None: ...
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> nn.Module: ...
+
+
+def rebuild(hf: Mapping[str, str], state: Mapping[str, torch.Tensor]) -> Pretrained:
     """The model class `hf` names, built from its config, with `state` loaded strictly."""
     try:
         transformers = importlib.import_module("transformers")
@@ -54,7 +65,8 @@ def rebuild(hf: Mapping[str, str], state: Mapping[str, torch.Tensor]) -> nn.Modu
     finally:
         transformers.logging.set_verbosity(verbosity)
     model.load_state_dict(dict(state), strict=True)
-    return model.eval()
+    pretrained: Pretrained = model.eval()
+    return pretrained
 
 
 def pretrained_files(hf: Mapping[str, str], state: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
