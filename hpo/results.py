@@ -79,7 +79,8 @@ class GroupMetrics:
     def get(self, key: str) -> float | None:
         """A summary ("worst_group", "mean_group", "overall") or one group's accuracy."""
         if key in ("worst_group", "mean_group", "overall"):
-            return getattr(self, key)
+            summary: float = getattr(self, key)
+            return summary
         return self.groups.get(key)
 
     @classmethod

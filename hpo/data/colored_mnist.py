@@ -77,7 +77,8 @@ class Groups:
     digit_set: np.ndarray  # int64 [10]: digit -> index of its digit set
 
     def ids(self, digits: np.ndarray, colors: np.ndarray) -> np.ndarray:
-        return colors * self.n_sets + self.digit_set[digits]
+        ids: np.ndarray = colors * self.n_sets + self.digit_set[digits]
+        return ids
 
     @property
     def n_sets(self) -> int:
@@ -109,7 +110,8 @@ def colorize(gray: np.ndarray, colors: np.ndarray, mode: str, palette: np.ndarra
         out = g + (1.0 - g) * rgb  # white strokes on a coloured ground
     else:
         out = g * rgb  # coloured strokes on black
-    return np.rint(out * 255.0).astype(np.uint8)
+    rgb_uint8: np.ndarray = np.rint(out * 255.0).astype(np.uint8)
+    return rgb_uint8
 
 
 def biased_colors(
@@ -118,7 +120,8 @@ def biased_colors(
     """Tied colour with probability `bias`, else one of the other colours uniformly."""
     keep = rng.random(len(digits)) < bias
     other = (tied[digits] + rng.integers(1, n_colors, size=len(digits))) % n_colors
-    return np.where(keep, tied[digits], other).astype(np.int64)
+    colors: np.ndarray = np.where(keep, tied[digits], other).astype(np.int64)
+    return colors
 
 
 def balanced_colors(digits: np.ndarray, n_colors: int, rng: np.random.Generator) -> np.ndarray:
@@ -164,8 +167,8 @@ def build_splits(
     rng = np.random.default_rng(task.seed)
     palette = np.array([PALETTE[c] for c in task.colors], dtype=np.float32)
     tied = np.zeros(10, dtype=np.int64)
-    for i, digits in enumerate(task.color_digits):
-        tied[list(digits)] = i
+    for i, color_digits in enumerate(task.color_digits):
+        tied[list(color_digits)] = i
     n_colors = len(task.colors)
     counts = [task.train_per_digit, task.probe_per_digit, task.val_per_digit]
     train_idx, probe_idx, val_idx = per_digit_indices(train_labels, counts, rng, "MNIST train")

@@ -81,7 +81,7 @@ def encode(
     distinct = sorted(set(values))
     numbers = [_number(v) for v in distinct]
     if all(n is not None for n in numbers):
-        distinct = [v for _, v in sorted(zip(numbers, distinct, strict=True))]  # type: ignore[misc]
+        distinct = [v for _, v in sorted(zip(numbers, distinct, strict=True))]
     if len(distinct) < 2:
         raise UserError(f"{field}: has one value only ({distinct[0]!r}); at least two needed")
     if len(distinct) > MAX_VALUES:
