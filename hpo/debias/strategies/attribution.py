@@ -7,9 +7,9 @@ from typing import ClassVar
 
 import torch
 
-from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.debias.strategies.base import EditSource, within_budget
 from hpo.params import EditConfig
-from hpo.plans import Removal
+from hpo.plans import Labels, Removal
 
 
 class Attribution:

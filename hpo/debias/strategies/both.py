@@ -7,10 +7,10 @@ from typing import ClassVar
 
 from hpo.debias import ablation
 from hpo.debias.strategies.attribution import Attribution, top
-from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.debias.strategies.base import EditSource, within_budget
 from hpo.debias.strategies.conditioned import Conditioned
 from hpo.params import EditConfig
-from hpo.plans import Removal
+from hpo.plans import Labels, Removal
 
 
 class Both:

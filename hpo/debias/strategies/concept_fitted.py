@@ -20,10 +20,10 @@ from typing import ClassVar
 
 import torch
 
-from hpo.debias.strategies.base import EditSource, Labels, concepts_text
+from hpo.debias.strategies.base import EditSource, concepts_text
 from hpo.debias.strategies.fitted import fit_within_budget
 from hpo.params import EditConfig
-from hpo.plans import Removal
+from hpo.plans import Labels, Removal
 
 
 class ConceptFitted:
@@ -36,7 +36,9 @@ class ConceptFitted:
         losses = {layer: concept_loss(source, layer) for layer in source.saes}
 
         def loss(removed: dict[str, torch.Tensor]) -> torch.Tensor:
-            return sum(losses[layer](part) for layer, part in removed.items())
+            total = sum(losses[layer](part) for layer, part in removed.items())
+            assert isinstance(total, torch.Tensor)  # a term per edited layer, never none
+            return total
 
         # the concept loss does not see biases: no bias move (`fit_bias` is for group fits)
         return fit_within_budget(source, lambda removed, _: loss(removed), {})
@@ -58,7 +60,8 @@ def concept_loss(source: EditSource, layer: str) -> Callable[[torch.Tensor], tor
     z = z - z.mean(dim=0)
     weight_t = source.weights[layer]
     zx = z.T @ x  # [n_concepts, in]: the inputs' covariance with the concept (× N)
-    rest = x - z @ (torch.linalg.pinv(z.T @ z) @ zx)  # the inputs the concept does not explain
+    pinv: torch.Tensor = torch.linalg.pinv(z.T @ z)
+    rest = x - z @ (pinv @ zx)  # the inputs the concept does not explain
     base_cov = (zx @ weight_t).square().sum().clamp(min=1e-12)
     base_rest = (rest @ weight_t).square().sum().clamp(min=1e-12)
 

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from hpo.debias import ablation
-from hpo.debias.strategies.base import EditSource, Labels, concepts_text, within_budget
+from hpo.debias.strategies.base import EditSource, concepts_text, within_budget
 from hpo.params import EditConfig
-from hpo.plans import Removal
+from hpo.plans import Labels, Removal
 
 
 class Conditioned:

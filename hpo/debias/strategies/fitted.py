@@ -8,9 +8,9 @@ from typing import ClassVar
 import torch
 
 from hpo.debias import ablation
-from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.debias.strategies.base import EditSource, within_budget
 from hpo.params import EditConfig
-from hpo.plans import Removal
+from hpo.plans import Labels, Removal
 from hpo.sae.model import FaithfulSAE
 
 

@@ -14,10 +14,10 @@ from typing import ClassVar
 import torch
 
 from hpo.debias import ablation
-from hpo.debias.strategies.base import EditSource, Labels, within_budget
+from hpo.debias.strategies.base import EditSource, within_budget
 from hpo.debias.strategies.fitted import BIAS_WORDS, bias_moves, fit_fractions
 from hpo.params import EditConfig
-from hpo.plans import Removal
+from hpo.plans import Labels, Removal
 
 
 class Saliency:
@@ -52,7 +52,7 @@ def saliencies(source: EditSource, loss: ablation.EditLoss) -> dict[str, torch.T
             layer: ablation.weighted_sum(e, d, fractions[layer])
             for layer, (e, d) in factors.items()
         }
-        loss(removed, {}).backward()
+        loss(removed, {}).backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
     return {
         layer: f.grad.abs() if f.grad is not None else torch.zeros_like(f)
         for layer, f in fractions.items()
