@@ -86,7 +86,7 @@ def fit_removal(
             }
             value = loss(removed, fit.shifts()) + l1 * fit.size(fractions) / fit.total
             opt.zero_grad(set_to_none=True)
-            value.backward()
+            value.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
             opt.step()
     with torch.no_grad():
         return FittedEdit(

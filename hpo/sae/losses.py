@@ -90,7 +90,8 @@ def sketch_probes(d_out: int, size: int, generator: torch.Generator) -> torch.Te
     s = out and S·Sᵀ = I)."""
     size = min(size, d_out)
     gaussian = torch.randn(d_out, size, generator=generator, device=generator.device)
-    return torch.linalg.qr(gaussian).Q.mul_((d_out / size) ** 0.5)
+    q: torch.Tensor = torch.linalg.qr(gaussian).Q
+    return q.mul_((d_out / size) ** 0.5)
 
 
 def quadratic_ramp(step: int, steps: int) -> float:
@@ -105,6 +106,7 @@ def schatten_rank(e: torch.Tensor, d: torch.Tensor, p: float, eps: float = 1e-12
     value is ‖e‖·‖d‖; for rank r it is the singular values of R_E R_Dᵀ (r × r), from the
     QR factors of E_c and D_cᵀ.
     """
+    sv: torch.Tensor  # the singular values
     if e.shape[-1] == 1:
         sv = (e.square().sum(dim=(1, 2)) + eps).sqrt() * (d.square().sum(dim=(1, 2)) + eps).sqrt()
         return sv.pow(p).mean()
@@ -170,7 +172,9 @@ def decorrelation_topk(values: torch.Tensor, indices: torch.Tensor, n_latents: i
     dense_work = b * n_latents * min(b, n_latents)
     if dense_work < SPARSE_MIN_WORK or dense_work < SPARSE_MIN_RATIO * b * b * k:
         return decorrelation(values.new_zeros(b, n_latents).scatter(1, indices, values))
-    return _TopKDecorrelation.apply(values, indices, n_latents)
+    loss: torch.Tensor  # torch.autograd.Function.apply is untyped
+    loss = _TopKDecorrelation.apply(values, indices, n_latents)  # type: ignore[no-untyped-call]
+    return loss
 
 
 # The sparse form is used when the dense one's B·L·min(B, L) multiply-adds are at least

@@ -50,4 +50,5 @@ def ridge_step(a: torch.Tensor, w: torch.Tensor, x0: torch.Tensor, ridge: float)
     gram = a.T @ a
     lam = ridge * float(gram.diagonal().mean().clamp(min=1e-30))
     gram.diagonal().add_(lam)
-    return x0 + torch.linalg.solve(gram, a.T @ (w - a @ x0))
+    step: torch.Tensor = torch.linalg.solve(gram, a.T @ (w - a @ x0))
+    return x0 + step

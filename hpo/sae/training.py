@@ -151,8 +151,9 @@ def train_sae(
                 anchor,
             )
             total = sum(weights[k] * v for k, v in terms.items())
+            assert isinstance(total, torch.Tensor)  # loss_terms gives one term per loss
             opt.zero_grad(set_to_none=True)
-            total.backward()
+            total.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
             opt.step()
             sched.step()
             values = log.add(step, terms, total)
@@ -170,7 +171,7 @@ def train_sae(
     return TrainResult(sae=sae, history=log.history, seconds=time.perf_counter() - start)
 
 
-def _bar(steps: int, progress: bool) -> tqdm:  # type: ignore[type-arg]
+def _bar(steps: int, progress: bool) -> tqdm:
     return tqdm(
         total=steps, desc="SAE", disable=not progress, leave=False, unit="step", mininterval=1.0
     )

@@ -41,7 +41,7 @@ def decomposition_errors(sae: FaithfulSAE, data: SAEData) -> dict[str, float]:
     faith = float((w - sae.effective_weight()).square().sum() / w.square().sum())
     residual = target = 0.0  # summed ERROR_ROWS rows at a time: no [N, C] or [N, out] whole
     for inputs, targets in zip(
-        data.inputs.split(ERROR_ROWS), data.targets.split(ERROR_ROWS), strict=True
+        torch.split(data.inputs, ERROR_ROWS), torch.split(data.targets, ERROR_ROWS), strict=True
     ):
         recon, _, _ = sae(inputs)
         residual += float((recon - targets).double().square().sum())

@@ -29,8 +29,9 @@ from hpo.models.classifiers import ToySuperpositionAE
 from hpo.params import TrialParams
 from hpo.results import GroupMetrics, TrialResult, control_name
 from hpo.sae.training import SAEData
-from hpo.tasks import bundle, classifier
+from hpo.tasks import bundle
 from hpo.tasks.base import BudgetPoint, Direction, ModelCard, Saes, TaskConfig
+from hpo.tasks.classifier_metrics import decomposition_errors
 
 
 class ToyTask(TaskConfig):
@@ -83,7 +84,7 @@ def train_toy(task: ToyTask, device: torch.device) -> ToySuperpositionAE:
         x = sparse_features(task.batch_size, task.n_features, task.feature_prob, gen).to(device)
         loss = F.mse_loss(model(x), x)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
         opt.step()
     return model.eval()
 
@@ -197,7 +198,7 @@ class ToySuperposition:
         (sae,) = saes.values()
         w = ctx.model.W.detach()
         metrics = mechanism_metrics(sae.components(), w)
-        errors = classifier.decomposition_errors(sae, sae_data(ctx))
+        errors = decomposition_errors(sae, sae_data(ctx))
         return TrialResult(
             task=self.kind, objectives=metrics | control_metrics(w, params), errors=errors
         )
