@@ -53,4 +53,5 @@ def save_tensors(path: Path, obj: dict[str, Any]) -> None:
 
 
 def load_tensors(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    obj: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+    return obj

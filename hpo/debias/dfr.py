@@ -58,7 +58,8 @@ def _fit(
 
 
 def _scores(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
-    return x @ coef.T + intercept
+    scores: np.ndarray = x @ coef.T + intercept
+    return scores
 
 
 def dfr_layer(

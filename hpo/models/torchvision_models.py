@@ -43,7 +43,8 @@ def architecture(arch: str, n_classes: int) -> nn.Module:
             f"task.arch: {arch!r} is not a torchvision classification model; e.g. "
             f"{', '.join(n for n in names if n.startswith(('resnet', 'vit_', 'convnext')))}"
         )
-    return models.get_model(arch, weights=None, num_classes=n_classes)
+    model: nn.Module = models.get_model(arch, weights=None, num_classes=n_classes)
+    return model
 
 
 def read_state(path: Path, field: str) -> dict[str, torch.Tensor]:

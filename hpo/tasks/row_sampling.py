@@ -24,7 +24,8 @@ def _mix(z: np.ndarray) -> np.ndarray:
     """splitmix64's finaliser, on uint64 arrays (wrapping arithmetic)."""
     z = (z ^ (z >> np.uint64(30))) * _M1
     z = (z ^ (z >> np.uint64(27))) * _M2
-    return z ^ (z >> np.uint64(31))
+    mixed: np.ndarray = z ^ (z >> np.uint64(31))
+    return mixed
 
 
 def _base(seed: int, salt: int) -> np.ndarray:
