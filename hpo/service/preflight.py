@@ -29,7 +29,7 @@ from hpo.storage.artifacts import artifact_target
 from hpo.storage.attrs import BASE_MODEL_ATTR
 from hpo.storage.engine import check_url, open_storage, sqlite_path
 from hpo.storage.records.study import read_study_doc
-from hpo.tasks.base import Task, TaskContext
+from hpo.tasks.base import AnyTask, TaskContext
 from hpo.tasks.registry import get_task
 
 # The fields that size the SAE in memory (see hpo.sae.training.training_bytes).
@@ -55,15 +55,15 @@ def check_launch(
     check_url(url)
     artifact_target(url, study_file.storage)
     writable_cache_dir()
-    device = resolve_device(device or study_file.params.device)
+    resolved = resolve_device(device or study_file.params.device)
     existing = existing_study(url, study_file)
     if existing is not None and existing.user_attrs.get(BASE_MODEL_ATTR) is not None:
         return None  # resuming: the study keeps the base model it has
     task = get_task(study_file.task.kind)
     bundle, _ = task.build(
-        study_file.task, data_dir=data_dir, device=device, progress=sys.stderr.isatty()
+        study_file.task, data_dir=data_dir, device=resolved, progress=sys.stderr.isatty()
     )
-    ctx = task.load(study_file.task, bundle, device)
+    ctx = task.load(study_file.task, bundle, resolved)
     for line in concept_budget_warnings(study_file, getattr(ctx, "concept_names", ())):
         print(f"warning: {path}: {line}", file=sys.stderr, flush=True)
     searched = [n for n in SIZE_FIELDS if n in study_file.search]
@@ -71,12 +71,12 @@ def check_launch(
     for layer in candidate_layers(task, ctx, study_file, path):
         data = task.sae_data(ctx, layer)
         d_in, d_out = data.weight_t.shape
-        check_fits(d_in, d_out, largest(study_file), data.inputs.shape[0], device, what)
+        check_fits(d_in, d_out, largest(study_file), data.inputs.shape[0], resolved, what)
     return bundle
 
 
 def candidate_layers(
-    task: Task, ctx: TaskContext, study_file: StudyFile, path: str | Path
+    task: AnyTask, ctx: TaskContext, study_file: StudyFile, path: str | Path
 ) -> list[str]:
     """Every layer a trial of the study may decompose: checked against the model now,
     not when a worker reaches the trial that names a wrong one."""

@@ -144,7 +144,10 @@ def worker_context(
                     "set storage.artifacts to a shared folder or s3:// bucket every worker "
                     "reaches"
                 ) from None
-    return task.load(study_file.task, path, resolve_device(device or study_file.params.device))
+    ctx: TaskContext = task.load(
+        study_file.task, path, resolve_device(device or study_file.params.device)
+    )
+    return ctx
 
 
 def trial_counts(study: optuna.Study) -> dict[str, int]:

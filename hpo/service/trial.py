@@ -32,7 +32,7 @@ def prepare_task(
     task = get_task(study.task.kind)
     dev = resolve_device(device or study.params.device)
     path, timings = task.build(study.task, data_dir=data_dir, device=dev, progress=progress)
-    ctx = task.load(study.task, path, dev)
+    ctx: TaskContext = task.load(study.task, path, dev)
     load = ctx.timings.pop("load", 0.0)
     ctx.timings = {**timings, "base_model": timings.get("base_model", 0.0) + load}
     return ctx

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeAlias, TypeVar
 
 import torch
 
@@ -58,34 +58,41 @@ class ModelCard:
     pretrained: str | None = None  # a Hugging Face class whose from_pretrained reads hf/
 
 
-class Task(Protocol):
-    """One kind of task, e.g. colored MNIST. Implementations are stateless singletons."""
+ConfigT = TypeVar("ConfigT", bound=TaskConfig, contravariant=True)
+ContextT = TypeVar("ContextT", bound=TaskContext)
+
+
+class Task(Protocol[ConfigT, ContextT]):
+    """One kind of task, e.g. colored MNIST. Implementations are stateless singletons.
+
+    `ConfigT` is its `[task]` section (`config`); `ContextT`, what its `load` returns and
+    every other method takes back: each task has its own."""
 
     kind: ClassVar[str]
     config: ClassVar[type[TaskConfig]]  # its `[task]` section; says its objectives
 
     def build(
-        self, cfg: TaskConfig, *, data_dir: str | Path | None, device: torch.device, progress: bool
+        self, cfg: ConfigT, *, data_dir: str | Path | None, device: torch.device, progress: bool
     ) -> tuple[Path, dict[str, float]]:
         """The bundle file for `cfg` (built and cached if missing), and phase timings."""
         ...
 
-    def load(self, cfg: TaskConfig, path: Path, device: torch.device) -> TaskContext:
+    def load(self, cfg: ConfigT, path: Path, device: torch.device) -> ContextT:
         """Everything a trial needs, from the bundle file alone."""
         ...
 
-    def decomposed_layers(self, ctx: TaskContext, params: TrialParams) -> list[str]:
+    def decomposed_layers(self, ctx: ContextT, params: TrialParams) -> list[str]:
         """The layers a trial with `params` decomposes, in the order the model calls them;
         a UserError naming `params.layers` and the valid names for one it cannot."""
         ...
 
-    def sae_data(self, ctx: TaskContext, layer: str) -> SAEData:
+    def sae_data(self, ctx: ContextT, layer: str) -> SAEData:
         """What the Faithful-SAE of `layer` trains on."""
         ...
 
     def evaluate(
         self,
-        ctx: TaskContext,
+        ctx: ContextT,
         saes: Saes,
         params: TrialParams,
         *,
@@ -98,31 +105,36 @@ class Task(Protocol):
         ...
 
     def edited_state_dict(
-        self, ctx: TaskContext, saes: Saes, params: TrialParams, result: TrialResult
+        self, ctx: ContextT, saes: Saes, params: TrialParams, result: TrialResult
     ) -> dict[str, torch.Tensor] | None:
         """The edited model's state dict (the base model's own keys), or None when the
         task makes no edit."""
         ...
 
     def score_state_dict(
-        self, ctx: TaskContext, state: Mapping[str, torch.Tensor]
+        self, ctx: ContextT, state: Mapping[str, torch.Tensor]
     ) -> dict[str, GroupMetrics]:
         """Per split (val, test), the group metrics of the task's model loaded with
         `state` (strict) and scored from scratch: what export checks model.pt with."""
         ...
 
     def budget_curve(
-        self, ctx: TaskContext, saes: Saes, params: TrialParams, budgets: Sequence[int | None]
+        self, ctx: ContextT, saes: Saes, params: TrialParams, budgets: Sequence[int | None]
     ) -> dict[str, list[BudgetPoint]]:
         """Per decomposition (the SAE as "debiased", each control), the edit at each
         budget; {} for a task that makes no edit."""
         ...
 
-    def model_card(self, ctx: TaskContext) -> ModelCard:
+    def model_card(self, ctx: ContextT) -> ModelCard:
         """How to describe and load the task's model."""
         ...
 
-    def model_files(self, ctx: TaskContext, state: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
+    def model_files(self, ctx: ContextT, state: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
         """Files beside model.pt that load the model with `state` in its own library
         (a Hugging Face model's `save_pretrained` output), by name; {} for none."""
         ...
+
+
+# A task of any kind, as the registry holds it: which config and context go with it is
+# known only at run time (the study file's `[task] kind`), so the pairing is not typed.
+AnyTask: TypeAlias = Task[Any, Any]

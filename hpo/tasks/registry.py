@@ -7,20 +7,26 @@ module below it. A new built-in task is one line in `BUILTIN`.
 from __future__ import annotations
 
 from hpo.registry import Registry
-from hpo.tasks.base import Task
+from hpo.tasks.base import AnyTask
 from hpo.tasks.colored_mnist import ColoredMnist
 from hpo.tasks.image_folder import ImageFolder
 from hpo.tasks.python_factory import Python
 from hpo.tasks.text_csv import TextCsv
 from hpo.tasks.toy import ToySuperposition
 
-BUILTIN: tuple[Task, ...] = (ColoredMnist(), ToySuperposition(), Python(), ImageFolder(), TextCsv())
-TASKS: Registry[Task] = Registry("task kind")
+BUILTIN: tuple[AnyTask, ...] = (
+    ColoredMnist(),
+    ToySuperposition(),
+    Python(),
+    ImageFolder(),
+    TextCsv(),
+)
+TASKS: Registry[AnyTask] = Registry("task kind")
 for _task in BUILTIN:
     TASKS.register(_task.kind, _task)
 
 
-def register_task(task: Task) -> Task:
+def register_task(task: AnyTask) -> AnyTask:
     """Make `task` available to study files as `[task] kind = task.kind` (registering the
     same object twice is harmless; another task under a taken kind is an error)."""
     if task.kind in TASKS and TASKS[task.kind] is task:
@@ -28,7 +34,7 @@ def register_task(task: Task) -> Task:
     return TASKS.register(task.kind, task)
 
 
-def get_task(kind: str) -> Task:
+def get_task(kind: str) -> AnyTask:
     return TASKS.get(kind)
 
 
