@@ -45,7 +45,7 @@ def image_paths(root: Path, files: Sequence[str], column: str) -> list[Path]:
     return paths
 
 
-class ImageFiles(Dataset):
+class ImageFiles(Dataset[dict[str, torch.Tensor]]):
     """The images at `paths` with their labels, as batch-contract items."""
 
     def __init__(

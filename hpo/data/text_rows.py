@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 
-class TextRows(Dataset):
+class TextRows(Dataset[tuple[str, str | None, int, int, int]]):
     """(text, text pair or None, y, group, concept) per kept row."""
 
     def __init__(

@@ -29,6 +29,9 @@ from hpo.errors import UserError
 from hpo.models.model_inputs import ModelInputs
 
 BATCH_KEYS = ("inputs", "y", "groups", "concepts")
+# A split that streams: its items (a dataset's, through its loader's collate function)
+# are whatever the user's data holds; each batch is checked against the contract.
+Stream = Dataset[Any] | DataLoader[Any]
 CONTRACT = "a batch is a dict with inputs, y, groups and (on probe) concepts"
 
 
@@ -48,7 +51,7 @@ def is_stream(data: Any) -> bool:
     return isinstance(data, DataLoader | Dataset)
 
 
-def loader_of(data: Dataset | DataLoader, batch_size: int, where: str) -> DataLoader:
+def loader_of(data: Stream, batch_size: int, where: str) -> DataLoader[Any]:
     """The split's batches in a fixed order: a dataset batched in order, a loader as it
     is (one that shuffles is refused: its order, and so the rows kept, would change)."""
     if isinstance(data, DataLoader):
@@ -62,7 +65,7 @@ def loader_of(data: Dataset | DataLoader, batch_size: int, where: str) -> DataLo
 
 
 def stream_batches(
-    data: Dataset | DataLoader,
+    data: Stream,
     where: str,
     *,
     batch_size: int,

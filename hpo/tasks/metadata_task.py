@@ -178,7 +178,7 @@ class MetadataTask(ClassifierTask):
     def rows(self, cfg: Any) -> Rows:
         raise NotImplementedError
 
-    def datasets(self, cfg: Any, rows: Rows) -> tuple[dict[str, Dataset], str]:
+    def datasets(self, cfg: Any, rows: Rows) -> tuple[dict[str, Dataset[Any]], str]:
         """One dataset per split over the kept rows, and the digest of every file they
         read beside the table (checked to exist, before any is decoded)."""
         raise NotImplementedError
@@ -200,7 +200,7 @@ class MetadataTask(ClassifierTask):
         datasets, data_sha = self.datasets(cfg, rows)
         loaded = self.model(cfg, len(rows.label_names))
         model, weights_sha, rebuild = loaded.model, loaded.digest, loaded.rebuild
-        splits: dict[str, Dataset | DataLoader] = {
+        splits: dict[str, batches.Stream] = {
             name: d
             if loaded.collate is None
             else DataLoader(d, batch_size=cfg.batch_size, collate_fn=loaded.collate)

@@ -17,11 +17,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from hpo.errors import UserError
 from hpo.models.layer_types import editable_type, layer_type_of, supported
-from hpo.tasks.batches import CONTRACT, is_stream
+from hpo.tasks.batches import CONTRACT, Stream, is_stream
 
 
 @dataclass(frozen=True)
@@ -95,7 +94,7 @@ class UserTask:
         return any(is_stream(getattr(self, name)) for name in SPLITS)
 
 
-SplitData = Split | Dataset | DataLoader
+SplitData = Split | Stream
 SPLITS = ("probe", "val", "test")
 
 
