@@ -216,7 +216,7 @@ def warn_whole_model(why: str, layer: str) -> None:
     )
 
 
-def _values(cut: Cut, x: torch.Tensor, z: torch.Tensor) -> dict[str, torch.Tensor]:
+def _values(cut: Cut, x: ModelInputs, z: torch.Tensor) -> dict[str, torch.Tensor]:
     return {LAYER_INPUT: z, **carried(cut, x)}
 
 

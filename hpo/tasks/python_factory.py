@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
-from torch import nn
+from torch import fx, nn
 
 from hpo.data.cache import bundle_file, content_hash, load_tensors
 from hpo.debias import references as references_module
@@ -33,7 +33,7 @@ from hpo.tasks import batches, bundle, cut, hugging_face, row_sampling, streamin
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
-from hpo.tasks.user import SPLITS, UserTask, validate_user_task
+from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
 
 BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module, cut, graph_split)
 
@@ -133,6 +133,9 @@ def export_program(model: nn.Module, example: ModelInputs, source: str) -> bytes
     """The model as a serialized torch.export program with a dynamic batch dimension
     (inputs given as a dict are exported as keyword arguments)."""
     batch = torch.export.Dim.DYNAMIC
+    args: tuple[torch.Tensor, ...]
+    kwargs: dict[str, torch.Tensor] | None
+    shapes: tuple[dict[int, Any], ...] | dict[str, dict[int, Any]]
     if isinstance(example, torch.Tensor):
         args, kwargs, shapes = (example,), None, ({0: batch},)
     else:
@@ -152,7 +155,7 @@ def export_program(model: nn.Module, example: ModelInputs, source: str) -> bytes
     return buf.getvalue()
 
 
-def load_program(data: torch.Tensor, device: torch.device) -> nn.Module:
+def load_program(data: torch.Tensor, device: torch.device) -> fx.GraphModule:
     with warnings.catch_warnings():  # torch's own deprecation notices, not the user's
         warnings.simplefilter("ignore", FutureWarning)
         program = torch.export.load(io.BytesIO(data.cpu().numpy().tobytes()))
@@ -198,12 +201,15 @@ class Python(ClassifierTask):
             return path, timings
         cls = type(model)
         source = f"task.factory {cfg.factory}"
-        example = collected.example if collected else take(task.probe.x, slice(0, 2))
+        if collected:
+            example, check = collected.example, collected.splits["probe"].x
+        else:
+            assert isinstance(task.probe, Split)  # nothing streams: every split is tensors
+            example, check = take(task.probe.x, slice(0, 2)), task.probe.x
         with torch.no_grad():
             flat = isinstance(call_model(model, example), torch.Tensor)
         program = export_program(model if flat else logits_only(model), example, source)
         stored = torch.frombuffer(bytearray(program), dtype=torch.uint8)
-        check = collected.splits["probe"].x if collected else task.probe.x
         if check is None:  # a streamed split scored from the layer keeps no model inputs
             check = example
         check = to_device(take(check, slice(0, cut.CHECK_ROWS)), device)
