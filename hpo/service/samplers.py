@@ -32,7 +32,9 @@ def _tpe(seed: int, parallel: bool, opts: dict[str, Any]) -> optuna.samplers.Bas
     return optuna.samplers.TPESampler(seed=seed, **opts)
 
 
-def _seeded(cls: type[optuna.samplers.BaseSampler]) -> SamplerFactory:
+def _seeded(cls: Callable[..., optuna.samplers.BaseSampler]) -> SamplerFactory:
+    """A sampler class that takes `seed=` and the study file's options (BaseSampler
+    itself takes neither)."""
     return lambda seed, parallel, opts: cls(seed=seed, **opts)
 
 

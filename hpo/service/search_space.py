@@ -10,8 +10,9 @@ from hpo.config import StudyFile, TrialParams
 from hpo.search_spec import Choice, FloatRange, IntRange
 
 
-def suggest(trial: optuna.Trial, study: StudyFile) -> TrialParams:
-    """Sample every searched field; the rest keep the study's fixed params."""
+def suggest(trial: optuna.trial.BaseTrial, study: StudyFile) -> TrialParams:
+    """Sample every searched field; the rest keep the study's fixed params. `trial`: a
+    live `optuna.Trial`, or a `FixedTrial` replaying a stored trial's parameters."""
     values: dict[str, Any] = {}
     for name, spec in study.search.items():
         if isinstance(spec, FloatRange):
