@@ -25,7 +25,8 @@ def transformers_module() -> Any:
         raise UserError(
             "task.model: transformers is not installed; pip install -e '.[transformers]'"
         ) from None
-    transformers.logging.set_verbosity_error()
+    # transformers' logging helpers are unannotated (unused where it is not installed)
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call, unused-ignore]
     return transformers
 
 

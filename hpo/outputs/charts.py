@@ -31,6 +31,7 @@ from hpo.storage.records import TrialRecord
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.typing import RcKeyType
 
 ALPHA_CHART, GROUP_CHART, LOSS_CHART = "alpha_curve.svg", "group_accuracy.svg", "loss_curves.svg"
 COLORS = ("#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#b279a2", "#eeca3b", "#9d755d")
@@ -48,7 +49,7 @@ MODEL_COLORS = {
 }
 FIRST_MODELS = ("original", "debiased")
 WIDTH = 5.0  # inches: 480 px in a browser (SVG sizes are in pt, 96 px per inch)
-RC = {
+RC: dict[RcKeyType, Any] = {
     "svg.fonttype": "path",  # glyphs as paths: no font needed where the SVG is shown
     "svg.hashsalt": "hpo-trial-charts",  # ids from content, not uuid4: same input, same bytes
     "font.family": "DejaVu Sans",  # shipped with matplotlib, so every machine draws the same

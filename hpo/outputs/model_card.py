@@ -24,7 +24,7 @@ def accuracy_table(result: TrialResult) -> list[str]:
     cols = [(m, s) for m in result.model_names() for s in ("val", "test") if result.metric(m, s)]
     head = "| accuracy | " + " | ".join(f"{m.replace('_', ' ')} {s}" for m, s in cols) + " |"
     lines = [head, "|---|" + "---:|" * len(cols)]
-    val = [m.groups for name in result.model_names() if (m := result.metric(name, "val"))]
+    val = [vm.groups for name in result.model_names() if (vm := result.metric(name, "val"))]
     groups = select_groups(result.group_names, val)
     rows = [("**worst group**", "worst_group"), ("mean group", "mean_group")]
     rows += [("overall", "overall"), *((g, g) for g in groups.listed)]

@@ -113,7 +113,7 @@ def _best_table(r: Rescored) -> str:
         cols = [(m, s) for m in res.model_names() for s in ("val", "test") if res.metric(m, s)]
         head = ["accuracy", *(f"{m.replace('_', ' ')} {s}" for m, s in cols)]
         lines = []
-        val = [m.groups for name in res.model_names() if (m := res.metric(name, "val"))]
+        val = [vm.groups for name in res.model_names() if (vm := res.metric(name, "val"))]
         groups = select_groups(res.group_names, val)
         for label, key in [
             ("worst group", "worst_group"),

@@ -76,12 +76,11 @@ def history_figures(study: optuna.Study, complete: list[FrozenTrial]) -> list[An
         return [fig if isinstance(fig, str) else _titled(fig, TITLES["history"])]
     out = []
     for i, name in enumerate(names):
-        fig = _safe(
-            lambda i=i, name=name: plot_optimization_history(
-                study, target=lambda t: t.values[i], target_name=name
-            ),
-            "no history",
-        )
+
+        def history(i: int = i, name: str = name) -> Any:
+            return plot_optimization_history(study, target=lambda t: t.values[i], target_name=name)
+
+        fig = _safe(history, "no history")
         out.append(fig if isinstance(fig, str) else _titled(fig, f"{TITLES['history']}: {name}"))
     return out
 

@@ -109,7 +109,9 @@ def compare_recorded(record: TrialRecord, result: TrialResult) -> list[str]:
         metric = result.metric(model, "val")
         for g, v in groups.items():
             w = None if metric is None else metric.groups.get(g)
-            if (v is None) != (w is None) or (v is not None and not math.isclose(v, w, **ACC_TOL)):
+            if (v is None) != (w is None) or (
+                v is not None and w is not None and not math.isclose(v, w, **ACC_TOL)
+            ):
                 out.append(f"{model} val {g}: recorded {v}, re-scored {w}")
     return out
 

@@ -38,7 +38,7 @@ def run_workers(
     # environment before a worker loads torch.
     env = {**OPENMP_ENV, **os.environ, STORAGE_ENV: url}
     budget = int(study.user_attrs[BUDGET_ATTR])
-    procs: list[subprocess.Popen] = []
+    procs: list[subprocess.Popen[bytes]] = []
 
     def forward() -> None:  # in the signal handler: each worker stops its own trial
         for p in procs:
@@ -72,12 +72,12 @@ def worker_command(
     )
 
 
-def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     # Own session: a terminal Ctrl-C reaches only this process, which forwards it.
     return subprocess.Popen(argv, env=env, start_new_session=True)
 
 
-def _wait_or_kill(procs: list[subprocess.Popen], grace: float) -> None:
+def _wait_or_kill(procs: list[subprocess.Popen[bytes]], grace: float) -> None:
     """Workers stop within a second or two of Ctrl-C (see hpo.service.interrupt); one
     that does not (a storage call retrying while the database is away) is killed, and
     its trial is failed by heartbeat and retried when the study resumes."""
@@ -92,7 +92,7 @@ def _wait_or_kill(procs: list[subprocess.Popen], grace: float) -> None:
 
 def _monitor(
     study: optuna.Study,
-    procs: list[subprocess.Popen],
+    procs: list[subprocess.Popen[bytes]],
     budget: int,
     quiet: bool,
     stop: GracefulStop,
@@ -125,7 +125,7 @@ def _monitor(
 
 
 def _log_trials(
-    study: optuna.Study, procs: list[subprocess.Popen], budget: int, stop: GracefulStop
+    study: optuna.Study, procs: list[subprocess.Popen[bytes]], budget: int, stop: GracefulStop
 ) -> None:
     reported: set[int] = set()
     while not stop.requested:

@@ -37,7 +37,7 @@ def mask(url: str) -> str:
     return mask_url(url)
 
 
-def short_error(err: Exception) -> str:
+def short_error(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text[:300]
 
@@ -107,7 +107,7 @@ def _retrying(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _with_retries(
-    storage: Any, name: str, call: Callable[[], Any], args: tuple, kwargs: dict[str, Any]
+    storage: Any, name: str, call: Callable[[], Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
     started: float | None = None
     delay = 0.25
