@@ -13,14 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeGuard
 
 import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call
 
-from hpo.models.classifiers import LayerModel
+from hpo.models.classifiers import LayerModel, runs_from_layer
 from hpo.models.graph_split import LAYER_INPUT
 from hpo.models.head import Head, logits_of
 from hpo.models.model_inputs import ModelInputs, call_args, n_samples, take
@@ -89,11 +88,6 @@ class _Head(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.head(z, self.layer)
-
-
-def runs_from_layer(model: nn.Module, layer: str) -> TypeGuard[LayerModel]:
-    """Whether `model` can run from `layer`'s input (the fast path: cached inputs)."""
-    return callable(getattr(model, "head", None)) and layer in getattr(model, "LAYERS", ())
 
 
 class Scorer:

@@ -9,7 +9,7 @@ with one tensor swapped.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,11 @@ class LayerModel(Protocol):
     def layer_input(self, x: torch.Tensor, layer: str) -> torch.Tensor: ...
 
     def head(self, z: torch.Tensor, layer: str) -> torch.Tensor: ...
+
+
+def runs_from_layer(model: nn.Module, layer: str) -> TypeGuard[LayerModel]:
+    """Whether `model` can run from `layer`'s input (the fast path: cached inputs)."""
+    return callable(getattr(model, "head", None)) and layer in getattr(model, "LAYERS", ())
 
 
 class ColoredMnistClassifier(nn.Module):

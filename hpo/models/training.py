@@ -10,8 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hpo.cpus import reproducible_threads
-from hpo.debias.scoring import runs_from_layer
-from hpo.models.classifiers import ColoredMnistClassifier
+from hpo.models.classifiers import ColoredMnistClassifier, runs_from_layer
 
 M = TypeVar("M", bound=nn.Module)
 

@@ -28,8 +28,9 @@ from hpo.data.cache import save_tensors
 from hpo.debias.edit.controlled import ControlCache
 from hpo.debias.edit.target import EditTarget
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
-from hpo.debias.scoring import CachedSplit, Scorer, runs_from_layer
+from hpo.debias.scoring import CachedSplit, Scorer
 from hpo.errors import UserError
+from hpo.models.classifiers import runs_from_layer
 from hpo.models.head import Head
 from hpo.models.layer_types import LAYER_TYPES, LINEAR, editable_type
 from hpo.models.linear_layers import layers_from

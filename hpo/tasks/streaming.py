@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hpo.debias.scoring import CachedSplit, runs_from_layer
+from hpo.debias.scoring import CachedSplit
 from hpo.errors import UserError
+from hpo.models.classifiers import runs_from_layer
 from hpo.models.model_inputs import ModelInputs, call_model, take, tensors, to_device
 from hpo.tasks.batches import Batch
 from hpo.tasks.row_sampling import gather_tokens, sample_keys, smallest, token_positions
