@@ -3,8 +3,8 @@
 The export's `hf/` folder is loaded with `transformers.AutoModelForSequenceClassification`
 (its config names `GPT2ForSequenceClassification`); the task is rebuilt through the
 example's own data code (the factory and options in the export's config.json, at its task
-seed), and worst-group accuracy on val and test is compared with metrics.json, for the
-debiased model and for the factory's original model:
+seed; its data hash is checked against the export's), and worst-group accuracy on val and
+test is compared with metrics.json, for the debiased model and the factory's original:
 
     .venv/bin/python bench/gpt2_reload.py /tmp/gpt2_export [--out reload.json]
 """
@@ -12,7 +12,6 @@ debiased model and for the factory's original model:
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 from pathlib import Path
@@ -22,6 +21,9 @@ import torch
 from torch import nn
 
 from hpo import Split
+from hpo.tasks.bundle import tensor_digest
+from hpo.tasks.python_factory import import_factory
+from hpo.tasks.user import SPLITS
 
 
 def worst_group(model: nn.Module, split: Split, n_groups: int) -> float:
@@ -42,12 +44,19 @@ def main() -> None:
 
     config = json.loads((args.export / "config.json").read_text())
     metrics = json.loads((args.export / "metrics.json").read_text())
-    module, _, name = config["task"]["factory"].rpartition(":")
-    factory = getattr(importlib.import_module(module), name)
+    factory = import_factory(config["task"]["factory"])  # as the service imports it
     task = factory(seed=config["task"]["seed"], **config["task"]["options"])
+    sha = tensor_digest([t for s in SPLITS for t in vars(getattr(task, s)).values()])
+    recorded = config["provenance"]["data_sha256"]
+    print(f"data sha256 {sha} (the export's: {recorded}; same: {sha == recorded})")
     model = AutoModelForSequenceClassification.from_pretrained(args.export / "hf").eval()
     models = {"debiased": model, "original": task.model}
-    rows: dict[str, Any] = {"class": type(model).__name__, "checks": []}
+    rows: dict[str, Any] = {
+        "class": type(model).__name__,
+        "data_sha256": sha,
+        "same_data": sha == recorded,
+        "checks": [],
+    }
     for which, m in models.items():
         for split in ("val", "test"):
             got = worst_group(m, getattr(task, split), len(task.group_names))
