@@ -9,13 +9,18 @@ count costs. Each run is a whole trial with the default `[params]` and a fitted 
 alternate `--repeats` times and the medians of the scoring phase are printed, with
 `group_metrics` alone on 100 000 predictions beside them.
 
-    .venv/bin/python bench/many_groups.py --repeats 3 [--samples 4000]
+    .venv/bin/python bench/many_groups.py --repeats 3 [--samples 4000] [--out runs.json]
+
+`--out` writes every run's scoring time (and group_metrics' times) with the versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -94,15 +99,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--samples", type=int, default=4000, help="per split")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, help="a JSON file for every run's numbers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     studies = {g: study(g, args.samples) for g in COUNTS}
     contexts = {g: prepare_task(s, data_dir=None, progress=False) for g, s in studies.items()}
     scoring: dict[int, list[float]] = {g: [] for g in COUNTS}
+    trial: dict[int, list[float]] = {g: [] for g in COUNTS}
+    worst: dict[int, list[float]] = {g: [] for g in COUNTS}
     for _ in range(args.repeats):
         for g, s in studies.items():
+            t0 = time.perf_counter()
             result, _ = run_trial(s, contexts[g], s.params, with_test=True)
+            trial[g].append(time.perf_counter() - t0)
             scoring[g].append(result.timings["scoring"])
+            worst[g].append(result.objectives["worst_group"])
     metrics: dict[int, float] = {}
     gen = torch.Generator().manual_seed(0)
     correct = torch.rand(100_000, generator=gen) < 0.7
@@ -122,6 +133,33 @@ def main() -> None:
     for g in COUNTS:
         med = statistics.median(scoring[g])
         print(f"| {g} | {med:.2f} s | {med / base:.2f}x | {1000 * metrics[g]:.2f} ms |")
+    for g in COUNTS:
+        runs = ", ".join(f"{t:.2f}" for t in scoring[g])
+        print(f"{g} groups: scoring per run {runs} s; val worst group {worst[g]}")
+    if args.out:
+        record = {
+            "command": " ".join(sys.argv),
+            "seed": studies[COUNTS[0]].task.seed,
+            "samples": args.samples,
+            "data_sha256": {g: c.data_sha256 for g, c in contexts.items()},
+            "torch_threads": torch.get_num_threads(),
+            "versions": versions(),
+            "scoring_s": scoring,
+            "trial_s": trial,
+            "val_worst_group": worst,
+            "group_metrics_s": metrics,
+        }
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def versions() -> dict[str, str]:
+    import optuna
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "optuna": optuna.__version__,
+    }
 
 
 if __name__ == "__main__":

@@ -9,13 +9,19 @@ the clock starts; the trials alternate, `--repeats` times, on the same seed, and
 medians of SAE training, scoring and the whole trial are printed with their ratios.
 
     HPO_DATA_DIR=../shared/data/mnist .venv/bin/python bench/user_model_trial.py \
-        studies/colored_mnist_quick.toml --repeats 3 [--set task.base_model=cnn] [--threads 1]
+        studies/colored_mnist_quick.toml --repeats 3 [--set task.base_model=cnn] [--threads 1] \
+        [--out runs.json]
+
+`--out` writes every run's phase times, the data's sha256 and the versions as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +69,7 @@ def main() -> None:
     ap.add_argument(
         "--threads", type=int, default=1, help="torch threads for both (1: a busy machine)"
     )
+    ap.add_argument("--out", type=Path, help="a JSON file for every run's numbers")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     overrides = [*args.overrides, 'task.references=["last_layer", "leace"]']
@@ -75,7 +82,7 @@ def main() -> None:
         for name, s in studies.items()
     }
     times: dict[str, dict[str, list[float]]] = {n: {} for n in studies}
-    worst: dict[str, float] = {}
+    worst: dict[str, list[float]] = {n: [] for n in studies}
     for _ in range(args.repeats):
         for name, study in studies.items():
             t0 = time.perf_counter()
@@ -87,7 +94,7 @@ def main() -> None:
                 ("trial", wall),
             ):
                 times[name].setdefault(key, []).append(value)
-            worst[name] = result.objectives["worst_group"]
+            worst[name].append(result.objectives["worst_group"])
     med = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
     print(
         f"| {args.study} {' '.join(args.overrides)} | median of {args.repeats} | "
@@ -99,9 +106,43 @@ def main() -> None:
         b, u = med["built-in"][key], med["user"][key]
         print(f"| {key} | {b:.2f} s | {u:.2f} s | {u / b:.2f}x |")
     print(
-        f"| val worst group | {worst['built-in']:.4f} | {worst['user']:.4f} | "
+        f"| val worst group | {worst['built-in'][-1]:.4f} | {worst['user'][-1]:.4f} | "
         f"equal: {worst['built-in'] == worst['user']} |"
     )
+    for name in studies:
+        runs = "; ".join(
+            f"{key} " + ", ".join(f"{t:.2f}" for t in times[name][key])
+            for key in ("sae_training", "scoring", "trial")
+        )
+        print(f"{name} per run (s): {runs}")
+    if args.out:
+        import optuna
+
+        record = {
+            "command": " ".join(sys.argv),
+            "revision": revision(),
+            "seed": builtin.task.seed,
+            "data_sha256": {n: c.data_sha256 for n, c in contexts.items()},
+            "torch_threads": torch.get_num_threads(),
+            "versions": {
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "optuna": optuna.__version__,
+            },
+            "seconds": times,
+            "val_worst_group": worst,
+        }
+        args.out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def revision() -> str:
+    """The checkout's commit (the script runs at two revisions)."""
+    import subprocess
+
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=HERE.parent, capture_output=True, text=True
+    )
+    return out.stdout.strip()
 
 
 def python_task(builtin: Any, task: dict[str, Any]) -> Any:
