@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -45,9 +46,21 @@ class CommandFailed(Exception):
     """An `hpo` command exited non-zero; its last line says why."""
 
 
+CPU_SECONDS: dict[str, float] = {}  # per command name: user + system seconds of its processes
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def hpo(*args: str, log: Path) -> float:
-    """Run one `hpo` command (its output appended to `log`); its wall time in seconds."""
-    start = time.perf_counter()
+    """Run one `hpo` command (its output appended to `log`); its wall time in seconds.
+
+    The CPU seconds of the command and its workers go to `CPU_SECONDS[args[0]]`: on a
+    loaded machine they, not the wall time, say what a study costs.
+    """
+    start, cpu = time.perf_counter(), children_cpu()
     with log.open("a") as out:
         out.write(f"$ hpo {' '.join(args)}\n")
         out.flush()
@@ -57,6 +70,7 @@ def hpo(*args: str, log: Path) -> float:
     if done.returncode != 0:
         last = log.read_text().strip().splitlines()[-1:] or [""]
         raise CommandFailed(f"hpo {args[0]}: exit {done.returncode}: {last[0]} (see {log})")
+    CPU_SECONDS[args[0]] = children_cpu() - cpu
     return time.perf_counter() - start
 
 
@@ -119,6 +133,10 @@ def summary(
         "trials": {s: states.count(s) for s in sorted(set(states))},
         "mean_trial_seconds": timings,
         "wall_seconds": walls,
+        "cpu_seconds": {
+            "study": CPU_SECONDS.get("launch"),
+            **{k: CPU_SECONDS.get(k) for k in ("confirm", "export")},
+        },
         "data_sha256": config["provenance"]["data_sha256"],
         "task": config["task"],
         "params": config["params"],
