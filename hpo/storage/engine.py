@@ -199,7 +199,14 @@ def engine_kwargs(url: str, extra: dict[str, Any] | None = None) -> dict[str, An
 
 
 def _sqlite_wal(engine: Any) -> None:
-    """WAL lets readers and one writer proceed together: no 'database is locked'.
+    """WAL lets readers and one writer proceed together: no 'database is locked'; and
+    each transaction takes the write lock when it begins, so a read-then-write is atomic.
+
+    The second is what hands a queued trial to one worker only: Optuna moves a trial
+    from WAITING to RUNNING after reading its state under SELECT ... FOR UPDATE, which
+    SQLite ignores, and Python's sqlite3 begins the transaction only at the UPDATE, so
+    two workers could both read WAITING and both run the trial. SQLAlchemy's recipe for
+    pysqlite: no implicit BEGIN from the driver, our own BEGIN IMMEDIATE instead.
 
     RDBStorage opens its engine and pools a connection (creating the schema) before we
     see the engine, so a listener alone would never run on that pooled connection (and
@@ -210,11 +217,16 @@ def _sqlite_wal(engine: Any) -> None:
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.isolation_level = None  # the driver's own BEGIN would come too late
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA busy_timeout=120000")
         cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()
     with engine.connect():
