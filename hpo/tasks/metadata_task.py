@@ -34,13 +34,23 @@ from hpo.models.final_layer import attach_final_head, install_final_head
 from hpo.models.linear_layers import linear_call_order
 from hpo.models.model_inputs import take, to_device
 from hpo.strict import Strict
-from hpo.tasks import batches, bundle, row_sampling, streaming
+from hpo.tasks import batches, bundle, collect, reference_scores, row_sampling, streaming
 from hpo.tasks.base import TaskConfig
-from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
+from hpo.tasks.classifier_context import ClassifierContext
+from hpo.tasks.reference_scores import check_references
 from hpo.tasks.user import SPLITS, UserTask
 
-CODE = (metadata_csv, bundle, streaming, batches, row_sampling, references_module)
+CODE = (
+    metadata_csv,
+    bundle,
+    collect,
+    reference_scores,
+    streaming,
+    batches,
+    row_sampling,
+    references_module,
+)
 
 
 class SplitValues(Strict):
@@ -236,7 +246,7 @@ class MetadataTask(ClassifierTask):
             batch_size=cfg.batch_size,
             tokens_per_sample=getattr(cfg, "tokens_per_sample", None),
         )
-        collected = bundle.collect_splits(model, task, device, cfg.seed)
+        collected = collect.collect_splits(model, task, device, cfg.seed)
         timings["activations"] = time.perf_counter() - t0
         timings |= bundle.write_bundle(
             path,

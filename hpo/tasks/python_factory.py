@@ -29,13 +29,33 @@ from hpo.errors import UserError
 from hpo.models import graph_split
 from hpo.models.head import logits_only
 from hpo.models.model_inputs import ModelInputs, call_model, take, to_device
-from hpo.tasks import batches, bundle, cut, hugging_face, row_sampling, streaming
+from hpo.tasks import (
+    batches,
+    bundle,
+    collect,
+    cut,
+    hugging_face,
+    reference_scores,
+    row_sampling,
+    streaming,
+)
 from hpo.tasks.base import TaskConfig
-from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
+from hpo.tasks.classifier_context import ClassifierContext
+from hpo.tasks.reference_scores import check_references
 from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
 
-BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module, cut, graph_split)
+BUNDLE_CODE = (
+    bundle,
+    collect,
+    reference_scores,
+    streaming,
+    batches,
+    row_sampling,
+    references_module,
+    cut,
+    graph_split,
+)
 
 
 class PythonTask(ClassifierConfig):
@@ -176,7 +196,7 @@ class Python(ClassifierTask):
         collected = None
         if task.streams:  # read once: the data's digest is known only after a pass
             t0 = time.perf_counter()
-            collected = bundle.collect_splits(model, task, device, cfg.seed)
+            collected = collect.collect_splits(model, task, device, cfg.seed)
             timings["activations"] = time.perf_counter() - t0
             assert collected.digest is not None
             data_sha = collected.digest
@@ -213,7 +233,7 @@ class Python(ClassifierTask):
         if check is None:  # a streamed split scored from the layer keeps no model inputs
             check = example
         check = to_device(take(check, slice(0, cut.CHECK_ROWS)), device)
-        probe_z = bundle.module_inputs(model.to(device), task.layer, check)
+        probe_z = collect.module_inputs(model.to(device), task.layer, check)
         found = cut.find_cut(
             task,
             load_program(stored, device),  # as workers will see the model
