@@ -101,10 +101,7 @@ def write_bundle(
         **({"cut": cut.payload} if cut is not None else {}),
         "splits": {name: _split_json(s, keep_x) for name, s in collected.splits.items()},
         "probe_inputs": probe_inputs,
-        "references": {
-            name: {split: _metrics_json(m) for split, m in per_split.items()}
-            for name, per_split in scores.items()
-        },
+        "references": _references_json(scores),
     }
     save_tensors(path, _cpu(bundle))
     return timings
@@ -157,6 +154,15 @@ def _split_json(s: CachedSplit, keep_x: bool) -> dict[str, Any]:
         **({"concepts": s.concepts} if s.concepts is not None else {}),
         **({"x": s.x} if keep_x and s.x is not None else {}),
         **({"carry": s.carry} if s.carry else {}),
+    }
+
+
+def _references_json(
+    scores: dict[str, dict[str, GroupMetrics]],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    return {
+        name: {split: _metrics_json(m) for split, m in per_split.items()}
+        for name, per_split in scores.items()
     }
 
 
