@@ -22,7 +22,7 @@ from torch import nn
 
 from hpo import Split
 from hpo.tasks.bundle import tensor_digest
-from hpo.tasks.python_factory import import_factory
+from hpo.tasks.factory_import import import_factory
 from hpo.tasks.user import SPLITS
 
 

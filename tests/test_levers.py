@@ -16,7 +16,7 @@ from hpo.params import TrialParams
 from hpo.results import GroupMetrics
 from hpo.sae.model import FaithfulSAE
 from hpo.tasks import classifier_metrics
-from hpo.tasks.bundle import ClassifierContext
+from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.colored_mnist import ColoredMnistTask
 from hpo.tasks.registry import get_task
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from hpo import Split, UserTask
 from hpo.errors import UserError
 from hpo.tasks.batches import check_batch, stream_batches
-from hpo.tasks.bundle import Collected, collect_splits
+from hpo.tasks.collect import Collected, collect_splits
 from hpo.tasks.row_sampling import sample_keys, smallest, token_positions
 from hpo.tasks.user import SPLITS
 

@@ -43,20 +43,7 @@ def folder_splits(task: ColoredMnistSpec) -> tuple[dict[str, ImageSplit], str]:
     test_colors = to_task[folder.test_colors]
 
     rng = np.random.default_rng(task.seed)
-    n_colors = len(task.colors)
-    tied = np.zeros(10, dtype=np.int64)
-    for i, digits in enumerate(task.color_digits):
-        tied[list(digits)] = i
-    train_slots = _slots(task.train_per_digit)
-    counts = {
-        "train": _cell_counts(
-            train_slots, biased_colors(train_slots, tied, n_colors, task.bias, rng), n_colors
-        ),
-        "probe": _balanced_counts(task.probe_per_digit, n_colors, rng),
-        "val": _balanced_counts(task.val_per_digit, n_colors, rng),
-        "test": _balanced_counts(task.test_per_digit, n_colors, rng),
-    }
-    oracle = _balanced_counts(task.train_per_digit, n_colors, rng)
+    counts, oracle = _cell_targets(task, rng)
     reused = np.minimum(oracle, counts["train"])
 
     train, probe, val, extra = _draw(
@@ -70,10 +57,6 @@ def folder_splits(task: ColoredMnistSpec) -> tuple[dict[str, ImageSplit], str]:
     (test,) = _draw(
         folder.test_digits, test_colors, [counts["test"]], task.colors, rng, f"{root / 'testing'}"
     )
-    oracle_cells = [
-        np.concatenate([cell[:k], more])
-        for cell, k, more in zip(train, reused.ravel(), extra, strict=True)
-    ]
 
     train_arrays = (folder.train_images, folder.train_digits, train_colors)
     test_arrays = (folder.test_images, folder.test_digits, test_colors)
@@ -82,9 +65,40 @@ def folder_splits(task: ColoredMnistSpec) -> tuple[dict[str, ImageSplit], str]:
         "probe": _split(probe, *train_arrays),
         "val": _split(val, *train_arrays),
         "test": _split(test, *test_arrays),
-        ORACLE_SPLIT: _split(oracle_cells, *train_arrays),
+        ORACLE_SPLIT: _split(_oracle_cells(train, reused, extra), *train_arrays),
     }
     return splits, folder.sha256
+
+
+def _cell_targets(
+    task: ColoredMnistSpec, rng: np.random.Generator
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """How many images of each (digit, colour) cell every split wants, and the oracle's
+    training set: train biased towards each digit's tied colour, the rest balanced."""
+    n_colors = len(task.colors)
+    tied = np.zeros(10, dtype=np.int64)
+    for i, digits in enumerate(task.color_digits):
+        tied[list(digits)] = i
+    train_slots = _slots(task.train_per_digit)
+    counts = {
+        "train": _cell_counts(
+            train_slots, biased_colors(train_slots, tied, n_colors, task.bias, rng), n_colors
+        ),
+        "probe": _balanced_counts(task.probe_per_digit, n_colors, rng),
+        "val": _balanced_counts(task.val_per_digit, n_colors, rng),
+        "test": _balanced_counts(task.test_per_digit, n_colors, rng),
+    }
+    return counts, _balanced_counts(task.train_per_digit, n_colors, rng)
+
+
+def _oracle_cells(
+    train: list[np.ndarray], reused: np.ndarray, extra: list[np.ndarray]
+) -> list[np.ndarray]:
+    """Each cell of the oracle's set: the first train images it reuses, then its own."""
+    return [
+        np.concatenate([cell[:k], more])
+        for cell, k, more in zip(train, reused.ravel(), extra, strict=True)
+    ]
 
 
 def _task_color_index(

@@ -68,6 +68,25 @@ def split_at(program: fx.GraphModule, layer: str, logits_leaf: int = 0) -> Graph
     output = next(n for n in nodes if n.op == "output")
     leaves = output.args[0] if isinstance(output.args[0], (tuple, list)) else (output.args[0],)
     logits = leaves[logits_leaf]
+    inside, layer_input = _layer_operations(nodes, layer)
+    if not isinstance(logits, fx.Node) or logits not in _descendants(inside):
+        raise CannotSplit(f"the logits do not depend on {layer!r}")
+    head_nodes = _descendants(inside) & _ancestors(logits)
+    head, crossing = _head_graph(nodes, head_nodes, layer_input, logits, batch)
+    trunk = _trunk_graph(nodes, head_nodes, crossing)
+    head_module = _pruned(program, head, "Head")
+    trunk_module = _pruned(program, trunk, "Trunk")
+    names = (LAYER_INPUT, *(n.name for n in crossing[1:]))
+    return GraphSplit(
+        trunk=trunk_module,
+        head=head_module,
+        names=names,
+        overridable=frozenset(_attrs_read(head_module.graph) - _attrs_read(trunk_module.graph)),
+    )
+
+
+def _layer_operations(nodes: list[fx.Node], layer: str) -> tuple[list[fx.Node], fx.Node]:
+    """The operations that run in module `layer`, and the one tensor they are called on."""
     inside = [n for n in nodes if n.op == "call_function" and _runs_in(n, layer)]
     if not inside:
         raise CannotSplit(f"no operation of {layer!r} in the exported graph")
@@ -83,11 +102,19 @@ def split_at(program: fx.GraphModule, layer: str, logits_leaf: int = 0) -> Graph
             f"{layer!r} is called on {len(entries)} different tensors (is it called twice?)"
         )
     (layer_input,) = entries
-    if not isinstance(logits, fx.Node) or logits not in _descendants(inside):
-        raise CannotSplit(f"the logits do not depend on {layer!r}")
-    head_nodes = _descendants(inside) & _ancestors(logits)
-    data_dependent = _data_dependent(nodes)
+    return inside, layer_input
 
+
+def _head_graph(
+    nodes: list[fx.Node],
+    head_nodes: set[fx.Node],
+    layer_input: fx.Node,
+    logits: fx.Node,
+    batch: object,
+) -> tuple[fx.Graph, list[fx.Node]]:
+    """The head's graph, and the trunk's nodes whose values cross the cut into it (the
+    layer's input first, then in the order the head meets them)."""
+    data_dependent = _data_dependent(nodes)
     head = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
     crossing: list[fx.Node] = [layer_input]
@@ -122,7 +149,13 @@ def split_at(program: fx.GraphModule, layer: str, logits_leaf: int = 0) -> Graph
     head.output(env[logits])
     # placeholders first, in the order the values were met (after z)
     _move_placeholders_first(head, [z] + [v for _, v in later])
+    return head, crossing
 
+
+def _trunk_graph(
+    nodes: list[fx.Node], head_nodes: set[fx.Node], crossing: list[fx.Node]
+) -> fx.Graph:
+    """Everything outside the head, returning the values that cross the cut."""
     trunk = fx.Graph()
     tenv: dict[fx.Node, fx.Node] = {}
     for node in nodes:
@@ -130,15 +163,7 @@ def split_at(program: fx.GraphModule, layer: str, logits_leaf: int = 0) -> Graph
             continue
         tenv[node] = trunk.node_copy(node, lambda a: tenv[a])
     trunk.output(tuple(tenv[n] for n in crossing))
-    head_module = _pruned(program, head, "Head")
-    trunk_module = _pruned(program, trunk, "Trunk")
-    names = (LAYER_INPUT, *(n.name for n in crossing[1:]))
-    return GraphSplit(
-        trunk=trunk_module,
-        head=head_module,
-        names=names,
-        overridable=frozenset(_attrs_read(head_module.graph) - _attrs_read(trunk_module.graph)),
-    )
+    return trunk
 
 
 def _pruned(program: fx.GraphModule, graph: fx.Graph, name: str) -> fx.GraphModule:

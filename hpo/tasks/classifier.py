@@ -32,7 +32,7 @@ from hpo.results import GroupMetrics, TrialResult, control_name
 from hpo.sae.training import SAEData
 from hpo.tasks import hugging_face
 from hpo.tasks.base import Direction, ModelCard, Saes, TaskConfig
-from hpo.tasks.bundle import ClassifierContext
+from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.classifier_metrics import decomposition_errors, prediction_change, worst_errors
 
 OBJECTIVES: dict[str, Direction] = {

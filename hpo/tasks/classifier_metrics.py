@@ -10,7 +10,7 @@ from hpo.models.layer_types import weight_override
 from hpo.sae.model import FaithfulSAE
 from hpo.sae.training import SAEData
 from hpo.tasks.base import Saes
-from hpo.tasks.bundle import ClassifierContext
+from hpo.tasks.classifier_context import ClassifierContext
 
 
 def prediction_change(ctx: ClassifierContext, saes: Saes) -> float:

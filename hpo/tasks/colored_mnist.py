@@ -25,10 +25,11 @@ from hpo.debias import references as references_module
 from hpo.models import classifiers, training
 from hpo.models.classifiers import BASE_MODELS
 from hpo.models.linear_layers import linear_layers
-from hpo.tasks import bundle
+from hpo.tasks import bundle, collect, reference_scores
 from hpo.tasks.base import TaskConfig
-from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
+from hpo.tasks.classifier_context import ClassifierContext
+from hpo.tasks.reference_scores import check_references
 from hpo.tasks.user import Split, UserTask
 
 
@@ -96,7 +97,7 @@ class ColoredMnistTask(ClassifierConfig):
 # change to any of them rebuilds it. The fields that do not touch training (which layer,
 # which references) rebuild the bundle in seconds and reuse the models.
 MODEL_CODE = (data, classifiers, training)
-BUNDLE_CODE = (*MODEL_CODE, bundle, references_module)
+BUNDLE_CODE = (*MODEL_CODE, bundle, collect, reference_scores, references_module)
 NOT_TRAINING = {"layer", "references"}
 
 

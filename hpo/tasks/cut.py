@@ -78,20 +78,7 @@ def find_cut(
     with torch.no_grad():
         whole = logits_of(call_model(task.model, x))
     if task.head is not None:
-        cut = _user_head(task, z, export=export, load=load, source=source)
-        with torch.no_grad():
-            got = cut.head(_values(cut, x, z)) if cut.head is not None else None
-        if got is None or not _close(got, whole):
-            diff = (
-                "a different shape"
-                if got is None or got.shape != whole.shape
-                else (f"max |difference| {float((got - whole).abs().max()):.3g}")
-            )
-            raise UserError(
-                f"{source}: UserTask.head: its logits on {len(x)} probe rows differ from the "
-                f"model's ({diff}); it must map the input of layer {task.layer!r} to the "
-                "model's logits, through the model's own modules"
-            )
+        cut = _checked_user_head(task, x, z, whole, export=export, load=load, source=source)
     elif not isinstance(x, torch.Tensor):
         cut = Cut(
             "whole_model",
@@ -99,19 +86,57 @@ def find_cut(
             why="the model takes keyword inputs; the graph split reads one tensor",
         )
     else:
-        cut = _graph_split(program, task.layer, x)
-        if cut.head is not None:
-            with torch.no_grad():
-                got = cut.head(_values(cut, x, z))
-            if not _close(got, whole):
-                cut = Cut(
-                    "whole_model",
-                    None,
-                    why=f"the graph split's logits differ from the model's by "
-                    f"{float((got - whole).abs().max()):.3g}",
-                )
+        cut = _checked_graph_split(program, task.layer, x, z, whole)
     if cut.head is not None:
         cut.payload["check"] = {"logits": whole, "rows": torch.tensor(len(x))}
+    return cut
+
+
+def _checked_user_head(
+    task: UserTask,
+    x: ModelInputs,
+    z: torch.Tensor,
+    whole: torch.Tensor,
+    *,
+    export: Exporter,
+    load: Loader,
+    source: str,
+) -> Cut:
+    """The user's head, exported and loaded as workers will; a UserError where its logits
+    on the check rows are not the whole model's (`whole`)."""
+    cut = _user_head(task, z, export=export, load=load, source=source)
+    with torch.no_grad():
+        got = cut.head(_values(cut, x, z)) if cut.head is not None else None
+    if got is None or not _close(got, whole):
+        diff = (
+            "a different shape"
+            if got is None or got.shape != whole.shape
+            else (f"max |difference| {float((got - whole).abs().max()):.3g}")
+        )
+        raise UserError(
+            f"{source}: UserTask.head: its logits on {len(x)} probe rows differ from the "
+            f"model's ({diff}); it must map the input of layer {task.layer!r} to the "
+            "model's logits, through the model's own modules"
+        )
+    return cut
+
+
+def _checked_graph_split(
+    program: fx.GraphModule, layer: str, x: torch.Tensor, z: torch.Tensor, whole: torch.Tensor
+) -> Cut:
+    """The graph split, or the whole model (with why) where its logits on the check rows
+    are not the whole model's (`whole`)."""
+    cut = _graph_split(program, layer, x)
+    if cut.head is not None:
+        with torch.no_grad():
+            got = cut.head(_values(cut, x, z))
+        if not _close(got, whole):
+            cut = Cut(
+                "whole_model",
+                None,
+                why=f"the graph split's logits differ from the model's by "
+                f"{float((got - whole).abs().max()):.3g}",
+            )
     return cut
 
 

@@ -20,14 +20,8 @@ from hpo.data.image_files import ImageFiles, image_paths
 from hpo.models.torchvision_models import architecture, trained_classifier
 from hpo.strict import Strict
 from hpo.tasks.base import TaskConfig
-from hpo.tasks.metadata_task import (
-    LoadedModel,
-    MetadataTask,
-    MetadataTaskConfig,
-    Rows,
-    file_digest,
-    table_rows,
-)
+from hpo.tasks.metadata_table import MetadataTaskConfig, Rows, file_digest, table_rows
+from hpo.tasks.metadata_task import LoadedModel, MetadataTask
 from hpo.tasks.user import SPLITS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -10,8 +10,6 @@ that changes its output is never served a stale bundle.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import io
 import sys
 import time
@@ -29,13 +27,35 @@ from hpo.errors import UserError
 from hpo.models import graph_split
 from hpo.models.head import logits_only
 from hpo.models.model_inputs import ModelInputs, call_model, take, to_device
-from hpo.tasks import batches, bundle, cut, hugging_face, row_sampling, streaming
+from hpo.tasks import (
+    batches,
+    bundle,
+    collect,
+    cut,
+    hugging_face,
+    reference_scores,
+    row_sampling,
+    streaming,
+)
 from hpo.tasks.base import TaskConfig
-from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
+from hpo.tasks.classifier_context import ClassifierContext
+from hpo.tasks.collect import Collected
+from hpo.tasks.factory_import import import_factory, one_line
+from hpo.tasks.reference_scores import check_references
 from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
 
-BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module, cut, graph_split)
+BUNDLE_CODE = (
+    bundle,
+    collect,
+    reference_scores,
+    streaming,
+    batches,
+    row_sampling,
+    references_module,
+    cut,
+    graph_split,
+)
 
 
 class PythonTask(ClassifierConfig):
@@ -63,55 +83,6 @@ class PythonTask(ClassifierConfig):
         return names
 
 
-def import_factory(spec: str) -> Any:
-    """The function a factory string names; a UserError says what is wrong with it."""
-    where = f"task.factory {spec!r}"
-    target, _, name = spec.rpartition(":")
-    if target.endswith(".py") or "/" in target:
-        path = Path(target).expanduser()
-        if not path.is_file():
-            raise UserError(
-                f"{where}: no such file {path} (a relative path in a study file is resolved "
-                "against the study file's folder)"
-            )
-        mod_name = f"hpo_user_task_{abs(hash(str(path.resolve())))}"
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise UserError(f"{where}: {path} is not a Python file")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as err:
-            sys.modules.pop(mod_name, None)
-            raise UserError(f"{where}: importing {path} failed: {_one_line(err)}") from None
-    else:
-        if str(Path.cwd()) not in sys.path and "" not in sys.path:
-            sys.path.insert(0, str(Path.cwd()))  # as `python -m` would: the working folder
-        try:
-            module = importlib.import_module(target)
-        except ModuleNotFoundError as err:
-            raise UserError(
-                f"{where}: module {err.name!r} not found on the Python path or in the working "
-                f"folder {Path.cwd()} (a module name is imported as `python -m` would; run "
-                "from the folder that holds it, install it, or give a file: "
-                "'path/to/file.py:function', resolved against the study file's folder)"
-            ) from None
-        except Exception as err:
-            raise UserError(f"{where}: importing {target} failed: {_one_line(err)}") from None
-    function = getattr(module, name, None)
-    if function is None:
-        raise UserError(f"{where}: {target} has no attribute {name!r}")
-    if not callable(function):
-        raise UserError(f"{where}: {target}.{name} is not callable")
-    return function
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
-
-
 def call_factory(cfg: PythonTask) -> UserTask:
     function = import_factory(cfg.factory)
     source = f"task.factory {cfg.factory}"
@@ -120,12 +91,12 @@ def call_factory(cfg: PythonTask) -> UserTask:
     except TypeError as err:
         raise UserError(
             f"{source}: calling it with seed and options {sorted(cfg.options)} failed: "
-            f"{_one_line(err)}"
+            f"{one_line(err)}"
         ) from None
     except UserError:
         raise
     except Exception as err:
-        raise UserError(f"{source}: the factory raised {_one_line(err)}") from None
+        raise UserError(f"{source}: the factory raised {one_line(err)}") from None
     return validate_user_task(task, source)
 
 
@@ -146,7 +117,7 @@ def export_program(model: nn.Module, example: ModelInputs, source: str) -> bytes
         )
     except Exception as err:
         raise UserError(
-            f"{source}: torch.export cannot capture the model ({_one_line(err)}); workers "
+            f"{source}: torch.export cannot capture the model ({one_line(err)}); workers "
             "score it from that capture, without your code: avoid data-dependent Python "
             "control flow in forward()"
         ) from None
@@ -176,67 +147,21 @@ class Python(ClassifierTask):
         collected = None
         if task.streams:  # read once: the data's digest is known only after a pass
             t0 = time.perf_counter()
-            collected = bundle.collect_splits(model, task, device, cfg.seed)
+            collected = collect.collect_splits(model, task, device, cfg.seed)
             timings["activations"] = time.perf_counter() - t0
-            assert collected.digest is not None
-            data_sha = collected.digest
-        else:
-            data_sha = bundle.tensor_digest(
-                [t for s in SPLITS for t in vars(getattr(task, s)).values()]
-            )
-        weights = bundle.tensor_digest(list(model.state_dict().values()))
-        key = content_hash(
-            {
-                "task": cfg.model_dump(mode="json"),
-                "data": data_sha,
-                "weights": weights,
-                "layer": task.layer,
-                "rows": [task.max_rows, task.tokens_per_sample],
-                "head": None if task.head is None else getattr(task.head, "__qualname__", "head"),
-                "code": bundle.code_fingerprint(BUNDLE_CODE),
-            }
-        )
+        data_sha = _data_digest(task, collected)
+        key = _bundle_key(cfg, task, model, data_sha)
         path = bundle_file(self.kind, key)
         if path.exists():
             return path, timings
-        cls = type(model)
-        source = f"task.factory {cfg.factory}"
-        if collected:
-            example, check = collected.example, collected.splits["probe"].x
-        else:
-            assert isinstance(task.probe, Split)  # nothing streams: every split is tensors
-            example, check = take(task.probe.x, slice(0, 2)), task.probe.x
-        with torch.no_grad():
-            flat = isinstance(call_model(model, example), torch.Tensor)
-        program = export_program(model if flat else logits_only(model), example, source)
-        stored = torch.frombuffer(bytearray(program), dtype=torch.uint8)
-        if check is None:  # a streamed split scored from the layer keeps no model inputs
-            check = example
-        check = to_device(take(check, slice(0, cut.CHECK_ROWS)), device)
-        probe_z = bundle.module_inputs(model.to(device), task.layer, check)
-        found = cut.find_cut(
-            task,
-            load_program(stored, device),  # as workers will see the model
-            check,
-            probe_z,
-            export=export_program,
-            load=load_program,
-            source=source,
-        )
+        stored, found = _export_and_cut(cfg, task, model, collected, device)
         timings |= bundle.write_bundle(
             path,
             task,
             references=cfg.references,
             oracle=None,
             seed=cfg.seed,
-            meta={
-                "key": key,
-                "data_sha256": data_sha,
-                "task": cfg.model_dump(mode="json"),
-                "model_class": f"{cls.__module__}.{cls.__qualname__}",
-                "model_file": sys.modules[cls.__module__].__file__ or "",
-                **({"hf": hf} if (hf := hugging_face.describe(model)) is not None else {}),
-            },
+            meta=_bundle_meta(cfg, key, data_sha, model),
             model_payload={"state": model.state_dict(), "program": stored},
             device=device,
             collected=collected,
@@ -284,3 +209,74 @@ def load_cut(
         return cut.user_head_cut(load_program(stored["cut"]["head_program"], device))
     cut.warn_whole_model(meta["why"], layer)
     return cut.Cut("whole_model", None, why=meta["why"])
+
+
+def _data_digest(task: UserTask, collected: Collected | None) -> str:
+    """The digest of the data: of what a streamed pass read, else of every split's tensors."""
+    if collected is not None:
+        assert collected.digest is not None
+        return collected.digest
+    return bundle.tensor_digest([t for s in SPLITS for t in vars(getattr(task, s)).values()])
+
+
+def _bundle_key(cfg: PythonTask, task: UserTask, model: nn.Module, data_sha: str) -> str:
+    """What the factory returned (data, weights, layer, row caps, head) and the code."""
+    weights = bundle.tensor_digest(list(model.state_dict().values()))
+    return content_hash(
+        {
+            "task": cfg.model_dump(mode="json"),
+            "data": data_sha,
+            "weights": weights,
+            "layer": task.layer,
+            "rows": [task.max_rows, task.tokens_per_sample],
+            "head": None if task.head is None else getattr(task.head, "__qualname__", "head"),
+            "code": bundle.code_fingerprint(BUNDLE_CODE),
+        }
+    )
+
+
+def _export_and_cut(
+    cfg: PythonTask,
+    task: UserTask,
+    model: nn.Module,
+    collected: Collected | None,
+    device: torch.device,
+) -> tuple[torch.Tensor, cut.Cut]:
+    """The model's torch.export program (as the bytes the bundle stores) and the cut it
+    is scored from, found on the program as workers will load it."""
+    source = f"task.factory {cfg.factory}"
+    if collected:
+        example, check = collected.example, collected.splits["probe"].x
+    else:
+        assert isinstance(task.probe, Split)  # nothing streams: every split is tensors
+        example, check = take(task.probe.x, slice(0, 2)), task.probe.x
+    with torch.no_grad():
+        flat = isinstance(call_model(model, example), torch.Tensor)
+    program = export_program(model if flat else logits_only(model), example, source)
+    stored = torch.frombuffer(bytearray(program), dtype=torch.uint8)
+    if check is None:  # a streamed split scored from the layer keeps no model inputs
+        check = example
+    check = to_device(take(check, slice(0, cut.CHECK_ROWS)), device)
+    probe_z = collect.module_inputs(model.to(device), task.layer, check)
+    found = cut.find_cut(
+        task,
+        load_program(stored, device),  # as workers will see the model
+        check,
+        probe_z,
+        export=export_program,
+        load=load_program,
+        source=source,
+    )
+    return stored, found
+
+
+def _bundle_meta(cfg: PythonTask, key: str, data_sha: str, model: nn.Module) -> dict[str, Any]:
+    cls = type(model)
+    return {
+        "key": key,
+        "data_sha256": data_sha,
+        "task": cfg.model_dump(mode="json"),
+        "model_class": f"{cls.__module__}.{cls.__qualname__}",
+        "model_file": sys.modules[cls.__module__].__file__ or "",
+        **({"hf": hf} if (hf := hugging_face.describe(model)) is not None else {}),
+    }

@@ -218,14 +218,42 @@ def stream_split(
         part = {"keys": keys[sel], "index": index[sel], "y": batch.y[sel], "g": batch.groups[sel]}
         if batch.concepts is not None:
             part["c"] = batch.concepts[sel]
-        for name, z in inputs.items():
-            part[f"z:{name}"] = sample_tokens(z, x, index[sel], plan, where).cpu()
-        if keep_x:
-            flat = {"x": x} if isinstance(x, torch.Tensor) else {f"x.{k}": v for k, v in x.items()}
-            part |= {k: v.cpu() for k, v in flat.items()}
+        part |= _cached_values(inputs, x, index[sel], plan, where, keep_x)
         reservoir.add(part, where)
     kept = reservoir.result()
     assert example is not None
+    return _streamed(kept, layer, others, example, keep_x=keep_x, device=device)
+
+
+def _cached_values(
+    inputs: dict[str, torch.Tensor],
+    x: ModelInputs,
+    index: torch.Tensor,
+    plan: RowPlan,
+    where: str,
+    keep_x: bool,
+) -> dict[str, torch.Tensor]:
+    """A batch's kept samples' layer inputs (tokens sampled) and, where `keep_x`, model
+    inputs, as flat named tensors on the CPU: what the reservoir holds."""
+    part: dict[str, torch.Tensor] = {}
+    for name, z in inputs.items():
+        part[f"z:{name}"] = sample_tokens(z, x, index, plan, where).cpu()
+    if keep_x:
+        flat = {"x": x} if isinstance(x, torch.Tensor) else {f"x.{k}": v for k, v in x.items()}
+        part |= {k: v.cpu() for k, v in flat.items()}
+    return part
+
+
+def _streamed(
+    kept: dict[str, torch.Tensor],
+    layer: str,
+    others: Sequence[str],
+    example: ModelInputs,
+    *,
+    keep_x: bool,
+    device: torch.device,
+) -> StreamedSplit:
+    """The reservoir's flat tensors back as a cached split and the other layers' inputs."""
     x_kept: ModelInputs | None = None
     if keep_x:
         x_kept = (

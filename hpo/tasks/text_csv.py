@@ -22,14 +22,8 @@ from hpo.errors import UserError
 from hpo.models.hf_text import rebuild_classifier, text_classifier
 from hpo.strict import Strict
 from hpo.tasks.base import TaskConfig
-from hpo.tasks.metadata_task import (
-    LoadedModel,
-    MetadataTask,
-    MetadataTaskConfig,
-    Rows,
-    file_digest,
-    table_rows,
-)
+from hpo.tasks.metadata_table import MetadataTaskConfig, Rows, file_digest, table_rows
+from hpo.tasks.metadata_task import LoadedModel, MetadataTask
 from hpo.tasks.user import SPLITS
 
 

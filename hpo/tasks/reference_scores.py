@@ -1,0 +1,88 @@
+"""The references a bundle stores beside the base model: fitted once, scored on val and
+test, so every trial compares against the same numbers without refitting them.
+
+Which references a task may name is checked here too (`check_references`), against the
+registry in hpo.debias.references, when the study file is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
+from hpo.debias.scoring import CachedSplit, Scorer
+from hpo.errors import UserError
+from hpo.models.head import Head
+from hpo.models.model_inputs import ModelInputs
+from hpo.results import GroupMetrics
+from hpo.tasks.collect import Collected, module_inputs
+from hpo.tasks.user import UserTask
+
+EVAL_SPLITS = ("val", "test")
+
+
+def check_references(names: Sequence[str], can_train_oracle: bool, kind: str) -> None:
+    for name in names:
+        if name not in REFERENCES:
+            raise ValueError(f"unknown reference {name!r}; valid: {', '.join(REFERENCES)}")
+        if name == "oracle" and not can_train_oracle:
+            raise ValueError(f"task kind {kind} cannot train an oracle; remove 'oracle'")
+
+
+def score_references(
+    model: nn.Module,
+    task: UserTask,
+    collected: Collected,
+    names: Sequence[str],
+    oracle: nn.Module | None,
+    seed: int,
+    head: Head | None = None,
+) -> dict[str, dict[str, GroupMetrics]]:
+    """original plus each named reference, on val and test (with model inputs: a
+    built-in model is scored whole here, a user model from its head where it has one)."""
+    splits = collected.splits
+    scorer = Scorer(model, task.layer, splits, task.group_names, head=head)
+    out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
+    probe = splits["probe"]
+    if probe.x is None:  # streamed, scored from the layer: its inputs were collected
+        known = {task.layer: probe.z, **collected.probe_inputs}
+        probe = replace(probe, x=collected.example)
+
+        def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
+            return known[name]
+    else:
+
+        def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
+            return module_inputs(model, name, x)
+
+    source = ReferenceSource(
+        model=model,
+        layer=task.layer,
+        probe=probe,
+        inputs_of=inputs_of,
+        oracle=oracle,
+        seed=seed,
+        val=splits["val"],
+        head=head,
+    )
+    for name in names:
+        method = REFERENCES[name]
+        why = method.unavailable(source)
+        if why is not None:
+            raise UserError(f"task.references: {name} cannot run here: {why}")
+        fitted = method.fit(source)
+        out[name] = {s: _score_fitted(fitted, scorer, task, splits, s) for s in EVAL_SPLITS}
+    return out
+
+
+def _score_fitted(
+    fitted: Fitted, scorer: Scorer, task: UserTask, splits: dict[str, CachedSplit], split: str
+) -> GroupMetrics:
+    if fitted.model is None:
+        return scorer.metrics(split, fitted.overrides)
+    other = Scorer(fitted.model.eval(), task.layer, splits, task.group_names)
+    return other.metrics(split)
