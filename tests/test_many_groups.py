@@ -18,7 +18,7 @@ from hpo.debias.scoring import group_metrics
 from hpo.outputs.charts import GROUP_CHART, _draw_groups, trial_charts
 from hpo.outputs.group_rows import MAX_LISTED, WORST_LISTED, select_groups
 from hpo.outputs.model_card import accuracy_table
-from hpo.outputs.notes import _gain_lines
+from hpo.outputs.note_text import _gain_lines
 from hpo.outputs.trial_table import format_result
 from hpo.results import TrialResult
 from hpo.service.study_file import parse_study

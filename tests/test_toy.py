@@ -17,7 +17,7 @@ import torch
 
 from hpo.config import StudyFile, TrialParams
 from hpo.errors import UserError
-from hpo.outputs.notes import best_note
+from hpo.outputs.note_text import best_note
 from hpo.outputs.trial_table import format_result
 from hpo.results import TrialResult
 from hpo.sae import losses, model

@@ -17,82 +17,23 @@ import datetime as dt
 import json
 import math
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import optuna
 import torch
-from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import StudyFile
 from hpo.errors import UserError
 from hpo.files import atomic_folder
+from hpo.outputs.export_choice import pick_trial
 from hpo.outputs.model_card import model_card
 from hpo.outputs.rescore import ACC_TOL, Rescored, rescore
 from hpo.storage.engine import mask
-from hpo.storage.records import read_confirmed_best, stored_objectives
 from hpo.storage.urls import study_url
 from hpo.tasks.registry import get_task
 
 FILES = ("config.toml", "config.json", "sae.pt", "model.pt", "metrics.json", "README.md")
-
-
-# ---- which trial ----------------------------------------------------------------------
-
-
-def _front_text(front: list[FrozenTrial], objectives: list[str]) -> str:
-    return "; ".join(
-        f"trial {t.number} ("
-        + ", ".join(f"{n}={v:.4g}" for n, v in zip(objectives, t.values, strict=False))
-        + ")"
-        for t in sorted(front, key=lambda t: t.number)
-    )
-
-
-def pick_trial(study: optuna.Study, number: int | None) -> tuple[FrozenTrial, str]:
-    """The best trial, or trial `number`; on a multi-objective study, one of the front."""
-    objectives = stored_objectives(study) or [f"value{i}" for i in range(len(study.directions))]
-    complete = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
-    if not complete:
-        raise UserError(f"study {study.study_name!r} has no complete trial yet")
-    if len(study.directions) > 1:
-        front = study.best_trials
-        listing = _front_text(front, objectives)
-        if number is None:
-            raise UserError(
-                f"study {study.study_name!r} has {len(study.directions)} objectives: pick a "
-                f"trial of its Pareto front with --trial N: {listing}"
-            )
-        if number not in {t.number for t in front}:
-            raise UserError(
-                f"--trial {number}: not on the Pareto front of study "
-                f"{study.study_name!r}; the front: {listing}"
-            )
-        return complete[number], f"trial {number}: chosen with --trial from the Pareto front"
-    if number is None:
-        confirmed = read_confirmed_best(study)
-        if confirmed is not None and confirmed.trial in complete:
-            why = (
-                f"trial {confirmed.trial}: the confirmed best by mean validation "
-                f"{confirmed.objective} ({confirmed.mean:.4f}) over {confirmed.seeds} "
-                f"fresh seeds among the top {confirmed.top} trials (hpo confirm)"
-            )
-            return complete[confirmed.trial], why
-        best = study.best_trial
-        why = (
-            f"trial {best.number}: the best feasible trial by validation value "
-            f"({best.value:.4f}); hpo confirm would choose by the mean over fresh seeds"
-        )
-        return best, why
-    if number not in complete:
-        raise UserError(
-            f"--trial {number}: study {study.study_name!r} has no complete trial {number}; "
-            f"complete trials: {', '.join(str(n) for n in sorted(complete))}"
-        )
-    return complete[number], f"trial {number}: chosen with --trial"
-
-
-# ---- the files ------------------------------------------------------------------------
 
 
 def _exported_study(r: Rescored) -> dict[str, Any]:
@@ -193,8 +134,6 @@ def _secrets(url: str, study_file: StudyFile) -> list[str]:
 
 def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
     """File name → bytes of the export, every check done before anything is written."""
-    from hpo.service.study_file import parse_study
-
     if r.mismatches:
         raise UserError(
             f"trial {r.trial.number}: re-scoring its stored weights does not give its recorded "
@@ -204,12 +143,43 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
     doc = _exported_study(r)
     prov = _provenance(r, url)
     toml_text = _config_toml(doc, prov, out)
+    _check_round_trip(r, toml_text, out)
+    metrics = _metrics(r)
+    files: dict[str, bytes] = {
+        "config.toml": toml_text.encode(),
+        "config.json": (json.dumps({**doc, "provenance": prov}, indent=2) + "\n").encode(),
+        "sae.pt": _torch_bytes(_sae_doc(r)),
+    }
+    if r.weights.debiased is not None:
+        files |= _model_files(r, r.weights.debiased)
+    files["metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
+    task = get_task(r.study_file.task.kind)
+    files["README.md"] = model_card(
+        title=f"{r.study.study_name}, trial {r.trial.number}",
+        card=task.model_card(r.ctx),
+        result=r.result,
+        params=r.params,
+        sae_configs={layer: stored.config for layer, stored in r.weights.saes.items()},
+        prov=prov,
+    ).encode()
+    _check_no_secret(files, url, r.study_file)
+    return files
+
+
+def _check_round_trip(r: Rescored, toml_text: str, out: Path) -> None:
+    """config.toml must parse back to the trial's own params and task: it reruns it."""
+    from hpo.service.study_file import parse_study
+
     again = parse_study(tomllib.loads(toml_text), out / "config.toml")
     if again.params != r.params or again.task != r.study_file.task:
         raise RuntimeError("exported config.toml does not round-trip to the trial's params")
-    metrics = _metrics(r)
+
+
+def _sae_doc(r: Rescored) -> dict[str, Any]:
+    """sae.pt: each layer's Faithful-SAE state and config, what the edit removed from
+    it, and the edit's α and plan."""
     edit = r.result.edit
-    sae_doc: dict[str, Any] = {
+    return {
         "layers": {
             layer: {
                 "sae": {k: v.detach().cpu() for k, v in sae.state_dict().items()},
@@ -225,32 +195,25 @@ def export_files(r: Rescored, url: str, out: Path) -> dict[str, bytes]:
         },
         **({} if edit is None else {"alpha": edit.alpha, "plan": edit.plan.to_json()}),
     }
-    files: dict[str, bytes] = {
-        "config.toml": toml_text.encode(),
-        "config.json": (json.dumps({**doc, "provenance": prov}, indent=2) + "\n").encode(),
-        "sae.pt": _torch_bytes(sae_doc),
-    }
-    if r.weights.debiased is not None:
-        state = {k: v.detach().cpu() for k, v in r.weights.debiased.items()}
-        _verify_model(r, state)
-        files["model.pt"] = _torch_bytes(state)
-        task = get_task(r.study_file.task.kind)
-        files |= {f"hf/{name}": data for name, data in task.model_files(r.ctx, state).items()}
-    files["metrics.json"] = (json.dumps(metrics, indent=2) + "\n").encode()
+
+
+def _model_files(r: Rescored, debiased: Mapping[str, torch.Tensor]) -> dict[str, bytes]:
+    """model.pt (checked to score what the trial recorded) and the task's own export of
+    it (hf/ for a Hugging Face model)."""
+    state = {k: v.detach().cpu() for k, v in debiased.items()}
+    _verify_model(r, state)
     task = get_task(r.study_file.task.kind)
-    files["README.md"] = model_card(
-        title=f"{r.study.study_name}, trial {r.trial.number}",
-        card=task.model_card(r.ctx),
-        result=r.result,
-        params=r.params,
-        sae_configs={layer: stored.config for layer, stored in r.weights.saes.items()},
-        prov=prov,
-    ).encode()
-    for secret in _secrets(url, r.study_file):
+    return {
+        "model.pt": _torch_bytes(state),
+        **{f"hf/{name}": data for name, data in task.model_files(r.ctx, state).items()},
+    }
+
+
+def _check_no_secret(files: dict[str, bytes], url: str, study_file: StudyFile) -> None:
+    for secret in _secrets(url, study_file):
         leaked = [name for name, data in files.items() if secret.encode() in data]
         if leaked:
             raise RuntimeError(f"the storage password would appear in {leaked[0]}")
-    return files
 
 
 def _torch_bytes(obj: Any) -> bytes:

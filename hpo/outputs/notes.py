@@ -10,196 +10,27 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.debias.strategies.registry import get_strategy
 from hpo.errors import UserError
-from hpo.outputs.group_rows import select_groups
-from hpo.results import CONTROL_PREFIX, Edit
+from hpo.outputs.note_text import CONFIRMED_HEADING, OUR_HEADINGS, best_note, superseded_note
 from hpo.storage import compat
 from hpo.storage.attrs import BEST_NOTES_ATTR
 from hpo.storage.records import (
-    Confirmation,
-    TrialRecord,
     read_confirmations,
     read_confirmed_best,
     read_trial,
     sign,
     stored_objectives,
 )
-
-BEST_HEADING = "### ★ Best trial"
-FRONT_HEADING = "### ★ On the Pareto front"
-SUPERSEDED_HEADING = "### Was best until trial"
-LEFT_FRONT_HEADING = "### Left the Pareto front"
-CONFIRMED_HEADING = "### ✓ Confirmed best (by mean validation over fresh seeds)"
-OUR_HEADINGS = (BEST_HEADING, FRONT_HEADING, CONFIRMED_HEADING)
-
-
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _gain(before: float | None, after: float | None) -> str:
-    if before is None or after is None:
-        return "–"
-    return f"{100 * (after - before):+.1f} pts"
-
-
-def _summary(groups: Mapping[str, float | None]) -> tuple[float | None, float | None]:
-    present = [v for v in groups.values() if v is not None]
-    if not present:
-        return None, None
-    return min(present), sum(present) / len(present)
-
-
-def _values_text(objectives: Sequence[str], values: Sequence[float]) -> str:
-    return ", ".join(f"{name} = {v:.4g}" for name, v in zip(objectives, values, strict=False))
-
-
-def best_note(
-    record: TrialRecord,
-    values: Sequence[float],
-    objectives: Sequence[str],
-    *,
-    how: str | None = None,
-    pareto: bool = False,
-    confirmation: Confirmation | None = None,
-    heading: str | None = None,
-) -> str:
-    """Markdown: what the trial removed (`how`: its edit strategy's words), what it
-    gained on validation, and how it held up over fresh seeds (`hpo confirm`)."""
-    heading = heading or (FRONT_HEADING if pareto else BEST_HEADING)
-    lines = [f"{heading} ({_values_text(objectives, values)})", ""]
-    if confirmation is not None:
-        lines += [*confirmation_lines(confirmation, objectives[0]), ""]
-    groups = record.val_groups
-    if groups and record.edit is not None:
-        lines += [*_edit_lines(record.edit, how), *_gain_lines(groups)]
-        if "lift" in record.values:
-            lines += [
-                f"**Lift over the best control: {100 * record.values['lift']:+.1f} pts** "
-                "(worst group, validation).",
-                "",
-            ]
-    else:
-        shown = [k for k in ("mmcs", "ml2r") if k in record.values]
-        if shown:
-            lines += [" · ".join(f"{k.upper()} {record.values[k]:.4f}" for k in shown), ""]
-        controls = [  # the toy's: "control_random_mmcs", ...
-            f"{k.removeprefix(CONTROL_PREFIX).removesuffix('_mmcs')} {v:.4f}"
-            for k, v in record.values.items()
-            if k.startswith(CONTROL_PREFIX) and k.endswith("_mmcs")
-        ]
-        if controls:
-            lines += ["MMCS of the controls (learnt nothing): " + " · ".join(controls), ""]
-    tail = [
-        f"{label} {record.values[k]:.2e}"
-        for k, label in (
-            ("faithfulness_error", "faithfulness error"),
-            ("reconstruction_error", "reconstruction error"),
-            ("prediction_change", "predictions changed by ΣP"),
-        )
-        if k in record.values
-    ]
-    if record.seed is not None:
-        tail.append(f"seed {record.seed}")
-    if record.device is not None:
-        tail.append(f"trained on {record.device}")
-    if tail:
-        lines += [" · ".join(tail) + ".", ""]
-    if groups:
-        lines.append("Test numbers: `hpo report`, `hpo export` (never shown to the sampler).")
-    return "\n".join(lines)
-
-
-def _edit_lines(edit: Edit, how: str | None) -> list[str]:
-    """Short lines: the dashboard's note box does not wrap wide content."""
-    removed = [
-        f"- **Removed** part of **{len(removal.components)}** Faithful-SAE components "
-        f"of the `{layer}` weight"
-        if removal.fractions is not None
-        else f"- **Removed** Faithful-SAE component(s) **{', '.join(map(str, removal.components))}"
-        f"** of the `{layer}` weight"
-        for layer, removal in edit.plan.removal.items()
-    ]
-    regime = {"concept": "concept labels only", "group": "group labels"}.get(edit.labels or "")
-    return [
-        *removed,
-        f"- picked by: {how or edit.strategy}",
-        *([f"- label regime: {regime} on probe"] if regime else []),
-        f"- **α = {edit.alpha:.2f}**, chosen on validation",
-        "",
-    ]
-
-
-def _gain_lines(groups: Mapping[str, Mapping[str, float | None]]) -> list[str]:
-    lines = ["| validation | original | debiased | gain |", "|---|---:|---:|---:|"]
-    o_worst, o_mean = _summary(groups["original"])
-    d_worst, d_mean = _summary(groups["debiased"])
-    lines.append(
-        f"| **worst group** | {_pct(o_worst)} | {_pct(d_worst)} | **{_gain(o_worst, d_worst)}** |"
-    )
-    lines.append(f"| mean group | {_pct(o_mean)} | {_pct(d_mean)} | {_gain(o_mean, d_mean)} |")
-    shown = select_groups(list(groups["original"]), [groups["original"], groups["debiased"]])
-    for g in shown.listed:
-        before, after = groups["original"].get(g), groups["debiased"].get(g)
-        lines.append(f"| {g} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
-    for label, statistic in shown.rest_rows():
-        before = shown.summarise(groups["original"], statistic)
-        after = shown.summarise(groups["debiased"], statistic)
-        lines.append(f"| {label} | {_pct(before)} | {_pct(after)} | {_gain(before, after)} |")
-    controls = [m for m in groups if m.startswith(CONTROL_PREFIX)]
-    refs = [m for m in groups if m not in ("original", "debiased", *controls)]
-    if controls:
-        worst = ", ".join(
-            f"{m.removeprefix(CONTROL_PREFIX)} {_pct(_summary(groups[m])[0])}" for m in controls
-        )
-        lines += ["", f"Controls (the same edit, decompositions that learnt nothing): {worst}."]
-    if refs:
-        worst = ", ".join(f"{m.replace('_', ' ')} {_pct(_summary(groups[m])[0])}" for m in refs)
-        lines += ["", f"References, worst group on validation: {worst}."]
-    lines.append("")
-    return lines
-
-
-def confirmation_lines(record: Confirmation, objective: str) -> list[str]:
-    """`hpo confirm`'s record of a trial, in a few short lines."""
-    val = record.val[objective]
-    what = "new SAE and base model" if record.new_base_model else "new SAE"
-    lines = [
-        f"- **Confirmed** over {len(record.seeds)} fresh seeds ({what} each): {objective} "
-        f"**{val.mean:.4f} ± {val.std:.4f}** (val)"
-    ]
-    test = record.test_worst_group
-    if test is not None:
-        lines.append(
-            f"- test worst-group {_pct(test.mean)} ± {100 * test.std:.1f} pts "
-            "(reported, never searched on)"
-        )
-    if record.test_lift is not None:
-        lines.append(
-            f"- lift over the controls {100 * record.test_lift.mean:+.1f} ± "
-            f"{100 * record.test_lift.std:.1f} pts (test)"
-        )
-    if record.diverged:
-        lines.append(f"- {record.diverged} run(s) diverged")
-    return lines
-
-
-def superseded_note(body: str, by: int | None) -> str:
-    """The note of a trial that no longer leads (`by`: the trial that took over, None when
-    it left a Pareto front): kept, with a heading that says so."""
-    first, _, rest = body.partition("\n")
-    was = first.split("(", 1)[1].rstrip(")") if "(" in first else ""
-    heading = LEFT_FRONT_HEADING if by is None else f"{SUPERSEDED_HEADING} {by}"
-    return f"{heading} ({was})\n{rest}"
 
 
 def leaders(
@@ -262,16 +93,32 @@ def sync_best_notes(
     front = leaders(trials, study.directions)
     if not front:
         return []
+    by_id = {compat.trial_id(t): t for t in trials}
+    desired = _leader_notes(study, trials, front)
+    system_attrs = storage.get_study_system_attrs(study_id)
+    ours: dict[str, str] = dict(system_attrs.get(BEST_NOTES_ATTR, {}))
+    by = None if len(study.directions) > 1 else front[0].number
+    for key, body in ours.items():
+        tid = int(key)
+        if tid not in desired and tid in by_id and body.startswith(OUR_HEADINGS):
+            desired[tid] = superseded_note(body, by)
+    changed = _save_changed(storage, study_id, system_attrs, ours, desired)
+    return [by_id[tid].number for tid in changed]
+
+
+def _leader_notes(
+    study: optuna.Study, trials: Sequence[FrozenTrial], front: Sequence[FrozenTrial]
+) -> dict[int, str]:
+    """trial_id -> the note each leading trial should carry, and the confirmed best's
+    (`hpo confirm`) when it is not among them."""
     objectives = stored_objectives(study) or ["value"]
     pareto = len(study.directions) > 1
-    by_id = {compat.trial_id(t): t for t in trials}
     confirmed = read_confirmations(study)
     best = read_confirmed_best(study)
     extra = [t for t in trials if best is not None and t.number == best.trial and t not in front]
     how = _describer(study)
-    desired: dict[int, str] = {}
-    for t in list(front) + extra:
-        desired[compat.trial_id(t)] = best_note(
+    return {
+        compat.trial_id(t): best_note(
             read_trial(t),
             t.values,
             objectives,
@@ -280,12 +127,19 @@ def sync_best_notes(
             confirmation=confirmed.get(t.number),
             heading=CONFIRMED_HEADING if t in extra else None,
         )
-    system_attrs = storage.get_study_system_attrs(study_id)
-    ours: dict[str, str] = dict(system_attrs.get(BEST_NOTES_ATTR, {}))
-    for key, body in ours.items():
-        tid = int(key)
-        if tid not in desired and tid in by_id and body.startswith(OUR_HEADINGS):
-            desired[tid] = superseded_note(body, None if pareto else front[0].number)
+        for t in [*front, *extra]
+    }
+
+
+def _save_changed(
+    storage: BaseStorage,
+    study_id: int,
+    system_attrs: dict[str, Any],
+    ours: dict[str, str],
+    desired: dict[int, str],
+) -> list[int]:
+    """Save each desired note that is not stored yet, skipping a person's own; `ours`
+    (the notes we wrote, by trial id) is updated and stored. Returns the trial ids saved."""
     changed = []
     for tid, body in desired.items():
         note = compat.get_note(system_attrs, tid)
@@ -293,7 +147,7 @@ def sync_best_notes(
             continue  # up to date, or a person's own note
         compat.save_note(storage, study_id, tid, note["version"] + 1, body)
         ours[str(tid)] = body
-        changed.append(by_id[tid].number)
+        changed.append(tid)
     if changed:
         storage.set_study_system_attr(study_id, BEST_NOTES_ATTR, ours)
     return changed

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hpo.outputs.group_rows import select_groups
+from hpo.outputs.group_rows import GroupSelection, select_groups
 from hpo.results import TrialResult
 
 PHASES = (
@@ -45,23 +45,42 @@ def _group_table(result: TrialResult) -> list[str]:
     splits = [s for s in ("val", "test") if result.metric("original", s) is not None]
     cols = [(m, s) for m in models for s in splits]
     groups = select_groups(result.group_names, _val_groups(result))
-    rest = groups.rest_rows()
-    width = max(12, *(len(g) for g in groups.listed), *(len(label) for label, _ in rest))
+    width = max(
+        12, *(len(g) for g in groups.listed), *(len(label) for label, _ in groups.rest_rows())
+    )
     top = " " * width + "".join(f"{_label(m):>{7 * len(splits)}}" for m in models)
     sub = " " * width + "".join(f"{s:>7}" for _, s in cols)
+    return [
+        *_edit_lines(result),
+        top,
+        sub,
+        *_accuracy_rows(result, groups, cols, width),
+        *_lift_and_gap_lines(result, splits),
+    ]
+
+
+def _edit_lines(result: TrialResult) -> list[str]:
+    """What the edit removed and at which α, above the table; nothing without an edit."""
     edit = result.edit
+    if edit is None:
+        return []
+    removed = "; ".join(
+        f"{k} {v}" if edit.fractions is None else f"{k}: part of {len(v)}"
+        for k, v in edit.components.items()
+    )
+    return [
+        f"alpha {edit.alpha:.2f} (chosen on val) · ablated components {removed} · "
+        f"faithfulness error {result.errors['faithfulness_error']:.2e}",
+        regime_line(result),
+    ]
+
+
+def _accuracy_rows(
+    result: TrialResult, groups: GroupSelection, cols: list[tuple[str, str]], width: int
+) -> list[str]:
+    """One row per listed group and summary statistic, then one per statistic of the
+    groups not listed; a column per (model, split)."""
     lines = []
-    if edit is not None:
-        removed = "; ".join(
-            f"{k} {v}" if edit.fractions is None else f"{k}: part of {len(v)}"
-            for k, v in edit.components.items()
-        )
-        lines.append(
-            f"alpha {edit.alpha:.2f} (chosen on val) · ablated components {removed} · "
-            f"faithfulness error {result.errors['faithfulness_error']:.2e}"
-        )
-        lines.append(regime_line(result))
-    lines += [top, sub]
     rows = [(g, g) for g in groups.listed]
     rows += [("worst group", "worst_group"), ("mean group", "mean_group"), ("overall", "overall")]
     for label, key in rows:
@@ -70,13 +89,19 @@ def _group_table(result: TrialResult) -> list[str]:
             metric = result.metric(m, s)
             cells.append(f"  {_pct(None if metric is None else metric.get(key))}")
         lines.append(f"{label:<{width}}" + "".join(cells))
-    for label, statistic in rest:  # the groups not listed, in one line each statistic
+    for label, statistic in groups.rest_rows():  # the groups not listed, in one line each statistic
         cells = []
         for m, s in cols:
             metric = result.metric(m, s)
             value = None if metric is None else groups.summarise(metric.groups, statistic)
             cells.append(f"  {_pct(value)}")
         lines.append(f"{label:<{width}}" + "".join(cells))
+    return lines
+
+
+def _lift_and_gap_lines(result: TrialResult, splits: list[str]) -> list[str]:
+    """Below the table: the lift over the controls, then the gap closed, split by split."""
+    lines = []
     for s in splits:
         lift = result.lift(s)
         if lift is not None:
