@@ -40,7 +40,7 @@ from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import SPLITS, UserTask
 
-CODE = (metadata_csv, bundle, streaming, batches, row_sampling, references_module)
+CODE = (metadata_csv, bundle, streaming, batches, row_sampling, *references_module.CODE)
 
 
 class SplitValues(Strict):

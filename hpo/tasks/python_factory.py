@@ -35,7 +35,7 @@ from hpo.tasks.bundle import ClassifierContext, check_references
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
 
-BUNDLE_CODE = (bundle, streaming, batches, row_sampling, references_module, cut, graph_split)
+BUNDLE_CODE = (bundle, streaming, batches, row_sampling, *references_module.CODE, cut, graph_split)
 
 
 class PythonTask(ClassifierConfig):
