@@ -42,7 +42,7 @@ def one(args: argparse.Namespace) -> None:
     import torch
     from concept_erasure import LeaceFitter
 
-    from hpo.debias.references import LEACE_ROWS
+    from hpo.debias.references.erasure import LEACE_ROWS
 
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)

@@ -77,7 +77,7 @@ def test_grpc_make_server_keeps_its_signature() -> None:
 
 
 def test_heartbeat_base_class_asks_for_what_our_grpc_storage_implements() -> None:
-    from hpo.storage.reconnect import GrpcHeartbeatStorage
+    from hpo.storage.proxy_client import GrpcHeartbeatStorage
 
     base = internal("optuna.storages._heartbeat:BaseHeartbeat")
     assert base is compat.BaseHeartbeat

@@ -7,7 +7,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from hpo.debias.references import REFERENCES, LastLayer, Leace, ReferenceSource, final_linear
+from hpo.debias.references import REFERENCES, ReferenceSource
+from hpo.debias.references.erasure import Leace
+from hpo.debias.references.last_layer import LastLayer, final_linear
 from hpo.debias.scoring import CachedSplit
 
 

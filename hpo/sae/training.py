@@ -38,6 +38,14 @@ class SAEData:
     weight_t: torch.Tensor  # [in, out]: the layer's weight, transposed
     concepts: torch.Tensor  # [N, m]: concept labels for the first m latents (m may be 0)
 
+    def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inputs, targets and concepts of the samples `idx`, as a step takes them."""
+        return (
+            self.inputs.index_select(0, idx),
+            self.targets.index_select(0, idx),
+            self.concepts.index_select(0, idx),
+        )
+
 
 @dataclass
 class TrainResult:
@@ -140,15 +148,7 @@ def train_sae(
             weights = loss_weights(params, step)
             probes, anchor = sketch.at(step, sae)
             terms = loss_terms(
-                sae,
-                data.inputs.index_select(0, idx),
-                data.targets.index_select(0, idx),
-                data.concepts.index_select(0, idx),
-                data.weight_t,
-                params,
-                weights,
-                probes,
-                anchor,
+                sae, *data.batch(idx), data.weight_t, params, weights, probes, anchor
             )
             total = sum(weights[k] * v for k, v in terms.items())
             assert isinstance(total, torch.Tensor)  # loss_terms gives one term per loss

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -65,11 +65,7 @@ def confirm_trial(
 
     base = trial_params(study_file, trial)
     objectives = list(study_file.study.objectives)
-    val: dict[str, list[float]] = {name: [] for name in objectives}
-    test: list[float] = []
-    lifts: dict[str, list[float]] = {"val": [], "test": []}
-    runs: list[ConfirmationRun] = []
-    diverged = 0
+    collected = _Runs(val={name: [] for name in objectives})
     for seed in seeds:
         params = base.model_copy(update={"seed": seed})
         run_file, run_ctx = study_file, ctx
@@ -80,33 +76,53 @@ def confirm_trial(
         try:
             result, _ = run_trial(run_file, run_ctx, params, with_test=True)
         except DivergedError:
-            diverged += 1
+            collected.diverged += 1
             continue
-        for name in objectives:
-            val[name].append(result.value(name))
-        metric = result.metric("debiased", "test")
-        if metric is not None:
-            test.append(metric.worst_group)
-        for split, values in lifts.items():
-            if (lift := result.lift(split)) is not None:
-                values.append(lift)
-        runs.append(run_record(seed, result))
+        collected.add(seed, result)
         _say(
             f"trial {trial.number} seed {seed}: "
             + ", ".join(f"{n} {result.value(n):.4f}" for n in objectives)
         )
-    if not val[objectives[0]]:
+    if not collected.val[objectives[0]]:
         raise UserError(f"trial {trial.number}: every confirmation run diverged")
-    return Confirmation(
-        seeds=seeds,
-        new_base_model=new_base_model,
-        diverged=diverged,
-        val={name: Spread.of(v) for name, v in val.items()},
-        test_worst_group=Spread.of(test) if test else None,
-        runs=runs,
-        val_lift=Spread.of(lifts["val"]) if lifts["val"] else None,
-        test_lift=Spread.of(lifts["test"]) if lifts["test"] else None,
-    )
+    return collected.confirmation(seeds, new_base_model)
+
+
+@dataclass
+class _Runs:
+    """What one configuration's confirmation runs gave so far, in seed order: each
+    objective's validation values, test worst-group, lifts, and the runs that diverged."""
+
+    val: dict[str, list[float]]
+    test: list[float] = field(default_factory=list)
+    lifts: dict[str, list[float]] = field(default_factory=lambda: {"val": [], "test": []})
+    runs: list[ConfirmationRun] = field(default_factory=list)
+    diverged: int = 0
+
+    def add(self, seed: int, result: TrialResult) -> None:
+        for name, values in self.val.items():
+            values.append(result.value(name))
+        metric = result.metric("debiased", "test")
+        if metric is not None:
+            self.test.append(metric.worst_group)
+        for split, values in self.lifts.items():
+            if (lift := result.lift(split)) is not None:
+                values.append(lift)
+        self.runs.append(run_record(seed, result))
+
+    def confirmation(self, seeds: list[int], new_base_model: bool) -> Confirmation:
+        """Mean ± std of what was collected (a spread of nothing is left out)."""
+        lifts = self.lifts
+        return Confirmation(
+            seeds=seeds,
+            new_base_model=new_base_model,
+            diverged=self.diverged,
+            val={name: Spread.of(v) for name, v in self.val.items()},
+            test_worst_group=Spread.of(self.test) if self.test else None,
+            runs=self.runs,
+            val_lift=Spread.of(lifts["val"]) if lifts["val"] else None,
+            test_lift=Spread.of(lifts["test"]) if lifts["test"] else None,
+        )
 
 
 def run_record(seed: int, result: TrialResult) -> ConfirmationRun:
@@ -164,7 +180,17 @@ def confirm(
         )
         write_confirmation(study, trial.number, record)
         rows.append(Confirmed(trial.number, trial.values[0], record))
-    objective = study_file.study.objectives[0]
+    _write_best(study, study_file.study.objectives[0], rows, len(seed_list), new_base_model)
+    if on_confirmed is not None:
+        on_confirmed(study)
+    return rows
+
+
+def _write_best(
+    study: optuna.Study, objective: str, rows: list[Confirmed], seeds: int, new_base_model: bool
+) -> None:
+    """Store the confirmed best: the highest mean validation value of the first
+    objective (by its direction), the lower trial number on a tie."""
     first = sign(study.directions[0])
     best = max(rows, key=lambda r: (first * r.record.val[objective].mean, -r.trial))
     write_confirmed_best(
@@ -173,14 +199,11 @@ def confirm(
             trial=best.trial,
             objective=objective,
             mean=best.record.val[objective].mean,
-            seeds=len(seed_list),
+            seeds=seeds,
             top=len(rows),
             new_base_model=new_base_model,
         ),
     )
-    if on_confirmed is not None:
-        on_confirmed(study)
-    return rows
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 import optuna
 
-from hpo.config import StorageSection
+from hpo.config import StorageSection, StudyFile
 from hpo.cpus import threads_per_worker, torch_threads, usable_cpus
 from hpo.device import launch_flags, visible_gpus, worker_device
 from hpo.errors import DivergedError
@@ -90,20 +90,7 @@ def _work(
     on_complete: OnComplete | None,
     device: str | None,
 ) -> int:
-    probe = load_study(name, url)
-    study_file = study_file_of(probe)
-    where = worker_device(study_file.params.device, device)
-    if where.startswith("cuda:"):  # stray allocations on the current GPU land here too
-        import torch
-
-        torch.cuda.set_device(where)
-    storage = open_storage(url, study_file.storage)
-    sampler = make_sampler(
-        study_file.sampler, seed=worker_seed(study_file.sampler.seed, worker), parallel=True
-    )
-    study = optuna.load_study(
-        study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(study_file.pruner)
-    )
+    study_file, where, study = _worker_study(name, url, worker, device)
     ctx = stop.call(worker_context, study, study_file, url, where)
     store = artifact_store(url, study_file.storage)
 
@@ -136,6 +123,29 @@ def _work(
                 sys.stderr.write(f"\ntrial {number} interrupted (worker {worker})\n")
             return 130
     return 130 if stop.requested else 0
+
+
+def _worker_study(
+    name: str, url: str, worker: str, device: str | None
+) -> tuple[StudyFile, str, optuna.Study]:
+    """The study file, the device this worker trains on (made the current one where it
+    is a GPU) and the study with this worker's own sampler: one seed per worker, so
+    parallel workers do not propose the same configurations."""
+    probe = load_study(name, url)
+    study_file = study_file_of(probe)
+    where = worker_device(study_file.params.device, device)
+    if where.startswith("cuda:"):  # stray allocations on the current GPU land here too
+        import torch
+
+        torch.cuda.set_device(where)
+    storage = open_storage(url, study_file.storage)
+    sampler = make_sampler(
+        study_file.sampler, seed=worker_seed(study_file.sampler.seed, worker), parallel=True
+    )
+    study = optuna.load_study(
+        study_name=name, storage=storage, sampler=sampler, pruner=make_pruner(study_file.pruner)
+    )
+    return study_file, where, study
 
 
 def _interruptible(
@@ -213,11 +223,9 @@ def _launch(
     storage = open_storage(url, study_file.storage)
     study = create_or_load(study_file, storage, n_trials)
     budget = int(study.user_attrs[BUDGET_ATTR])
-    placed = [f or study_file.params.device for f in flags[:workers]]
-    on = ", ".join(f"{placed.count(d)} on {d}" for d in dict.fromkeys(placed))
     _say(
         f"study {study.study_name} on {mask(url)}: budget {budget} trials, {workers} worker(s)"
-        + (f" ({on})" if workers else ""),
+        + _placement(flags, workers, study_file.params.device),
         quiet,
     )
     prepare_base_model(study, study_file, url, data_dir, bundle)
@@ -231,24 +239,35 @@ def _launch(
     codes = run_workers(study, url, flags[:workers], per_worker, study_file.study.timeout, quiet)
     counts = trial_counts(study)
     if codes is None:
-        interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
-        _say(
-            f"\ninterrupted: {counts['finished']}/{budget} trials finished{interrupted} "
-            "(interrupted trials are stored as FAIL and not counted in the budget); "
-            "run the same command again to resume",
-            quiet=False,
-        )
+        _say(_interrupted(counts, budget), quiet=False)
         skip_final_collection()
         return 130
     _say(_summary(study, counts, budget), quiet)
-    hint = (
-        ""
-        if url == resolve_url(StorageSection(), study.study_name)
-        else f" --storage '{mask(url)}'"
-    )
+    hint = _storage_hint(url, study.study_name)
     if summarize is not None:
         _say("\n".join(summarize(study, hint)), quiet)
     return 0 if all(c == 0 for c in codes) else 1
+
+
+def _placement(flags: list[str | None], workers: int, configured: str) -> str:
+    """Where the local workers run, for the launch line: " (2 on cuda:0, 1 on cpu)"."""
+    placed = [f or configured for f in flags[:workers]]
+    on = ", ".join(f"{placed.count(d)} on {d}" for d in dict.fromkeys(placed))
+    return f" ({on})" if workers else ""
+
+
+def _interrupted(counts: dict[str, int], budget: int) -> str:
+    interrupted = f", {counts['interrupted']} interrupted" if counts["interrupted"] else ""
+    return (
+        f"\ninterrupted: {counts['finished']}/{budget} trials finished{interrupted} "
+        "(interrupted trials are stored as FAIL and not counted in the budget); "
+        "run the same command again to resume"
+    )
+
+
+def _storage_hint(url: str, name: str) -> str:
+    """The --storage option the study's next commands need: none for its default storage."""
+    return "" if url == resolve_url(StorageSection(), name) else f" --storage '{mask(url)}'"
 
 
 def _summary(study: optuna.Study, counts: dict[str, int], budget: int) -> str:

@@ -26,12 +26,8 @@ from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCal
 from hpo.config import StorageSection
 from hpo.errors import UserError
 from hpo.paths import check_writable_dir
-from hpo.storage.reconnect import (
-    ReconnectingRDBStorage,
-    grpc_storage,
-    parse_grpc_url,
-    short_error,
-)
+from hpo.storage.proxy_client import grpc_storage, parse_grpc_url
+from hpo.storage.reconnect import ReconnectingRDBStorage, short_error
 from hpo.storage.redact import mask_url, scrub, secrets_of, unredacted
 
 # Pool sizes per engine. A worker process opens two engines: a read-only probe of the

@@ -3,7 +3,8 @@
 With hundreds of workers, each holding its own database connections and reading every
 trial of the study before each new one, the database is the bottleneck. The proxy holds
 one small connection pool and one trial cache for all of them; workers reach it with
-`--storage grpc://HOST:PORT` (see hpo.storage.reconnect.GrpcHeartbeatStorage for their heartbeats).
+`--storage grpc://HOST:PORT` (see hpo.storage.proxy_client.GrpcHeartbeatStorage for
+their heartbeats).
 
 The proxy has no TLS and no login: anyone who reaches its port can read and change every
 study behind it. Bind it to loopback or a private cluster network only.

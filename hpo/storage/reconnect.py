@@ -4,7 +4,8 @@ A database that goes away for a moment (a restart, a failover, a dropped connect
 not kill a worker that has been training for an hour: every storage call retries while
 the database is unreachable, for up to RECONNECT_WINDOW seconds, and the heartbeat thread
 skips a beat instead of dying. `ReconnectingRDBStorage` is Optuna's RDBStorage so made;
-`GrpcHeartbeatStorage` is its gRPC proxy client, with heartbeats Optuna's lacks.
+`GrpcHeartbeatStorage` (hpo.storage.proxy_client) is its gRPC proxy client, with
+heartbeats Optuna's lacks.
 """
 
 from __future__ import annotations
@@ -15,17 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage
 
-from hpo.errors import UserError
-from hpo.storage.attrs import HEARTBEAT_ATTR
-from hpo.storage.compat import CACHED_STORAGE_CALLS, BaseHeartbeat, trial_id
+from hpo.storage.compat import CACHED_STORAGE_CALLS
 from hpo.storage.redact import mask_url, scrub, secrets_of
 
-GRPC_PORT = 13000
 # How long a storage call keeps retrying while the database is unreachable: longer than a
 # restart or a managed database's failover, shorter than a silent hang.
 RECONNECT_WINDOW = 120.0
@@ -73,7 +70,7 @@ _RETRIED = (
 _outermost = threading.local()
 
 
-class _Reconnecting:
+class Reconnecting:
     """Mixin for a storage class: retry its calls while the database is unreachable."""
 
     url: str
@@ -160,7 +157,7 @@ def _reason(err: BaseException, url: str) -> str:
     return scrub(short_error(cause if isinstance(cause, Exception) else err)[:200], secrets_of(url))
 
 
-def _beat(storage: Any, record: Callable[[], None]) -> None:
+def beat_once(storage: Any, record: Callable[[], None]) -> None:
     """One heartbeat, retried for up to one interval; a missed beat is logged, and the
     heartbeat thread lives on (a dead one would get a live trial failed as stale)."""
     deadline = time.monotonic() + (storage.get_heartbeat_interval() or 1)
@@ -183,15 +180,16 @@ def _beat(storage: Any, record: Callable[[], None]) -> None:
             time.sleep(0.25)
 
 
-def _reconnecting(cls: type) -> type:
+def retry_calls(cls: type) -> type:
+    """`cls` with every storage call (`_RETRIED`) retried while the database is away."""
     for name in _RETRIED:
         if hasattr(cls, name):
             setattr(cls, name, _retrying(name, getattr(cls, name)))
     return cls
 
 
-@_reconnecting
-class ReconnectingRDBStorage(_Reconnecting, RDBStorage):
+@retry_calls
+class ReconnectingRDBStorage(Reconnecting, RDBStorage):
     """Optuna's RDBStorage whose calls survive a database restart (see above)."""
 
     def _transient(self, err: BaseException) -> bool:
@@ -219,110 +217,9 @@ class ReconnectingRDBStorage(_Reconnecting, RDBStorage):
         return isinstance(cause, OperationalError | InterfaceError)
 
     def record_heartbeat(self, trial_id: int) -> None:
-        _beat(self, lambda: RDBStorage.record_heartbeat(self, trial_id))
+        beat_once(self, lambda: RDBStorage.record_heartbeat(self, trial_id))
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
         if self._recently_unreachable():
             return []
         return super()._get_stale_trial_ids(study_id)
-
-
-# ---- the gRPC storage proxy -----------------------------------------------------------
-
-
-def parse_grpc_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port or GRPC_PORT
-    except ValueError:
-        port = None
-    if parts.scheme != "grpc" or not parts.hostname or port is None or parts.path not in ("", "/"):
-        raise UserError(
-            f"storage {mask(url)}: a gRPC storage URL is grpc://HOST:PORT (the address of "
-            "`hpo storage-proxy`), e.g. grpc://10.0.0.5:13000"
-        )
-    return parts.hostname, port
-
-
-def grpc_storage(url: str, beat: dict[str, Any]) -> BaseStorage:
-    import warnings
-
-    host, port = parse_grpc_url(url)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = GrpcHeartbeatStorage(host=host, port=port, **beat)
-            storage.wait_server_ready(timeout=30)
-    except ImportError as err:
-        raise UserError(
-            f"storage {url}: gRPC needs grpcio ({err}); pip install 'faithful-sae-hpo[grpc]'"
-        ) from None
-    except ConnectionError:
-        raise UserError(
-            f"storage {url}: no storage proxy answers at {host}:{port} within 30 s; start "
-            f"one next to the database with: hpo storage-proxy --storage DATABASE_URL "
-            f"--host {host} --port {port}"
-        ) from None
-    return storage
-
-
-@_reconnecting
-class GrpcHeartbeatStorage(_Reconnecting, optuna.storages.GrpcStorageProxy, BaseHeartbeat):
-    """Optuna's gRPC proxy client, with the heartbeats it lacks.
-
-    GrpcStorageProxy is not a BaseHeartbeat, so through it a killed worker's trial would
-    stay RUNNING for ever (and the budget would wait on it). Here a worker's heartbeat
-    thread writes the time into a trial system attribute, and a trial is stale once an
-    observer has seen that attribute unchanged for `grace_period` seconds of its own
-    clock: no clocks need to agree across machines. Optuna's own fail_stale_trials and
-    RetryHeartbeatStaleTrialCallback then work unchanged.
-    """
-
-    def __init__(
-        self,
-        *,
-        host: str,
-        port: int,
-        heartbeat_interval: int | None = None,
-        grace_period: int | None = None,
-        heartbeat_stale_trial_callback: Callable[..., None] | None = None,
-    ) -> None:
-        super().__init__(host=host, port=port)
-        self.url = f"grpc://{host}:{port}"
-        self.heartbeat_interval = heartbeat_interval
-        self.grace_period = grace_period or 2 * (heartbeat_interval or 0)
-        self._stale_callback = heartbeat_stale_trial_callback
-        self._seen: dict[int, tuple[Any, float]] = {}
-
-    def _transient(self, err: BaseException) -> bool:
-        import grpc
-
-        return isinstance(err, grpc.RpcError) and err.code() == grpc.StatusCode.UNAVAILABLE
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        set_attr = optuna.storages.GrpcStorageProxy.set_trial_system_attr
-        _beat(self, lambda: set_attr(self, trial_id, HEARTBEAT_ATTR, time.time()))
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        if self._recently_unreachable():
-            return []
-        now = time.monotonic()
-        running = self.get_all_trials(
-            study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-        )
-        stale, seen = [], {}
-        for t in running:
-            beat = t.system_attrs.get(HEARTBEAT_ATTR)
-            previous = self._seen.get(trial_id(t))
-            since = previous[1] if previous and previous[0] == beat else now
-            seen[trial_id(t)] = (beat, since)
-            if now - since > self.grace_period:
-                stale.append(trial_id(t))
-        self._seen = seen
-        return stale
-
-    def get_heartbeat_interval(self) -> int | None:
-        return self.heartbeat_interval
-
-    def get_heartbeat_stale_trial_callback(self) -> Callable[..., None] | None:
-        return self._stale_callback

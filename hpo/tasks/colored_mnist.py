@@ -97,7 +97,7 @@ class ColoredMnistTask(ClassifierConfig):
 # change to any of them rebuilds it. The fields that do not touch training (which layer,
 # which references) rebuild the bundle in seconds and reuse the models.
 MODEL_CODE = (data, classifiers, training)
-BUNDLE_CODE = (*MODEL_CODE, bundle, collect, reference_scores, references_module)
+BUNDLE_CODE = (*MODEL_CODE, bundle, collect, reference_scores, *references_module.CODE)
 NOT_TRAINING = {"layer", "references"}
 
 

@@ -44,7 +44,7 @@ CODE = (
     streaming,
     batches,
     row_sampling,
-    references_module,
+    *references_module.CODE,
 )
 
 

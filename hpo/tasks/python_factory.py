@@ -52,7 +52,7 @@ BUNDLE_CODE = (
     streaming,
     batches,
     row_sampling,
-    references_module,
+    *references_module.CODE,
     cut,
     graph_split,
 )

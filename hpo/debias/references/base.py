@@ -1,0 +1,51 @@
+"""What a reference method is: `fit(source) -> Fitted`, and what it may fit on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from hpo.debias.scoring import CachedSplit, Overrides
+from hpo.models.head import Head
+from hpo.models.model_inputs import ModelInputs
+
+
+@dataclass
+class ReferenceSource:
+    """What a reference may fit on: the model, its decomposed layer, the probe split
+    (with model inputs), a way to read any module's inputs on it, the task's oracle, the
+    model from the layer on where one was found for a user model (hpo.models.head), and
+    `val` (with model inputs) for a reference that chooses a hyperparameter there, as
+    every edit chooses its α."""
+
+    model: nn.Module
+    layer: str
+    probe: CachedSplit
+    inputs_of: Callable[[str, ModelInputs], torch.Tensor]  # (module name, x) -> its input
+    oracle: nn.Module | None
+    seed: int
+    head: Head | None = None
+    val: CachedSplit | None = None
+
+
+@dataclass
+class Fitted:
+    """A fitted reference: parameter overrides of the base model, or a whole model."""
+
+    overrides: Overrides | None = None
+    model: nn.Module | None = None
+
+
+class Reference(Protocol):
+    name: ClassVar[str]
+    description: ClassVar[str]
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        """Why this reference cannot run on `source`, or None if it can."""
+        ...
+
+    def fit(self, source: ReferenceSource) -> Fitted: ...

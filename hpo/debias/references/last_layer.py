@@ -1,0 +1,166 @@
+"""The last-layer references: the model's final linear layer refitted on the balanced
+probe split, by cross-entropy (`last_layer`) or as DFR's authors fit it (`dfr`)."""
+
+from __future__ import annotations
+
+import copy
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hpo.debias.references.base import Fitted, ReferenceSource
+from hpo.debias.references.head_retraining import retrain_from_head
+from hpo.models.layer_types import LINEAR, LayerType, editable_type
+from hpo.models.linear_layers import linear_call_order
+from hpo.models.model_inputs import ModelInputs, take
+
+
+def final_linear(model: nn.Module, x: ModelInputs) -> str | None:
+    """The editable layer (an nn.Linear, mostly) the model calls last on `x`: its
+    classifier layer."""
+    order = linear_call_order(model, x)
+    return order[-1] if order else None
+
+
+def fit_linear(
+    layer: nn.Linear,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    seed: int,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+) -> nn.Linear:
+    """A fresh copy of `layer`, re-initialised and fitted by cross-entropy on `features`."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    fresh = copy.deepcopy(layer)
+    fresh.reset_parameters()
+    opt = torch.optim.Adam(fresh.parameters(), lr=lr)
+    n = len(targets)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=gen).to(features.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size]
+            loss = F.cross_entropy(fresh(features[idx]), targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]  # Tensor.backward is untyped
+            opt.step()
+    return fresh.eval()
+
+
+class LastLayer:
+    """Deep feature reweighting's last-layer retraining (Kirichenko et al., 2023): only
+    the model's final linear layer, re-initialised and fitted on the balanced probe split."""
+
+    name: ClassVar[str] = "last_layer"
+    description: ClassVar[str] = "final linear layer retrained on the balanced probe split"
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        if source.probe.x is None:
+            return "the probe split has no model inputs"
+        name = final_linear(source.model, source.probe.x)
+        if name is None:
+            return "the model calls no editable layer (nn.Linear, ...)"
+        if not _per_sample(source, name) and not _in_head(source, name):
+            return f"its final layer ({name}) sees sequences, not one vector per sample"
+        return None
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        assert source.probe.x is not None
+        name = final_linear(source.model, source.probe.x)
+        assert name is not None
+        layer = source.model.get_submodule(name)
+        kind = editable_type(layer) or LINEAR
+        if not _per_sample(source, name):
+            # it sees every token, and the model pools after it (GPT-2 reads the last
+            # one): fitted through the head, with the model's own pooling
+            assert source.head is not None
+            keys = {k for k in source.head.overridable if k.startswith(f"{name}.")}
+            with torch.enable_grad():
+                trained = retrain_from_head(
+                    source.head, source.model, source.probe, source.seed, only=keys
+                )
+            return Fitted(overrides=trained)
+        with torch.enable_grad():
+            features = source.inputs_of(name, source.probe.x)
+            fitted = fit_linear(_as_linear(layer, kind), features, source.probe.y, seed=source.seed)
+        state = {k: v.detach() for k, v in fitted.state_dict().items()}
+        state["weight"] = kind.stored(layer, state["weight"])
+        return Fitted(overrides={f"{name}.{k}": v for k, v in state.items()})
+
+
+def _per_sample(source: ReferenceSource, name: str) -> bool:
+    """Whether layer `name` sees one vector per sample (not every token of a sequence)."""
+    assert source.probe.x is not None
+    return bool(source.inputs_of(name, take(source.probe.x, slice(0, 2))).dim() == 2)
+
+
+def _in_head(source: ReferenceSource, name: str) -> bool:
+    return source.head is not None and f"{name}.weight" in source.head.overridable
+
+
+def _as_linear(layer: nn.Module, kind: LayerType) -> nn.Linear:
+    """The layer itself where it is an nn.Linear, else an nn.Linear of its shape (what
+    `fit_linear` re-initialises and fits; the result is written back in its layout)."""
+    if isinstance(layer, nn.Linear):
+        return layer
+    out_features, in_features = kind.weight(layer).shape
+    bias = getattr(layer, "bias", None)
+    return nn.Linear(in_features, out_features, bias=isinstance(bias, torch.Tensor))
+
+
+class Dfr:
+    """Deep feature reweighting as its authors run it (Kirichenko et al., 2023, DFR on
+    held-out data): the final linear layer refitted on the penultimate features of the
+    probe split by L1-regularised logistic regression (liblinear, one-vs-rest) on
+    standardised features, on group-balanced subsets (each group subsampled to the
+    smallest); the regularisation C chosen on validation worst-group accuracy from the
+    published grid, then the coefficients averaged over `RETRAINS` balanced subsets.
+    The standardisation is folded into the layer's weight and bias, so the result is
+    the same model with that layer changed."""
+
+    name: ClassVar[str] = "dfr"
+    description: ClassVar[str] = (
+        "final linear layer refitted as DFR: L1 logistic regression on standardised "
+        "features, group-balanced probe subsets, C chosen on validation"
+    )
+
+    def unavailable(self, source: ReferenceSource) -> str | None:
+        if source.val is None or source.val.x is None:
+            return "the validation split has no model inputs"
+        why = LastLayer().unavailable(source)
+        final = final_linear(source.model, source.probe.x) if source.probe.x is not None else None
+        if why is None and final is not None and not _per_sample(source, final):
+            return "its final layer sees sequences; DFR refits one feature vector per sample"
+        return why
+
+    def fit(self, source: ReferenceSource) -> Fitted:
+        from hpo.debias.dfr import dfr_layer
+
+        assert source.probe.x is not None and source.val is not None
+        assert source.val.x is not None
+        name = final_linear(source.model, source.probe.x)
+        assert name is not None
+        layer = source.model.get_submodule(name)
+        kind = editable_type(layer) or LINEAR
+        weight, bias = dfr_layer(
+            source.inputs_of(name, source.probe.x),
+            source.probe.y,
+            source.probe.groups,
+            source.inputs_of(name, source.val.x),
+            source.val.y,
+            source.val.groups,
+            n_out=kind.weight(layer).shape[0],
+            seed=source.seed,
+        )
+        own = kind.weight(layer)
+        stored = kind.stored(layer, weight.to(dtype=own.dtype, device=own.device))
+        overrides = {f"{name}.weight": stored}
+        layer_bias = getattr(layer, "bias", None)
+        if isinstance(layer_bias, torch.Tensor):
+            overrides[f"{name}.bias"] = bias.to(dtype=layer_bias.dtype, device=layer_bias.device)
+        return Fitted(overrides=overrides)
