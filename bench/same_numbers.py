@@ -8,7 +8,8 @@ Fields only the newer revision has are listed, not counted as differences.
 
     HPO_DATA_DIR=../shared/data/mnist .venv/bin/python bench/same_numbers.py OLD [NEW]
 
-NEW defaults to the working tree's HEAD. Prints one line per command and exits 1 if any
+NEW defaults to the working tree's HEAD; `--only CNN` runs the commands whose name says so.
+Prints one line per command and exits 1 if any
 shared field differs.
 """
 
@@ -69,7 +70,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("old")
     parser.add_argument("new", nargs="?", default="HEAD")
+    parser.add_argument(
+        "--only", metavar="TEXT", help="run only the commands whose name contains TEXT"
+    )
     args = parser.parse_args()
+    commands = {n: c for n, c in COMMANDS.items() if args.only is None or args.only in n}
     failed = False
     with tempfile.TemporaryDirectory() as tmp:
         trees = {}
@@ -81,7 +86,7 @@ def main() -> int:
                 check=True,
             )
         try:
-            for name, command in COMMANDS.items():
+            for name, command in commands.items():
                 old, new = (
                     flat(run(trees[s], Path(tmp) / f"cache-{s}", command)) for s in ("old", "new")
                 )
