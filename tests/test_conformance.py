@@ -7,9 +7,11 @@ case here fails `test_every_plugin_has_a_tiny_case`.
 from __future__ import annotations
 
 import copy
+import importlib
 import importlib.util
 import json
 import math
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from helpers import (
 )
 from torch import nn
 
+import hpo
 from hpo.config import StudyFile, TrialParams
 from hpo.debias import ablation
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
@@ -31,7 +34,9 @@ from hpo.debias.scoring import CachedSplit, Scorer
 from hpo.debias.strategies.base import EditSource
 from hpo.debias.strategies.registry import STRATEGIES
 from hpo.models.classifiers import ColorMnistMLP
+from hpo.models.layer_types import LAYER_TYPES
 from hpo.plans import Removal
+from hpo.registry import Registry
 from hpo.sae.model import FaithfulSAE
 from hpo.service.study_file import parse_study
 from hpo.service.trial import prepare_task, run_trial
@@ -306,3 +311,75 @@ def test_a_strategy_sees_only_the_labels_of_its_regime(name: str) -> None:
     else:
         with pytest.raises(ValueError, match="needs group labels"):
             strategy.select(source)
+
+
+# ---- layer types ---------------------------------------------------------------------
+
+
+def layer_of_type(name: str) -> nn.Module:
+    """A tiny module of each registered layer type (4 inputs, 3 outputs)."""
+    if name == "linear":
+        return nn.Linear(4, 3)
+    if name == "conv2d_1x1":
+        return nn.Conv2d(4, 3, kernel_size=1)
+    if name == "hf_conv1d":
+        pytorch_utils = pytest.importorskip("transformers.pytorch_utils")
+        return pytorch_utils.Conv1D(3, 4)
+    raise AssertionError(f"no tiny module for layer type {name!r}: add one to layer_of_type()")
+
+
+def layer_inputs(name: str) -> torch.Tensor:
+    return torch.randn(2, 4, 3, 3) if name == "conv2d_1x1" else torch.randn(2, 5, 4)
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_TYPES))
+def test_each_layer_type_is_a_linear_map_of_its_rows(name: str) -> None:
+    """What the edit relies on: weight() is out × in, the module's output is rows @ Wᵀ + b
+    (in its own layout), and stored() writes an edited weight back where it came from."""
+    torch.manual_seed(0)
+    module, kind = layer_of_type(name), LAYER_TYPES[name]
+    assert kind.accepts(module) and kind.unusable(module) is None
+    weight = kind.weight(module)
+    assert tuple(weight.shape) == (3, 4)
+    x = layer_inputs(name)
+    rows = kind.rows(x)
+    out = module(x)
+    out_rows = out.movedim(1, -1).reshape(-1, 3) if out.dim() == 4 else out.reshape(-1, 3)
+    bias = module.bias if module.bias is not None else torch.zeros(3)
+    torch.testing.assert_close(out_rows, rows @ weight.T + bias)
+    edited = torch.randn(3, 4)
+    module.load_state_dict({**module.state_dict(), "weight": kind.stored(module, edited)})
+    torch.testing.assert_close(kind.weight(module), edited)
+
+
+# ---- every registry is covered -------------------------------------------------------
+
+
+# Each registry of hpo and the test that runs every entry of it through its protocol.
+COVERED = {
+    "task kind": "test_each_task_runs_through_its_protocol (here)",
+    "reference": "test_each_reference_fits_an_edit_of_the_same_model (here)",
+    "edit strategy": "test_each_edit_strategy_removes_parts_of_the_given_components_only (here)",
+    "layer type": "test_each_layer_type_is_a_linear_map_of_its_rows (here)",
+    "control": "test_controls.py (parametrized over CONTROLS)",
+    "sampler": "test_samplers.py (every name in SAMPLERS)",
+    "pruner": "test_samplers.py (every name in PRUNERS)",
+    "loss": "test_sae.py::test_every_loss_weight_field_has_one_table_entry",
+}
+
+
+def every_registry() -> dict[str, Registry[Any]]:
+    found = {}
+    for info in pkgutil.walk_packages(hpo.__path__, "hpo."):
+        if info.name.endswith("__main__"):  # runs the command line when imported
+            continue
+        module = importlib.import_module(info.name)
+        for value in vars(module).values():
+            if isinstance(value, Registry):
+                found[value.what] = value
+    return found
+
+
+def test_every_registry_has_a_conformance_test() -> None:
+    """A new extension point is a Registry; it needs its entry above (and that test)."""
+    assert sorted(every_registry()) == sorted(COVERED)
