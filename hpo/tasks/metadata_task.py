@@ -24,28 +24,19 @@ from torch.utils.data import DataLoader, Dataset
 
 from hpo.data import metadata_csv
 from hpo.data.cache import bundle_file, content_hash, load_tensors
-from hpo.debias import references as references_module
 from hpo.errors import UserError
 from hpo.models.final_layer import attach_final_head, install_final_head
 from hpo.models.linear_layers import linear_call_order
 from hpo.models.model_inputs import take, to_device
-from hpo.tasks import batches, bundle, collect, reference_scores, row_sampling, streaming
+from hpo.tasks import batches, bundle, collect
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.classifier import ClassifierTask
 from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.metadata_table import MetadataTaskConfig, Rows
+from hpo.tasks.streamed_code import STREAMED_BUNDLE_CODE
 from hpo.tasks.user import UserTask
 
-CODE = (
-    metadata_csv,
-    bundle,
-    collect,
-    reference_scores,
-    streaming,
-    batches,
-    row_sampling,
-    *references_module.CODE,
-)
+CODE = (metadata_csv, *STREAMED_BUNDLE_CODE)
 
 
 def choose_layer(cfg: MetadataTaskConfig, model: nn.Module, example: Any) -> str:

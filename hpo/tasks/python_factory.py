@@ -22,20 +22,15 @@ from pydantic import Field, field_validator
 from torch import fx, nn
 
 from hpo.data.cache import bundle_file, content_hash, load_tensors
-from hpo.debias import references as references_module
 from hpo.errors import UserError
 from hpo.models import graph_split
 from hpo.models.head import logits_only
 from hpo.models.model_inputs import ModelInputs, call_model, take, to_device
 from hpo.tasks import (
-    batches,
     bundle,
     collect,
     cut,
     hugging_face,
-    reference_scores,
-    row_sampling,
-    streaming,
 )
 from hpo.tasks.base import TaskConfig
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
@@ -43,19 +38,10 @@ from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.collect import Collected
 from hpo.tasks.factory_import import import_factory, one_line
 from hpo.tasks.reference_scores import check_references
+from hpo.tasks.streamed_code import STREAMED_BUNDLE_CODE
 from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
 
-BUNDLE_CODE = (
-    bundle,
-    collect,
-    reference_scores,
-    streaming,
-    batches,
-    row_sampling,
-    *references_module.CODE,
-    cut,
-    graph_split,
-)
+BUNDLE_CODE = (*STREAMED_BUNDLE_CODE, cut, graph_split)
 
 
 class PythonTask(ClassifierConfig):
