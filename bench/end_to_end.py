@@ -110,6 +110,7 @@ def summary(
 ) -> dict[str, Any]:
     models = metrics["models"]
     test = {m: splits["test"]["worst_group"] for m, splits in models.items() if "test" in splits}
+    val = {m: splits["val"]["worst_group"] for m, splits in models.items() if "val" in splits}
     regime = metrics.get("labels")
     states = [t.state.name for t in study.trials]
     records = [read_trial(t) for t in study.trials if t.state.name == "COMPLETE"]
@@ -126,6 +127,7 @@ def summary(
         "confirmed_trial": None if confirmed is None else confirmed.trial,
         "labels": regime,
         "test_worst_group": test,
+        "val_worst_group": val,  # what chose α and ranked the trials
         "components": metrics.get("components_removed"),
         "edit_settings": metrics.get("edit_settings", {}),
         "lift_test": {m: test["debiased"] - v for m, v in controls.items()},
@@ -153,14 +155,20 @@ def pct(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
-def table(rows: list[dict[str, Any]]) -> str:
+def table(rows: list[dict[str, Any]], split: str = "test") -> str:
+    """Per-seed rows and their mean, worst-group accuracy on `split` ("test", or "val"
+    where the run recorded it)."""
+    key = f"{split}_worst_group"
+    rows = [r for r in rows if key in r]
+    if not rows:
+        return f"(no run recorded {key})"
     names = ["debiased", "control_random", "control_svd"]
-    refs = [r for r in rows[0]["references"] if r in rows[0]["test_worst_group"]]
+    refs = [r for r in rows[0]["references"] if r in rows[0][key]]
     names += [*refs, "original"]
     head = ["seed", "components", *names, "lift", "trials", "study min", "all min"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        t = r["test_worst_group"]
+        t = r[key]
         cells = [str(r["seed"]), str(r["components"])]
         cells += [f"{100 * t[n]:.1f}" if n in t else "–" for n in names]
         controls = [v for m, v in t.items() if m.startswith("control_")]
@@ -172,12 +180,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     means = ["mean", "–"]
-    means += [
-        pct([r["test_worst_group"][n] for r in rows if n in r["test_worst_group"]]) for n in names
-    ]
+    means += [pct([r[key][n] for r in rows if n in r[key]]) for n in names]
     lifts = [
-        r["test_worst_group"]["debiased"]
-        - max(v for m, v in r["test_worst_group"].items() if m.startswith("control_"))
+        r[key]["debiased"] - max(v for m, v in r[key].items() if m.startswith("control_"))
         for r in rows
     ]
     lines.append("| " + " | ".join(means + [pct(lifts), "", "", ""]) + " |")
@@ -195,6 +200,9 @@ def main() -> int:
         nargs="+",
         help="print the tables of earlier --out files, run nothing",
     )
+    parser.add_argument(
+        "--split", choices=["test", "val"], default="test", help="which split --tables shows"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--trials", type=int, help="study-wide trial budget (default: the file's)")
     parser.add_argument("--timeout", type=float, help="study.timeout in seconds")
@@ -207,7 +215,7 @@ def main() -> int:
     if args.tables:
         for path in args.tables:
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-            print(f"{path}:\n{table([r for r in rows if 'error' not in r])}\n")
+            print(f"{path}:\n{table([r for r in rows if 'error' not in r], args.split)}\n")
         return 0
     if not (args.study_file and args.seeds and args.label and args.out):
         parser.error("a run needs STUDY_FILE, --seeds, --label and --out")
