@@ -101,6 +101,11 @@ def one_seed(args: argparse.Namespace, seed: int, work: Path) -> dict[str, Any]:
     return summary(seed, study, metrics, config, walls)
 
 
+def worst_groups(models: dict[str, Any], split: str) -> dict[str, float]:
+    """Each model's worst-group accuracy on `split`, where metrics.json has it."""
+    return {m: splits[split]["worst_group"] for m, splits in models.items() if split in splits}
+
+
 def summary(
     seed: int,
     study: optuna.Study,
@@ -109,8 +114,7 @@ def summary(
     walls: dict[str, float],
 ) -> dict[str, Any]:
     models = metrics["models"]
-    test = {m: splits["test"]["worst_group"] for m, splits in models.items() if "test" in splits}
-    val = {m: splits["val"]["worst_group"] for m, splits in models.items() if "val" in splits}
+    test, val = (worst_groups(models, split) for split in ("test", "val"))
     regime = metrics.get("labels")
     states = [t.state.name for t in study.trials]
     records = [read_trial(t) for t in study.trials if t.state.name == "COMPLETE"]
