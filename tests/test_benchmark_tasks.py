@@ -79,7 +79,7 @@ def test_image_folder_trial_two_worker_study_and_export(image_study: Path, tmp_p
     result = json.loads(out.stdout)
     groups = result["models"]["original"]["test"]["groups"]
     assert set(groups) == {"0/0", "0/1", "1/0", "1/1"}  # label/attribute from the CSV
-    assert {"original", "debiased", "last_layer", "leace"} <= set(result["models"])
+    assert {"original", "debiased", "last_layer", "dfr", "leace"} <= set(result["models"])
 
     out = hpo("launch", str(image_study), "--workers", "2", env=env, cwd=elsewhere)
     assert out.returncode == 0, out.stderr
@@ -143,9 +143,22 @@ def test_text_csv_trial_scores_from_the_classifier_layer(text_study: Path) -> No
     assert ctx.splits["probe"].z.shape == (20, 16) and ctx.splits["test"].z.shape == (40, 16)
     result, _ = run_trial(study, ctx, study.params, with_test=True)
     assert set(result.models["original"]["test"].groups) == {"0/0", "0/1", "1/0", "1/1"}
-    assert {"last_layer", "leace", "debiased"} <= set(result.models)
+    assert {"last_layer", "dfr", "leace", "debiased"} <= set(result.models)
     card = ctx.card
     assert "AutoModelForSequenceClassification" in card["class"]
+
+
+def test_dfr_is_the_same_whichever_layer_a_text_task_decomposes(text_study: Path) -> None:
+    """DFR refits the final layer whichever layer is decomposed: decomposing BERT's
+    pooler gives the DFR that decomposing the classifier gives (the same rows)."""
+    scores = {}
+    for layer in ("classifier", "bert.pooler.dense"):
+        study = load_study_file(text_study, [f"task.layer={layer}", "params.steps=20"])
+        ctx = prepare_task(study, data_dir=None, progress=False)
+        assert ctx.layer == layer
+        result, _ = run_trial(study, ctx, study.params, with_test=False)
+        scores[layer] = result.models["dfr"]["val"].groups
+    assert scores["bert.pooler.dense"] == pytest.approx(scores["classifier"], abs=1e-6)
 
 
 def test_text_csv_encoder_layer_keeps_real_tokens(text_study: Path) -> None:

@@ -347,6 +347,43 @@ def test_a_streamed_user_task_gives_the_trial_its_tensors_give(tmp_path: Path) -
         result, _ = run_trial(study, ctx, study.params, with_test=True)
         results[form] = result
     a, b = results["tensors"], results["loader"]
-    for model in ("original", "last_layer", "leace", "debiased"):
+    for model in ("original", "last_layer", "dfr", "leace", "debiased"):
         for split in ("val", "test"):
             assert a.models[model][split].groups == pytest.approx(b.models[model][split].groups)
+
+
+def test_dfr_on_a_streamed_model_scored_from_an_earlier_layer() -> None:
+    """A model that runs from its layer (LAYERS, head()) keeps no model inputs when it
+    streams; DFR then chooses C on the val inputs of the final layer, kept as on probe,
+    and gives what the same tensors give."""
+    from hpo.models.classifiers import ColorMnistMLP
+    from hpo.tasks.reference_scores import score_references
+
+    torch.manual_seed(0)
+    model = ColorMnistMLP().eval()
+
+    def split(n: int, seed: int) -> Split:
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.rand(n, 3, 28, 28, generator=gen)
+        y = (x[:, 0].mean((1, 2)) > 0.5).long()
+        concepts = (x[:, 1].mean((1, 2)) > 0.5).long()
+        return Split(x, y, 2 * y + concepts, concepts)
+
+    task = UserTask(
+        model=model,
+        layer="fc1",
+        probe=split(120, 1),
+        val=split(80, 2),
+        test=split(80, 3),
+        group_names=("0/0", "0/1", "1/0", "1/1"),
+        concept_names=("0", "1"),
+    )
+    scores = {}
+    for form in ("tensors", "loader"):
+        user = task if form == "tensors" else streamed(task, form, batch_size=32)
+        collected = collect_splits(model, user, CPU, seed=0)
+        if form == "loader":
+            assert collected.splits["val"].x is None and "fc2" in collected.val_inputs
+        refs = score_references(model, user, collected, ["dfr"], oracle=None, seed=0)
+        scores[form] = refs["dfr"]["val"].groups
+    assert scores["loader"] == pytest.approx(scores["tensors"], abs=1e-6)

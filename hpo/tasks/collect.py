@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -68,12 +68,14 @@ def module_inputs(
 class Collected:
     """Every split's cached layer inputs and labels (model inputs where kept), the
     probe inputs of the layers after the task's, two probe samples' model inputs (for
-    call order and export) and, for streamed splits, the digest of what was read."""
+    call order and export) and, for streamed splits, the digest of what was read and
+    the val inputs of the layers after the task's (DFR chooses its C on them)."""
 
     splits: dict[str, CachedSplit]
     probe_inputs: dict[str, torch.Tensor]
     example: ModelInputs
     digest: str | None
+    val_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @reproducible_threads()
@@ -86,6 +88,7 @@ def collect_splits(model: nn.Module, task: UserTask, device: torch.device, seed:
     digest = hashlib.sha256()
     splits: dict[str, CachedSplit] = {}
     probe_inputs: dict[str, torch.Tensor] = {}
+    val_inputs: dict[str, torch.Tensor] = {}
     example: ModelInputs | None = None
     for i, name in enumerate(SPLITS):
         data = getattr(task, name)
@@ -98,10 +101,13 @@ def collect_splits(model: nn.Module, task: UserTask, device: torch.device, seed:
         splits[name] = streamed.split
         if name == "probe":
             probe_inputs, example = streamed.layer_inputs, streamed.example
+        elif name == "val":
+            val_inputs = streamed.layer_inputs
     assert example is not None
     _check_tokens_kept(task, keep_x, splits["probe"])
     streams = any(is_stream(getattr(task, n)) for n in SPLITS)
-    return Collected(splits, probe_inputs, example, digest.hexdigest() if streams else None)
+    digest_hex = digest.hexdigest() if streams else None
+    return Collected(splits, probe_inputs, example, digest_hex, val_inputs)
 
 
 def _tensor_probe(
@@ -125,8 +131,8 @@ def _streamed_split(
     device: torch.device,
     digest: hashlib._Hash,
 ) -> StreamedSplit:
-    """Split `SPLITS[i]`, streamed; the probe split also hooks the layers after the task's
-    (their call order read from its first batch)."""
+    """Split `SPLITS[i]`, streamed; the probe and val splits also hook the layers after
+    the task's (their call order read from the split's first batch)."""
     name = SPLITS[i]
     where = f"UserTask.{name}"
     batches = stream_batches(
@@ -138,7 +144,7 @@ def _streamed_split(
         needs_concepts=name == "probe",
     )
     later: Sequence[str] = ()
-    if name == "probe":
+    if name in ("probe", "val"):
         first, batches = _peek(batches, where)
         later = layers_from(model, task.layer, to_device(first.inputs, device))[1:]
     return stream_split(

@@ -53,7 +53,8 @@ class MetadataTaskConfig(ClassifierConfig):
     # At most this many samples per split, drawn by seed before any is read (None: all).
     max_rows: int | None = Field(None, ge=1)
     batch_size: int = Field(64, ge=1)
-    references: tuple[str, ...] = ("last_layer", "leace")
+    # DFR at its published strength: what a group-label edit is judged against
+    references: tuple[str, ...] = ("last_layer", "dfr", "leace")
 
     @field_validator("references")
     @classmethod

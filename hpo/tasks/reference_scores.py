@@ -47,13 +47,17 @@ def score_references(
     splits = collected.splits
     scorer = Scorer(model, task.layer, splits, task.group_names, head=head)
     out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
-    probe = splits["probe"]
+    probe, val = splits["probe"], splits["val"]
+    val_inputs_of = None
     if probe.x is None:  # streamed, scored from the layer: its inputs were collected
         known = {task.layer: probe.z, **collected.probe_inputs}
         probe = replace(probe, x=collected.example)
 
         def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
             return known[name]
+
+        def val_inputs_of(name: str) -> torch.Tensor | None:
+            return val.z if name == task.layer else collected.val_inputs.get(name)
     else:
 
         def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
@@ -66,8 +70,9 @@ def score_references(
         inputs_of=inputs_of,
         oracle=oracle,
         seed=seed,
-        val=splits["val"],
+        val=val,
         head=head,
+        val_inputs_of=val_inputs_of,
     )
     for name in names:
         method = REFERENCES[name]

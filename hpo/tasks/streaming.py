@@ -43,7 +43,7 @@ class RowPlan:
 @dataclass
 class StreamedSplit:
     split: CachedSplit
-    layer_inputs: dict[str, torch.Tensor]  # the other hooked layers' inputs (probe)
+    layer_inputs: dict[str, torch.Tensor]  # the other hooked layers' inputs (probe, val)
     example: ModelInputs  # the first two samples' model inputs
 
 

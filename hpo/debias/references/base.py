@@ -30,6 +30,17 @@ class ReferenceSource:
     seed: int
     head: Head | None = None
     val: CachedSplit | None = None
+    # (module name) -> its inputs on `val`, None where they are not known (a streamed
+    # task keeps only the decomposed layer's); None: read them from val's model inputs
+    val_inputs_of: Callable[[str], torch.Tensor | None] | None = None
+
+    def val_inputs(self, name: str) -> torch.Tensor | None:
+        """Module `name`'s inputs on the val split, None where they cannot be had."""
+        if self.val is None:
+            return None
+        if self.val_inputs_of is not None:
+            return self.val_inputs_of(name)
+        return None if self.val.x is None else self.inputs_of(name, self.val.x)
 
 
 @dataclass

@@ -130,28 +130,40 @@ class Dfr:
     )
 
     def unavailable(self, source: ReferenceSource) -> str | None:
-        if source.val is None or source.val.x is None:
-            return "the validation split has no model inputs"
+        if source.val is None:
+            return "there is no validation split to choose its regularisation on"
         why = LastLayer().unavailable(source)
-        final = final_linear(source.model, source.probe.x) if source.probe.x is not None else None
-        if why is None and final is not None and not _per_sample(source, final):
+        if why is not None:
+            return why
+        assert source.probe.x is not None
+        final = final_linear(source.model, source.probe.x)
+        assert final is not None
+        if not _per_sample(source, final):
             return "its final layer sees sequences; DFR refits one feature vector per sample"
-        return why
+        if source.val_inputs_of is not None and source.val_inputs(final) is None:
+            return (
+                f"the validation split's inputs of the final layer ({final}) were not kept: "
+                f"decompose {final} (task.layer), or give val as tensors"
+            )
+        if source.val_inputs_of is None and source.val.x is None:
+            return "the validation split has no model inputs"
+        return None
 
     def fit(self, source: ReferenceSource) -> Fitted:
         from hpo.debias.dfr import dfr_layer
 
         assert source.probe.x is not None and source.val is not None
-        assert source.val.x is not None
         name = final_linear(source.model, source.probe.x)
         assert name is not None
+        val_features = source.val_inputs(name)
+        assert val_features is not None
         layer = source.model.get_submodule(name)
         kind = editable_type(layer) or LINEAR
         weight, bias = dfr_layer(
             source.inputs_of(name, source.probe.x),
             source.probe.y,
             source.probe.groups,
-            source.inputs_of(name, source.val.x),
+            val_features,
             source.val.y,
             source.val.groups,
             n_out=kind.weight(layer).shape[0],
