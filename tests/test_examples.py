@@ -446,3 +446,32 @@ def test_gpt2_example_end_to_end_through_the_cli_and_from_pretrained(
     strict.load_state_dict(state, strict=True)  # model.pt: the model's own state dict
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert "from_pretrained" in (export / "README.md").read_text()
+
+
+@NEEDS_TRANSFORMERS
+def test_a_default_reference_that_cannot_run_is_left_out_a_named_one_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPT-2's score layer sees every token (the model pools after it), so DFR, which
+    refits one feature vector per sample, cannot run: the python kind's default list
+    leaves it out with a note; a study file that names it gets a one-line error."""
+    from hpo.errors import UserError
+    from hpo.service.study_file import parse_study
+    from hpo.service.trial import prepare_task
+
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    task: dict[str, Any] = {
+        "kind": "python",
+        "factory": "examples.spurious_gpt2:make_task",
+        "options": GPT2_TINY,
+    }
+    default = parse_study({"study": {"name": "gpt2"}, "task": task}, "gpt2")
+    ctx = prepare_task(default, data_dir=None, progress=False)
+    assert {"last_layer", "leace"} <= set(ctx.references) and "dfr" not in ctx.references
+    assert "note: reference dfr left out: its final layer sees sequences" in capsys.readouterr().err
+
+    named = parse_study(
+        {"study": {"name": "gpt2"}, "task": {**task, "references": ["dfr"]}}, "gpt2"
+    )
+    with pytest.raises(UserError, match="task.references: dfr cannot run here"):
+        prepare_task(named, data_dir=None, progress=False)

@@ -69,6 +69,7 @@ def write_bundle(
     device: torch.device,
     collected: Collected | None = None,
     cut: Cut | None = None,
+    optional_references: bool = False,
 ) -> dict[str, float]:
     """Cache the layer inputs on every split and the references' scores, in one file.
     One torch thread (`reproducible_threads`): the references train and fit covariances.
@@ -77,7 +78,8 @@ def write_bundle(
     for its key). `cut`: how a user model is scored (hpo.tasks.cut); None for a built-in
     model, which runs from the layer through its own `head`. The model inputs (x) are kept
     only when scoring has to run the whole model; else the cached values alone score
-    every edit.
+    every edit. `optional_references`: `references` is the task kind's default list, and
+    one that cannot run on this model is left out (else it is an error).
     """
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -92,7 +94,9 @@ def write_bundle(
     probe_inputs = _head_can_change(collected.probe_inputs, head)
     timings["activations"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    scores = score_references(model, task, collected, references, oracle, seed, head)
+    scores = score_references(
+        model, task, collected, references, oracle, seed, head, optional=optional_references
+    )
     timings["references"] = time.perf_counter() - t0
     keep_x = not runs_from_layer(model, task.layer) if cut is None else head is None
     bundle = {

@@ -33,6 +33,7 @@ from hpo.tasks.base import TaskConfig
 from hpo.tasks.classifier import ClassifierTask
 from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.metadata_table import MetadataTaskConfig, Rows
+from hpo.tasks.reference_scores import references_optional
 from hpo.tasks.streamed_code import STREAMED_BUNDLE_CODE
 from hpo.tasks.user import UserTask
 
@@ -119,6 +120,7 @@ class MetadataTask(ClassifierTask):
             path,
             task,
             references=cfg.references,
+            optional_references=references_optional(cfg),
             oracle=None,
             seed=cfg.seed,
             meta={
@@ -154,6 +156,7 @@ def _bundle_key(cfg: Any, rows: Rows, data_sha: str, weights_sha: str) -> str:
     return content_hash(
         {
             "task": cfg.model_dump(mode="json"),
+            "references_optional": references_optional(cfg),
             "table": rows.table.sha256,
             "data": data_sha,
             "weights": weights_sha,

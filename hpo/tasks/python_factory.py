@@ -37,7 +37,7 @@ from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.collect import Collected
 from hpo.tasks.factory_import import import_factory, one_line
-from hpo.tasks.reference_scores import check_references
+from hpo.tasks.reference_scores import check_references, references_optional
 from hpo.tasks.streamed_code import STREAMED_BUNDLE_CODE
 from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
 
@@ -145,6 +145,7 @@ class Python(ClassifierTask):
             path,
             task,
             references=cfg.references,
+            optional_references=references_optional(cfg),
             oracle=None,
             seed=cfg.seed,
             meta=_bundle_meta(cfg, key, data_sha, model),
@@ -211,6 +212,7 @@ def _bundle_key(cfg: PythonTask, task: UserTask, model: nn.Module, data_sha: str
     return content_hash(
         {
             "task": cfg.model_dump(mode="json"),
+            "references_optional": references_optional(cfg),
             "data": data_sha,
             "weights": weights,
             "layer": task.layer,

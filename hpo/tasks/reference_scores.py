@@ -7,10 +7,12 @@ registry in hpo.debias.references, when the study file is read.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
@@ -33,6 +35,12 @@ def check_references(names: Sequence[str], can_train_oracle: bool, kind: str) ->
             raise ValueError(f"task kind {kind} cannot train an oracle; remove 'oracle'")
 
 
+def references_optional(cfg: BaseModel) -> bool:
+    """Whether a task's `references` is its kind's default list (not named in the study
+    file): then one that cannot run on the model is left out rather than an error."""
+    return "references" not in cfg.model_fields_set
+
+
 def score_references(
     model: nn.Module,
     task: UserTask,
@@ -41,9 +49,14 @@ def score_references(
     oracle: nn.Module | None,
     seed: int,
     head: Head | None = None,
+    *,
+    optional: bool = False,
 ) -> dict[str, dict[str, GroupMetrics]]:
     """original plus each named reference, on val and test (with model inputs: a
-    built-in model is scored whole here, a user model from its head where it has one)."""
+    built-in model is scored whole here, a user model from its head where it has one).
+
+    A reference that cannot run on this model is an error where the study file named
+    it; with `optional` (the task kind's default list) it is left out, with a note."""
     splits = collected.splits
     scorer = Scorer(model, task.layer, splits, task.group_names, head=head)
     out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
@@ -77,6 +90,9 @@ def score_references(
     for name in names:
         method = REFERENCES[name]
         why = method.unavailable(source)
+        if why is not None and optional:
+            print(f"note: reference {name} left out: {why}", file=sys.stderr, flush=True)
+            continue
         if why is not None:
             raise UserError(f"task.references: {name} cannot run here: {why}")
         fitted = method.fit(source)
