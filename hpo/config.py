@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from hpo.params import (
+    MAX_SEED,
     AlphaGrid,
     EditConfig,
     EditSearch,
@@ -56,7 +57,7 @@ class TaskConfig(Strict):
     """
 
     kind: str
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     objectives: ClassVar[Mapping[str, Direction]] = {}
     # The fields that name files or folders: a relative one is resolved against the
     # study file's folder when the file is read (hpo.service.study_file).

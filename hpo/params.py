@@ -18,6 +18,9 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from hpo.strict import Strict
 
 MAX_EDIT_SEARCH = 64  # combinations an in-trial edit search may try
+# Seeds (task and SAE): numpy takes at most 2**32 - 1; the headroom leaves room for the
+# offsets confirm and the splits add to them.
+MAX_SEED = 2**31 - 1
 
 
 class LossWeights(Strict):
@@ -61,7 +64,7 @@ class SAEConfig(LossWeights):
     steps: int = Field(3000, ge=1)
     batch_size: int = Field(512, ge=1)
     eval_every: int = Field(500, ge=1)  # steps between the scores a pruner sees
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _k_fits(self) -> Self:

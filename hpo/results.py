@@ -195,10 +195,21 @@ class TrialResult:
         return self.models.get(model, {}).get(split)
 
     def references_of_regime(self) -> tuple[str, ...]:
-        """The references this result is compared with: its regime's, else the ceilings."""
+        """The references this result is compared with, of those it has: its regime's,
+        else the ceilings (none where the task computed neither)."""
         regime = None if self.edit is None else self.edit.labels
-        names = REGIME_REFERENCES.get(regime or "", ())
-        return names if any(n in self.models for n in names) else CEILINGS
+        for names in (REGIME_REFERENCES.get(regime or "", ()), CEILINGS):
+            if have := tuple(n for n in names if n in self.models):
+                return have
+        return ()
+
+    def compare_with(self) -> str:
+        """The references of `references_of_regime`, as the summary and card name them."""
+        if names := self.references_of_regime():
+            return ", ".join(n.replace("_", " ") for n in names)
+        regime = None if self.edit is None else self.edit.labels
+        wanted = REGIME_REFERENCES.get(regime or "", CEILINGS)
+        return f"no reference here (name {' or '.join(wanted)} in task.references)"
 
     def controls(self) -> list[str]:
         return [m for m in self.model_names() if m.startswith(CONTROL_PREFIX)]

@@ -476,6 +476,33 @@ def launch_colorized_folder_missing(w: World) -> list[str]:
     return ["launch", study, "--workers", "0"]
 
 
+@case
+def trial_negative_seed(w: World) -> list[str]:
+    return ["trial", w.study(), "--seed", "-1"]
+
+
+@case
+def trial_seed_beyond_numpy(w: World) -> list[str]:
+    return ["trial", w.study(), "--seed", "99999999999999999999"]
+
+
+def _colored_mnist(w: World, **task: Any) -> str:
+    doc = {"kind": "colored_mnist", "base_model": "mlp", **task}
+    return w.study(task=doc, study={"name": "cm", "objectives": ["worst_group"]})
+
+
+@case
+def trial_colour_without_digits(w: World) -> list[str]:
+    return ["trial", _colored_mnist(w, color_digits=[list(range(10)), []])]
+
+
+@case
+def trial_fewer_val_images_per_digit_than_colours(w: World) -> list[str]:
+    colors = ["red", "green", "blue", "yellow", "white"]
+    digits = [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+    return ["trial", _colored_mnist(w, colors=colors, color_digits=digits, val_per_digit=2)]
+
+
 # ---- a user's own model and data (issue 24): streamed splits, benchmark formats -----------
 
 STREAMED_FACTORY = """

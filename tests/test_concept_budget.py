@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hpo.service.concept_budget import concept_budget_warnings
+from hpo.service.concept_budget import concept_budget_warnings, too_few_components
 from hpo.service.study_file import parse_study
 
 FIVE = ("a", "b", "c", "d", "e")
@@ -43,3 +43,15 @@ def test_latents_per_concept_and_searched_budgets_count() -> None:
     assert line.startswith("search.max_components = 1 is fewer")
     both = study({"ablate": "fitted"}, {"ablate": {"choices": ["fitted", "both"]}})
     assert concept_budget_warnings(both, FIVE) == []  # no budget: nothing is cut
+
+
+def test_a_decomposition_smaller_than_its_conditioned_latents_is_refused() -> None:
+    """SCAR conditions the first concept_latents latents per concept: 5 concepts × 2
+    need 10 components, in [params] or at the smallest the search may sample."""
+    why = too_few_components(study({"n_components": 8, "top_k": 2, "concept_latents": 2}), FIVE)
+    assert why is not None and why.startswith("params.n_components = 8 is fewer than the 10")
+    assert "valid: n_components >= 10" in why
+    searched = study({"top_k": 2}, {"n_components": {"choices": [4, 64]}})
+    assert (why := too_few_components(searched, FIVE)) and why.startswith("search.n_components = 4")
+    assert too_few_components(study({"n_components": 10, "top_k": 2}), FIVE) is None
+    assert too_few_components(study({"n_components": 1, "top_k": 1}), ()) is None

@@ -31,7 +31,7 @@ def add_trial(sub: Subparsers) -> None:
 def cmd_trial(args: argparse.Namespace) -> int:
     from hpo.cpus import threads_per_worker, torch_threads
     from hpo.outputs.trial_table import format_result
-    from hpo.service.concept_budget import concept_budget_warnings
+    from hpo.service.concept_budget import concept_budget_warnings, too_few_components
     from hpo.service.study_file import load_study_file
     from hpo.service.trial import prepare_task, run_trial
 
@@ -48,7 +48,10 @@ def cmd_trial(args: argparse.Namespace) -> int:
     with torch_threads(threads):
         say(f"task {study.task.kind}: preparing data and base model", quiet=not progress)
         ctx = prepare_task(study, data_dir=args.data_dir, progress=progress)
-        for line in concept_budget_warnings(study, getattr(ctx, "concept_names", ())):
+        concept_names = getattr(ctx, "concept_names", ())
+        if (why := too_few_components(study, concept_names)) is not None:
+            raise UserError(f"{path}: {why}")
+        for line in concept_budget_warnings(study, concept_names):
             say(f"warning: {path}: {line}", quiet=False)
         say(f"training Faithful-SAE ({study.params.steps} steps)", quiet=not progress)
         try:

@@ -126,7 +126,7 @@ def _edit_section(
 def _controls_lines(result: TrialResult) -> list[str]:
     """The label regime, and the lift over the controls: what the decomposition is worth."""
     labels = None if result.edit is None else result.edit.labels
-    refs = ", ".join(r.replace("_", " ") for r in result.references_of_regime())
+    refs = result.compare_with()
     lines = []
     if labels is not None:
         used = "only the concept labels" if labels == "concept" else "group labels"

@@ -78,7 +78,10 @@ def _validation_lines(number: int, record: TrialRecord) -> list[str]:
         regime = None if record.edit is None else record.edit.labels
         label = ""
         if regime in REGIME_REFERENCES:
-            compare = ", ".join(n.replace("_", " ") for n in REGIME_REFERENCES[regime])
+            have = [n for n in REGIME_REFERENCES[regime] if n in refs]
+            compare = ", ".join(n.replace("_", " ") for n in have) or (
+                f"{' or '.join(REGIME_REFERENCES[regime])}, not computed (task.references)"
+            )
             label = f" (this edit used {regime} labels: compare with {compare})"
         lines.append(f"references on the same split: {shown}{label}")
     return lines

@@ -136,7 +136,7 @@ def regime_line(result: TrialResult) -> str:
     """Which probe labels the edit's fit used, and so which references it answers to."""
     edit = result.edit
     labels = None if edit is None else edit.labels
-    refs = ", ".join(r.replace("_", " ") for r in result.references_of_regime())
+    refs = result.compare_with()
     count = 0 if edit is None else edit.components_removed
     what = {"concept": "concept labels only", "group": "group labels"}.get(labels or "", "?")
     return f"label regime: {what} on probe (compare with {refs}) · {count} components removed"

@@ -44,3 +44,29 @@ def concept_budget_warnings(study: StudyFile, concept_names: Sequence[str]) -> l
         f"conditioned edit keeps {needed - budget} of them; raise it to {needed} to remove "
         "every concept's"
     ]
+
+
+def too_few_components(study: StudyFile, concept_names: Sequence[str]) -> str | None:
+    """Why the decomposition cannot hold this task's conditioned latents (SCAR: the first
+    `concept_latents` latents per concept), or None: the smallest `n_components` the
+    study may train against the most latents it may condition."""
+    if not concept_names:
+        return None
+    search, params = study.search, study.params
+    latents = (
+        max(spec_extremes(search["concept_latents"]))
+        if "concept_latents" in search
+        else params.concept_latents
+    )
+    needed = len(concept_names) * latents
+    if "n_components" in search:
+        field, smallest = "search.n_components", min(spec_extremes(search["n_components"]))
+    else:
+        field, smallest = "params.n_components", params.n_components
+    if smallest >= needed:
+        return None
+    return (
+        f"{field} = {smallest} is fewer than the {needed} latents conditioned on this task's "
+        f"{len(concept_names)} concepts × {latents} (concept_latents); valid: "
+        f"n_components >= {needed}"
+    )

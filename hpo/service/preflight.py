@@ -23,7 +23,7 @@ from hpo.device import resolve_device
 from hpo.errors import UserError
 from hpo.sae.training import check_fits
 from hpo.search_spec import spec_extremes
-from hpo.service.concept_budget import concept_budget_warnings
+from hpo.service.concept_budget import concept_budget_warnings, too_few_components
 from hpo.service.samplers import check_options
 from hpo.storage.artifacts import artifact_target
 from hpo.storage.attrs import BASE_MODEL_ATTR
@@ -64,7 +64,10 @@ def check_launch(
         study_file.task, data_dir=data_dir, device=resolved, progress=sys.stderr.isatty()
     )
     ctx = task.load(study_file.task, bundle, resolved)
-    for line in concept_budget_warnings(study_file, getattr(ctx, "concept_names", ())):
+    concept_names = getattr(ctx, "concept_names", ())
+    if (why := too_few_components(study_file, concept_names)) is not None:
+        raise UserError(f"{path}: {why}")
+    for line in concept_budget_warnings(study_file, concept_names):
         print(f"warning: {path}: {line}", file=sys.stderr, flush=True)
     searched = [n for n in SIZE_FIELDS if n in study_file.search]
     what = f"{path}: " + (f"search ({', '.join(searched)} at most)" if searched else "params")

@@ -214,7 +214,9 @@ def describe_error(
         return f"{field}: {msg} (got {first['input']!r})"
     if kind in ("value_error", "assertion_error") and field == "(top level)":
         return msg
-    return f"{field}: {msg} (got {first['input']!r})" if "input" in first else f"{field}: {msg}"
+    if "input" not in first or isinstance(first["input"], dict):
+        return f"{field}: {msg}"  # a whole section's check: its message names the fields
+    return f"{field}: {msg} (got {first['input']!r})"
 
 
 def _valid_keys(root: type[BaseModel], loc: list[str]) -> list[str]:

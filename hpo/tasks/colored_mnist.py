@@ -82,6 +82,15 @@ class ColoredMnistTask(ClassifierConfig):
         flat = sorted(d for ds in self.color_digits for d in ds)
         if flat != list(range(10)):
             raise ValueError("color_digits must split the digits 0-9, each digit exactly once")
+        if any(not ds for ds in self.color_digits):
+            raise ValueError("color_digits: every colour needs at least one digit")
+        for name in ("probe_per_digit", "val_per_digit", "test_per_digit"):
+            if getattr(self, name) < len(self.colors):
+                raise ValueError(
+                    f"{name} = {getattr(self, name)} is below the {len(self.colors)} colours: "
+                    f"each digit is shown in every colour there; valid: {name} >= "
+                    f"{len(self.colors)}"
+                )
         if self.source == "colorized_folder" and not self.colorized_root:
             raise ValueError("source = 'colorized_folder' needs colorized_root")
         linear = linear_layers(BASE_MODELS[self.base_model]())

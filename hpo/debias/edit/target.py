@@ -49,18 +49,10 @@ class EditTarget:
     def holding_out(self, share: float, seed: int = 0) -> EditTarget:
         """This target with the probe split cut in two, within each group: a plan fits on
         the "probe" part and is scored on the held-out `share`, as its "val" split. The
-        cut depends on `seed` only, so every decomposition of a study sees the same."""
+        cut depends on `seed` only, so every decomposition of a study sees the same. A
+        group of two or more keeps at least one sample on each side, whatever `share`."""
         probe = self.scorer.splits["probe"]
-        gen = torch.Generator().manual_seed(seed)
-        held, kept = [], []
-        for group in torch.unique(probe.groups).tolist():
-            members = torch.nonzero(probe.groups == group).flatten().cpu()
-            members = members[torch.randperm(len(members), generator=gen)]
-            n = int(round(share * len(members)))
-            held.append(members[:n])
-            kept.append(members[n:])
-        fit_index = torch.cat(kept).sort().values.to(probe.y.device)
-        held_index = torch.cat(held).sort().values.to(probe.y.device)
+        fit_index, held_index = split_within_groups(probe.groups, share, seed)
         splits = {"probe": probe.subset(fit_index), "val": probe.subset(held_index)}
         scorer = Scorer(
             self.model,
@@ -142,6 +134,24 @@ class EditTarget:
             return (F.cross_entropy(logits, data.y, reduction="none") * weights).sum()
 
         return loss
+
+
+def split_within_groups(
+    groups: torch.Tensor, share: float, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held-out) row indices, sorted: `share` of each group held out, drawn by
+    `seed`; a group of two or more keeps at least one row on each side."""
+    gen = torch.Generator().manual_seed(seed)
+    held, kept = [], []
+    for group in torch.unique(groups).tolist():
+        members = torch.nonzero(groups == group).flatten().cpu()
+        members = members[torch.randperm(len(members), generator=gen)]
+        n = int(round(share * len(members)))
+        n = min(max(n, 1), len(members) - 1) if len(members) >= 2 else 0
+        held.append(members[:n])
+        kept.append(members[n:])
+    device = groups.device
+    return torch.cat(kept).sort().values.to(device), torch.cat(held).sort().values.to(device)
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
