@@ -77,10 +77,8 @@ def write_bundle(
     `collected`: the splits already collected (a streamed task's build reads them once,
     for its key). `cut`: how a user model is scored (hpo.tasks.cut); None for a built-in
     model, which runs from the layer through its own `head`. The model inputs (x) are kept
-    only when scoring has to run the whole model; else the cached values alone score
-    every edit. `optional_references`: `references` is the task kind's default list, and
-    one that cannot run on this model is left out (else it is an error).
-    """
+    only when scoring has to run the whole model. `optional_references`: leave out a
+    reference that cannot run (the kind's default list)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     model = task.model.to(device).eval()

@@ -60,6 +60,31 @@ def score_references(
     splits = collected.splits
     scorer = Scorer(model, task.layer, splits, task.group_names, head=head)
     out = {"original": {s: scorer.metrics(s) for s in EVAL_SPLITS}}
+    source = _reference_source(model, task, collected, oracle, seed, head)
+    for name in names:
+        method = REFERENCES[name]
+        why = method.unavailable(source)
+        if why is not None and optional:
+            print(f"note: reference {name} left out: {why}", file=sys.stderr, flush=True)
+            continue
+        if why is not None:
+            raise UserError(f"task.references: {name} cannot run here: {why}")
+        fitted = method.fit(source)
+        out[name] = {s: _score_fitted(fitted, scorer, task, splits, s) for s in EVAL_SPLITS}
+    return out
+
+
+def _reference_source(
+    model: nn.Module,
+    task: UserTask,
+    collected: Collected,
+    oracle: nn.Module | None,
+    seed: int,
+    head: Head | None,
+) -> ReferenceSource:
+    """What the references fit on: probe (and val) with a way to read any module's
+    inputs, from the model or, for a streamed split, from what was collected."""
+    splits = collected.splits
     probe, val = splits["probe"], splits["val"]
     val_inputs_of = None
     if probe.x is None:  # streamed, scored from the layer: its inputs were collected
@@ -76,7 +101,7 @@ def score_references(
         def inputs_of(name: str, x: ModelInputs) -> torch.Tensor:
             return module_inputs(model, name, x)
 
-    source = ReferenceSource(
+    return ReferenceSource(
         model=model,
         layer=task.layer,
         probe=probe,
@@ -87,17 +112,6 @@ def score_references(
         head=head,
         val_inputs_of=val_inputs_of,
     )
-    for name in names:
-        method = REFERENCES[name]
-        why = method.unavailable(source)
-        if why is not None and optional:
-            print(f"note: reference {name} left out: {why}", file=sys.stderr, flush=True)
-            continue
-        if why is not None:
-            raise UserError(f"task.references: {name} cannot run here: {why}")
-        fitted = method.fit(source)
-        out[name] = {s: _score_fitted(fitted, scorer, task, splits, s) for s in EVAL_SPLITS}
-    return out
 
 
 def _score_fitted(
