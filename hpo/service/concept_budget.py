@@ -18,17 +18,21 @@ from hpo.search_spec import spec_extremes
 CONDITIONED = ("conditioned", "both")  # strategies that remove the conditioned latents
 
 
+def most_latents(study: StudyFile) -> int:
+    """The most latents per concept a trial of the study may condition."""
+    search = study.search
+    if "concept_latents" in search:
+        return int(max(spec_extremes(search["concept_latents"])))
+    return study.params.concept_latents
+
+
 def concept_budget_warnings(study: StudyFile, concept_names: Sequence[str]) -> list[str]:
     """One line per field whose edit budget falls short of the conditioned latents."""
     search, params = study.search, study.params
     ablates = set(spec_extremes(search["ablate"])) if "ablate" in search else {params.ablate}
     if not ablates & set(CONDITIONED) or not concept_names:
         return []
-    latents = (
-        max(spec_extremes(search["concept_latents"]))
-        if "concept_latents" in search
-        else params.concept_latents
-    )
+    latents = most_latents(study)
     needed = len(concept_names) * latents
     if "max_components" in search:
         budgets = [b for b in spec_extremes(search["max_components"]) if b is not None]
@@ -53,11 +57,7 @@ def too_few_components(study: StudyFile, concept_names: Sequence[str]) -> str | 
     if not concept_names:
         return None
     search, params = study.search, study.params
-    latents = (
-        max(spec_extremes(search["concept_latents"]))
-        if "concept_latents" in search
-        else params.concept_latents
-    )
+    latents = most_latents(study)
     needed = len(concept_names) * latents
     if "n_components" in search:
         field, smallest = "search.n_components", min(spec_extremes(search["n_components"]))
