@@ -739,6 +739,11 @@ def worker_of_a_study_hpo_did_not_launch(w: World) -> list[str]:
 
 
 @case
+def confirm_zero_threads(w: World) -> list[str]:
+    return ["confirm", "toy", "--storage", w.existing, "--threads", "0"]
+
+
+@case
 def confirm_a_study_hpo_did_not_launch(w: World) -> list[str]:
     return ["confirm", "foreign", "--storage", _foreign_study(w)]
 

@@ -22,7 +22,10 @@ def test_confirm_stores_mean_and_std_and_export_takes_the_confirmed_best(
 ) -> None:
     url = run_tiny_study(tmp_path, tiny_mnist_dir, "conf", n_trials=3)
 
-    assert main(["confirm", "conf", "--storage", url, "--top", "2", "--seeds", "2"]) == 0
+    assert (
+        main(["confirm", "conf", "--storage", url, "--top", "2", "--seeds", "2", "--threads", "1"])
+        == 0
+    )
     table = capsys.readouterr().out
     assert "mean ± std" in table
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hpo.cli.args import Subparsers, say
+from hpo.cli.args import Subparsers, add_threads, say
 from hpo.errors import UserError
 
 
@@ -147,22 +147,25 @@ def add_confirm(sub: Subparsers) -> None:
         help="also a new base model (and data split) per seed, not only a new SAE",
     )
     p.add_argument("--data-dir", help="folder with the MNIST IDX files (--new-base-model)")
+    add_threads(p, "torch CPU threads (default: the cores this process may use)")
     p.set_defaults(func=cmd_confirm)
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
+    from hpo.cpus import threads_per_worker, torch_threads
     from hpo.outputs.notes import sync_best_notes
     from hpo.service.confirm import confirm, format_rows
 
-    rows = confirm(
-        args.study,
-        args.storage,
-        on_confirmed=sync_best_notes,
-        top=args.top,
-        seeds=args.seeds,
-        new_base_model=args.new_base_model,
-        data_dir=args.data_dir,
-    )
+    with torch_threads(threads_per_worker(1, args.threads)):
+        rows = confirm(
+            args.study,
+            args.storage,
+            on_confirmed=sync_best_notes,
+            top=args.top,
+            seeds=args.seeds,
+            new_base_model=args.new_base_model,
+            data_dir=args.data_dir,
+        )
     objective = next(iter(rows[0].record.val))
     print(format_rows(rows, objective))
     return 0
