@@ -82,6 +82,11 @@ class StudySection(Strict):
     # `hpo confirm` weighs beside the others. Each searched field's [params] value must
     # be one its [search] entry can sample.
     start_from_params: bool = False
+    # A trial that raises (a bug in a task, memory run out on one configuration) is
+    # stored as FAIL with its error in the "error" user attr, outside the budget, and the
+    # worker goes on; after this many such trials in a row it stops with exit code 1
+    # (a task that fails every trial is reported, not retried for ever).
+    max_failed_in_a_row: int = Field(3, ge=1)
 
 
 class StorageSection(Strict):

@@ -17,3 +17,9 @@ class DivergedError(Exception):
         super().__init__(f"loss became non-finite at step {step} ({bad})")
         self.step = step
         self.losses = losses
+
+
+def one_line(err: BaseException) -> str:
+    """An exception as one line of at most 300 characters: its type and first line."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]

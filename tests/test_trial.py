@@ -187,6 +187,27 @@ def test_a_short_toy_trial_is_faithful(capsys: pytest.CaptureFixture[str]) -> No
 
 
 @pytest.mark.slow
+def test_a_trial_over_the_study_limit_says_a_study_would_rank_it_infeasible(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`hpo trial` scores what `[params]` gives; a faithfulness error over the study's
+    `max_faithfulness_error` is said, since a study would rank that trial infeasible."""
+    sets = ["task.train_steps=300", "task.n_samples=2000", "params.steps=100"]
+    args = ["trial", str(TOY_STUDY), *(f"--set={s}" for s in sets), "--json"]
+
+    assert main([*args, "--set=study.max_faithfulness_error=1e-9"]) == 0
+    out, err = capsys.readouterr()
+    error = json.loads(out)["faithfulness_error"]
+    assert error > 1e-9
+    assert (
+        f"warning: {TOY_STUDY}: faithfulness_error {error:.4g} is over "
+        "study.max_faithfulness_error 1e-09: in a study this trial is infeasible" in err
+    )
+    assert main([*args, "--set=study.max_faithfulness_error=1"]) == 0
+    assert "infeasible" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_two_layers_in_one_trial_and_a_layer_change_reuses_the_trained_models(
     tiny_study: Path,
     tiny_mnist_dir: Path,

@@ -32,6 +32,7 @@ def cmd_trial(args: argparse.Namespace) -> int:
     from hpo.cpus import threads_per_worker, torch_threads
     from hpo.outputs.trial_table import format_result
     from hpo.service.concept_budget import concept_budget_warnings, too_few_components
+    from hpo.service.objective import over_limits
     from hpo.service.study_file import load_study_file
     from hpo.service.trial import prepare_task, run_trial
 
@@ -62,6 +63,8 @@ def cmd_trial(args: argparse.Namespace) -> int:
             raise UserError(
                 f"{path}: the trial diverged: {err}; lower params.lr or the loss weights"
             ) from None
+    for line in over_limits(study, result):
+        say(f"warning: {path}: {line}", quiet=False)
     if args.json:
         print(json.dumps(result.to_json()))
     else:

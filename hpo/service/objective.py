@@ -44,6 +44,33 @@ def is_result(t: optuna.trial.FrozenTrial) -> bool:
     )
 
 
+def constrained_errors(
+    study_file: StudyFile, result: TrialResult
+) -> dict[str, tuple[float, float]]:
+    """Each error the study limits, with its limit: {name: (error, limit)}. A trial with
+    an error over its limit is infeasible (Optuna's constrained optimization)."""
+    study = study_file.study
+    limits = {
+        "faithfulness_error": study.max_faithfulness_error,
+        "prediction_change": study.max_prediction_change,
+    }
+    return {
+        name: (error, limit)
+        for name, limit in limits.items()
+        if limit is not None and (error := result.errors.get(name)) is not None
+    }
+
+
+def over_limits(study_file: StudyFile, result: TrialResult) -> list[str]:
+    """What makes this result infeasible in a study, one line per error over its limit."""
+    return [
+        f"{name} {error:.4g} is over study.max_{name} {limit:g}: in a study this trial "
+        "is infeasible, ranked below every feasible one"
+        for name, (error, limit) in constrained_errors(study_file, result).items()
+        if error > limit
+    ]
+
+
 class Objective:
     def __init__(
         self,
@@ -110,15 +137,8 @@ class Objective:
 
     def _constrain(self, trial: optuna.Trial, result: TrialResult) -> None:
         """Faithful by constraint: positive (infeasible) when an error is over its limit."""
-        study = self.study_file.study
-        limits = {
-            "faithfulness_error": study.max_faithfulness_error,
-            "prediction_change": study.max_prediction_change,
-        }
-        for name, limit in limits.items():
-            error = result.errors.get(name)
-            if limit is not None and error is not None:
-                trial.set_constraint(name, error - limit)
+        for name, (error, limit) in constrained_errors(self.study_file, result).items():
+            trial.set_constraint(name, error - limit)
 
     def _check_budget(self, trial: optuna.Trial) -> None:
         earlier = trial.study.get_trials(deepcopy=False)

@@ -18,7 +18,7 @@ import optuna
 from hpo.config import StorageSection, StudyFile
 from hpo.cpus import threads_per_worker, torch_threads, usable_cpus
 from hpo.device import launch_flags, visible_gpus, worker_device
-from hpo.errors import DivergedError
+from hpo.errors import DivergedError, one_line
 from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.local_workers import run_workers
 from hpo.service.objective import Objective, SurplusTrial
@@ -35,6 +35,7 @@ from hpo.service.study_file import study_file_of
 from hpo.storage.artifacts import artifact_store
 from hpo.storage.attrs import (
     BUDGET_ATTR,
+    ERROR_ATTR,
     INTERRUPTED_ATTR,
 )
 from hpo.storage.engine import mask, open_storage
@@ -99,6 +100,7 @@ def _work(
             on_complete(trial, store, values)
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    failed_in_a_row: list[str] = []  # "trial N: Type: message", since the last success
     while deadline is None or time.monotonic() < deadline:
         if stop.requested:
             return 130
@@ -112,17 +114,59 @@ def _work(
             stop.sleep(min(2.0, study_file.storage.heartbeat_interval))
             continue
         interrupted: list[int] = []
-        objective = _interruptible(
-            Objective(study_file, ctx, budget, store, on_complete=publish), stop, interrupted
+        errors: list[str] = []
+        objective = _recording_errors(
+            _interruptible(
+                Objective(study_file, ctx, budget, store, on_complete=publish), stop, interrupted
+            ),
+            errors,
         )
         try:
-            study.optimize(objective, n_trials=1, catch=(DivergedError, SurplusTrial))
+            # Optuna stores a trial that raised as FAIL (and logs its traceback); catching
+            # every Exception keeps this worker going (KeyboardInterrupt is not one).
+            study.optimize(objective, n_trials=1, catch=(Exception,))
         except KeyboardInterrupt:
             # One write per line (workers share launch's stderr), after the ^C or the bar.
             for number in interrupted:
                 sys.stderr.write(f"\ntrial {number} interrupted (worker {worker})\n")
             return 130
+        failed_in_a_row = failed_in_a_row + errors if errors else []
+        if len(failed_in_a_row) >= study_file.study.max_failed_in_a_row:
+            sys.stderr.write(_stopped_on_errors(worker, failed_in_a_row))
+            return 1
     return 130 if stop.requested else 0
+
+
+def _recording_errors(
+    objective: Callable[[optuna.Trial], Any], errors: list[str]
+) -> Callable[[optuna.Trial], Any]:
+    """The objective, whose unexpected errors (not a divergence, a prune, the budget's
+    surplus or Ctrl-C) are stored in the trial's "error" user attr and appended to
+    `errors` before Optuna stores the trial as FAIL."""
+
+    def run(trial: optuna.Trial) -> Any:
+        try:
+            return objective(trial)
+        except (DivergedError, SurplusTrial, optuna.TrialPruned):
+            raise
+        except Exception as err:
+            message = one_line(err)
+            trial.set_user_attr(ERROR_ATTR, message)
+            errors.append(f"trial {trial.number}: {message}")
+            raise
+
+    return run
+
+
+def _stopped_on_errors(worker: str, failed: list[str]) -> str:
+    """Why a worker stopped: the trials that failed in a row, each in one line."""
+    lines = "".join(f"  {line}\n" for line in failed)
+    return (
+        f"\nworker {worker} stopped: {len(failed)} trials in a row raised an error "
+        "(study.max_failed_in_a_row; each is stored as FAIL, outside the budget, with its "
+        "error in the trial's 'error' user attr and its traceback above):\n"
+        f"{lines}fix the cause and run the same command again to resume the study\n"
+    )
 
 
 def _worker_study(

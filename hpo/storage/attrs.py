@@ -29,6 +29,7 @@ PRUNED_AT_STEP_ATTR = "pruned_at_step"  # SAE step at which the pruner stopped i
 DIVERGED_ATTR = "diverged"  # why it diverged: a FAIL that counts toward the budget
 SURPLUS_ATTR = "surplus"  # lost the race for the budget's last slot: never ran
 INTERRUPTED_ATTR = "interrupted"  # stopped by Ctrl-C: a FAIL outside the budget
+ERROR_ATTR = "error"  # raised an error (type: first line): a FAIL outside the budget
 CONFIRMATION_ATTR = "confirmation"  # `hpo confirm`: mean ± std over fresh seeds
 
 # ---- trial user attrs: what the trial found (validation only) ---------------------------

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hpo.errors import UserError
+from hpo.errors import UserError, one_line
 
 
 def import_factory(spec: str) -> Any:
@@ -59,9 +59,3 @@ def import_factory(spec: str) -> Any:
     if not callable(function):
         raise UserError(f"{where}: {target}.{name} is not callable")
     return function
-
-
-def one_line(err: BaseException) -> str:
-    """An exception as one line of at most 300 characters: its type and first line."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"[:300]

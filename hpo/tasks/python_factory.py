@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from torch import fx, nn
 
 from hpo.data.cache import bundle_file, content_hash, load_tensors
-from hpo.errors import UserError
+from hpo.errors import UserError, one_line
 from hpo.models import graph_split
 from hpo.models.head import logits_only
 from hpo.models.model_inputs import ModelInputs, call_model, take, to_device
@@ -36,7 +36,7 @@ from hpo.tasks.base import TaskConfig
 from hpo.tasks.classifier import ClassifierConfig, ClassifierTask
 from hpo.tasks.classifier_context import ClassifierContext
 from hpo.tasks.collect import Collected
-from hpo.tasks.factory_import import import_factory, one_line
+from hpo.tasks.factory_import import import_factory
 from hpo.tasks.reference_scores import check_references, references_optional
 from hpo.tasks.streamed_code import STREAMED_BUNDLE_CODE
 from hpo.tasks.user import SPLITS, Split, UserTask, validate_user_task
