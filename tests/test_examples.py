@@ -449,15 +449,16 @@ def test_gpt2_example_end_to_end_through_the_cli_and_from_pretrained(
 
 
 @NEEDS_TRANSFORMERS
-def test_a_default_reference_that_cannot_run_is_left_out_a_named_one_is_an_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_dfr_refits_gpt2s_score_layer_on_the_token_the_model_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, modules: dict[str, ModuleType]
 ) -> None:
-    """GPT-2's score layer sees every token (the model pools after it), so DFR, which
-    refits one feature vector per sample, cannot run: the python kind's default list
-    leaves it out with a note; a study file that names it gets a one-line error."""
-    from hpo.errors import UserError
+    """GPT-2's score layer sees every token and the model returns the last token's
+    logits: DFR (in the python kind's default list) refits the layer on that token's
+    features, which are GPT-2's last hidden state at the last position."""
+    from hpo.debias.references.pooled import per_sample_features
     from hpo.service.study_file import parse_study
     from hpo.service.trial import prepare_task
+    from hpo.tasks.collect import module_inputs
 
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
     task: dict[str, Any] = {
@@ -465,13 +466,18 @@ def test_a_default_reference_that_cannot_run_is_left_out_a_named_one_is_an_error
         "factory": "examples.spurious_gpt2:make_task",
         "options": GPT2_TINY,
     }
-    default = parse_study({"study": {"name": "gpt2"}, "task": task}, "gpt2")
-    ctx = prepare_task(default, data_dir=None, progress=False)
-    assert {"last_layer", "leace"} <= set(ctx.references) and "dfr" not in ctx.references
-    assert "note: reference dfr left out: its final layer sees sequences" in capsys.readouterr().err
+    study = parse_study({"study": {"name": "gpt2"}, "task": task}, "gpt2")
+    ctx = prepare_task(study, data_dir=None, progress=False)
+    assert {"last_layer", "dfr", "leace"} <= set(ctx.references)
+    for split in ("val", "test"):
+        assert 0.0 <= ctx.references["dfr"][split].worst_group <= 1.0
 
-    named = parse_study(
-        {"study": {"name": "gpt2"}, "task": {**task, "references": ["dfr"]}}, "gpt2"
+    user = modules["spurious_gpt2"].make_task(seed=0, **GPT2_TINY)
+    x = user.probe.x[:32]
+    features, why = per_sample_features(
+        user.model, "score", x, lambda name, xs: module_inputs(user.model, name, xs)
     )
-    with pytest.raises(UserError, match="task.references: dfr cannot run here"):
-        prepare_task(named, data_dir=None, progress=False)
+    assert features is not None, why
+    with torch.no_grad():
+        last = user.model.transformer(x).last_hidden_state[:, -1]
+    torch.testing.assert_close(features, last)

@@ -12,9 +12,15 @@ from torch import nn
 
 from hpo.debias.references.base import Fitted, ReferenceSource
 from hpo.debias.references.head_retraining import retrain_from_head
+from hpo.debias.references.pooled import per_sample_features
+from hpo.errors import UserError
 from hpo.models.layer_types import LINEAR, LayerType, editable_type
 from hpo.models.linear_layers import linear_call_order
 from hpo.models.model_inputs import ModelInputs, take
+
+# Samples on which `Dfr.unavailable` checks that the model pools its final layer's
+# outputs as one token's (or their mean): enough to catch another pooling, cheap
+POOLING_CHECK = 16
 
 
 def final_linear(model: nn.Module, x: ModelInputs) -> str | None:
@@ -139,7 +145,14 @@ class Dfr:
         final = final_linear(source.model, source.probe.x)
         assert final is not None
         if not _per_sample(source, final):
-            return "its final layer sees sequences; DFR refits one feature vector per sample"
+            if source.val_inputs_of is not None or source.val.x is None:
+                return (
+                    f"its final layer ({final}) sees sequences, and a streamed split keeps "
+                    "no model inputs to find the token the model reads"
+                )
+            sample = take(source.probe.x, slice(0, POOLING_CHECK))
+            features, why = per_sample_features(source.model, final, sample, source.inputs_of)
+            return None if features is not None else f"its final layer ({final}) {why}"
         if source.val_inputs_of is not None and source.val_inputs(final) is None:
             return (
                 f"the validation split's inputs of the final layer ({final}) were not kept: "
@@ -155,12 +168,24 @@ class Dfr:
         assert source.probe.x is not None and source.val is not None
         name = final_linear(source.model, source.probe.x)
         assert name is not None
-        val_features = source.val_inputs(name)
-        assert val_features is not None
+        if _per_sample(source, name):
+            probe_features: torch.Tensor | None = source.inputs_of(name, source.probe.x)
+            val_features = source.val_inputs(name)
+        else:  # it sees every token: the features of the token the model reads
+            assert source.val.x is not None
+            probe_features, why = per_sample_features(
+                source.model, name, source.probe.x, source.inputs_of
+            )
+            val_features, why_val = per_sample_features(
+                source.model, name, source.val.x, source.inputs_of
+            )
+            if probe_features is None or val_features is None:
+                raise UserError(f"reference dfr: the final layer ({name}) {why or why_val}")
+        assert probe_features is not None and val_features is not None
         layer = source.model.get_submodule(name)
         kind = editable_type(layer) or LINEAR
         weight, bias = dfr_layer(
-            source.inputs_of(name, source.probe.x),
+            probe_features,
             source.probe.y,
             source.probe.groups,
             val_features,
