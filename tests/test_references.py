@@ -178,6 +178,29 @@ def test_dfr_refits_the_last_layer_on_the_core_feature_and_folds_the_scaling_in(
     assert len(C_GRID) == 7 and max(C_GRID) == 1.0  # the published grid
 
 
+def test_dfr_of_a_final_layer_without_a_bias_holds_in_the_weight_alone() -> None:
+    """GPT-2's score layer has no bias: nothing can hold an intercept or the centring, so
+    DFR scales without centring and fits no intercept, and W x alone decides. Here the
+    label's feature sits far from 0 and one feature is near-constant (as a LayerNorm's
+    output often has): uncentred, the fit uses it as its intercept; a centred fit with
+    its intercept dropped would call almost every sample one class."""
+    from hpo.debias.dfr import dfr_layer
+
+    gen = torch.Generator().manual_seed(0)
+    probe_x, probe_y, probe_g, _ = spurious_data(800, 0.5, gen)
+    val_x, val_y, val_g, _ = spurious_data(400, 0.5, gen)
+    for x in (probe_x, val_x):
+        x[:, 0] += 6.0
+        x[:, 2] = 5.0 + 0.1 * x[:, 2]
+    weight, bias = dfr_layer(
+        probe_x, probe_y, probe_g, val_x, val_y, val_g, n_out=2, seed=0, has_bias=False
+    )
+    assert torch.equal(bias, torch.zeros(2, dtype=bias.dtype))
+    pred = (val_x.double() @ weight.T).argmax(1)
+    worst = min(float((pred[val_g == g] == val_y[val_g == g]).double().mean()) for g in range(4))
+    assert worst > 0.8  # 0.0 with the intercept and centring dropped (the bug this fixes)
+
+
 def test_dfr_is_an_edit_of_the_final_layer_that_beats_the_biased_one() -> None:
     gen = torch.Generator().manual_seed(1)
     model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 3)).eval()  # 3 outputs, 2 classes used

@@ -37,24 +37,27 @@ def worst_group_accuracy(pred: np.ndarray, y: np.ndarray, groups: np.ndarray) ->
 
 
 def _fit(
-    x: np.ndarray, y: np.ndarray, c: float, seed: int
+    x: np.ndarray, y: np.ndarray, c: float, seed: int, intercept: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(classes, coef [k, d], intercept [k]) of liblinear's L1 logistic regression, one
-    score per class (one-vs-rest; for two classes, the second class's score against 0)."""
+    score per class (one-vs-rest; for two classes, the second class's score against 0);
+    without `intercept`, every intercept is 0."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
     def model() -> LogisticRegression:
-        return LogisticRegression(l1_ratio=1.0, C=c, solver="liblinear", random_state=seed)
+        return LogisticRegression(
+            l1_ratio=1.0, C=c, solver="liblinear", random_state=seed, fit_intercept=intercept
+        )
 
     classes = np.unique(y)
     if len(classes) == 2:
         fitted = model().fit(x, y)
         coef = np.concatenate([np.zeros_like(fitted.coef_), fitted.coef_])
-        return classes, coef, np.concatenate([[0.0], fitted.intercept_])
+        return classes, coef, np.concatenate([[0.0], np.atleast_1d(fitted.intercept_)])
     ovr = OneVsRestClassifier(model()).fit(x, y)
     coef = np.concatenate([e.coef_ for e in ovr.estimators_])
-    return classes, coef, np.concatenate([e.intercept_ for e in ovr.estimators_])
+    return classes, coef, np.concatenate([np.atleast_1d(e.intercept_) for e in ovr.estimators_])
 
 
 def _scores(x: np.ndarray, coef: np.ndarray, intercept: np.ndarray) -> np.ndarray:
@@ -72,22 +75,29 @@ def dfr_layer(
     *,
     n_out: int,
     seed: int,
+    has_bias: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The refitted final layer's weight [n_out, d] and bias [n_out], with the
-    standardisation folded in: logits = W x + b on the raw penultimate features."""
+    standardisation folded in: logits = W x + b on the raw penultimate features.
+
+    For a layer without a bias (GPT-2's score layer) nothing could hold the intercept
+    or the centring: the features are only scaled, the regression has no intercept, and
+    the returned bias is 0 (logits = W x exactly)."""
     xp = probe_x.detach().double().cpu().numpy()
     yp, gp = probe_y.cpu().numpy(), probe_groups.cpu().numpy()
     xv = val_x.detach().double().cpu().numpy()
     yv, gv = val_y.cpu().numpy(), val_groups.cpu().numpy()
     rng = np.random.default_rng(seed)
     mean, scale = _standardiser(xp)  # on all held-out rows, as the published eval does
+    if not has_bias:
+        mean = np.zeros_like(mean)
     xp, xv = (xp - mean) / scale, (xv - mean) / scale
     tuned = {}
     for c in C_GRID:
         accuracies = []
         for _ in range(TUNE_RETRAINS):
             idx = balanced_subset(gp, rng)
-            classes, coef, intercept = _fit(xp[idx], yp[idx], c, seed)
+            classes, coef, intercept = _fit(xp[idx], yp[idx], c, seed, has_bias)
             pred = classes[_scores(xv, coef, intercept).argmax(1)]
             accuracies.append(worst_group_accuracy(pred, yv, gv))
         tuned[c] = float(np.mean(accuracies))
@@ -95,12 +105,13 @@ def dfr_layer(
     coefs, intercepts = [], []
     for _ in range(RETRAINS):
         idx = balanced_subset(gp, rng)
-        classes, coef, intercept = _fit(xp[idx], yp[idx], best, seed)
+        classes, coef, intercept = _fit(xp[idx], yp[idx], best, seed, has_bias)
         coefs.append(coef)
         intercepts.append(intercept)
     coef, intercept = np.mean(coefs, axis=0), np.mean(intercepts, axis=0)
     weight = np.zeros((n_out, xp.shape[1]))
-    bias = np.full(n_out, ABSENT_LOGIT)
+    # without a bias a class no probe sample has cannot be held down: its logit is 0
+    bias = np.full(n_out, ABSENT_LOGIT if has_bias else 0.0)
     weight[classes] = coef / scale  # (x − μ)/σ · c = x · (c/σ) − μ/σ · c
     bias[classes] = intercept - (coef * (mean / scale)).sum(axis=1)
     return torch.from_numpy(weight), torch.from_numpy(bias)

@@ -193,6 +193,7 @@ class Dfr:
             source.val.groups,
             n_out=kind.weight(layer).shape[0],
             seed=source.seed,
+            has_bias=isinstance(getattr(layer, "bias", None), torch.Tensor),
         )
         own = kind.weight(layer)
         stored = kind.stored(layer, weight.to(dtype=own.dtype, device=own.device))
