@@ -225,3 +225,13 @@ def test_dfr_is_an_edit_of_the_final_layer_that_beats_the_biased_one() -> None:
 
     assert worst(None) < 0.1 and worst(fitted.overrides) > 0.8
     assert fitted.overrides["1.bias"][2] < -1e3  # a class no probe sample has: never predicted
+
+
+def test_the_bundle_key_covers_the_math_the_references_call() -> None:
+    """A change to DFR's regression, the pooling or LEACE's math must rebuild cached
+    bundles (their references were fitted by it): their modules are in the key's code."""
+    from hpo.debias import dfr, leace
+    from hpo.debias.references import CODE
+    from hpo.debias.references import pooled as pooling
+
+    assert {dfr, leace, pooling} <= set(CODE)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hpo.debias.dfr import dfr_layer
 from hpo.debias.references.base import Fitted, ReferenceSource
 from hpo.debias.references.head_retraining import retrain_from_head
 from hpo.debias.references.pooled import per_sample_features
@@ -163,8 +164,6 @@ class Dfr:
         return None
 
     def fit(self, source: ReferenceSource) -> Fitted:
-        from hpo.debias.dfr import dfr_layer
-
         assert source.probe.x is not None and source.val is not None
         name = final_linear(source.model, source.probe.x)
         assert name is not None

@@ -17,12 +17,32 @@ REFERENCES: Registry[Reference] = Registry("reference")
 for _reference in (LastLayer(), Dfr(), RetrainHead(), Leace(), Oracle()):
     REFERENCES.register(_reference.name, _reference)
 
-# The modules that shape a fitted reference: the protocol's, each reference's and this
-# one. Their source is part of a bundle's cache key (hpo.tasks.bundle.code_fingerprint):
-# edit one, and cached bundles are rebuilt.
-CODE: tuple[ModuleType, ...] = tuple(
-    sys.modules[name]
-    for name in dict.fromkeys(
-        [Reference.__module__, *(type(r).__module__ for r in REFERENCES.values()), __name__]
-    )
+
+# The modules that shape a fitted reference: the protocol's, each reference's, this one
+# and every hpo.debias module they use (hpo.debias.dfr, the pooling, LEACE's math...).
+# Their source is part of a bundle's cache key (hpo.tasks.bundle.code_fingerprint): edit
+# one, and cached bundles are rebuilt.
+def _used_modules(roots: list[str], package: str = "hpo.debias") -> tuple[ModuleType, ...]:
+    """`roots` and every module of `package` they reach through their globals (a module,
+    or a function or class defined in one), transitively."""
+    found: dict[str, ModuleType] = {}
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found[name] = module = sys.modules[name]
+        for value in vars(module).values():
+            used = (
+                value.__name__
+                if isinstance(value, ModuleType)
+                else getattr(value, "__module__", None)
+            )
+            if isinstance(used, str) and used.startswith(package + ".") and used in sys.modules:
+                todo.append(used)
+    return tuple(found[name] for name in sorted(found))
+
+
+CODE: tuple[ModuleType, ...] = _used_modules(
+    [Reference.__module__, *(type(r).__module__ for r in REFERENCES.values()), __name__]
 )
