@@ -5,6 +5,7 @@ raises for some of the configurations the sampler proposes."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -16,7 +17,7 @@ import pytest
 from hpo.cli import main
 from hpo.service.runner import work
 from hpo.storage.engine import open_storage
-from hpo.tasks.registry import register_task
+from hpo.tasks.registry import TASKS, register_task
 from hpo.tasks.toy import ToySuperposition, ToyTask
 
 pytestmark = pytest.mark.slow
@@ -45,12 +46,13 @@ class FlakyToy(ToySuperposition):
         return super().evaluate(ctx, saes, params, **kw)
 
 
-register_task(FlakyToy())
-
-
 @pytest.fixture(autouse=True)
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def flaky_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The kind registered for these tests only (the others see the built-in ones)."""
     monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "cache"))
+    register_task(FlakyToy())
+    yield
+    TASKS.unregister(FlakyToy.kind)
 
 
 def flaky_study(tmp: Path, n_trials: int) -> str:

@@ -18,10 +18,9 @@ import optuna
 from hpo.config import StorageSection, StudyFile
 from hpo.cpus import threads_per_worker, torch_threads, usable_cpus
 from hpo.device import launch_flags, visible_gpus, worker_device
-from hpo.errors import DivergedError, one_line
 from hpo.service.interrupt import GracefulStop, skip_final_collection
 from hpo.service.local_workers import run_workers
-from hpo.service.objective import Objective, SurplusTrial
+from hpo.service.objective import Objective
 from hpo.service.samplers import make_pruner, make_sampler, worker_seed
 from hpo.service.studies import (
     best_value,
@@ -32,10 +31,10 @@ from hpo.service.studies import (
     worker_context,
 )
 from hpo.service.study_file import study_file_of
+from hpo.service.trial_errors import recording_errors, stop_on_errors
 from hpo.storage.artifacts import artifact_store
 from hpo.storage.attrs import (
     BUDGET_ATTR,
-    ERROR_ATTR,
     INTERRUPTED_ATTR,
 )
 from hpo.storage.engine import mask, open_storage
@@ -115,15 +114,10 @@ def _work(
             continue
         interrupted: list[int] = []
         errors: list[str] = []
-        objective = _recording_errors(
-            _interruptible(
-                Objective(study_file, ctx, budget, store, on_complete=publish), stop, interrupted
-            ),
-            errors,
-        )
+        trial_run = Objective(study_file, ctx, budget, store, on_complete=publish)
+        objective = recording_errors(_interruptible(trial_run, stop, interrupted), errors)
         try:
-            # Optuna stores a trial that raised as FAIL (and logs its traceback); catching
-            # every Exception keeps this worker going (KeyboardInterrupt is not one).
+            # a trial that raised is FAIL, this worker goes on (hpo.service.trial_errors)
             study.optimize(objective, n_trials=1, catch=(Exception,))
         except KeyboardInterrupt:
             # One write per line (workers share launch's stderr), after the ^C or the bar.
@@ -132,41 +126,8 @@ def _work(
             return 130
         failed_in_a_row = failed_in_a_row + errors if errors else []
         if len(failed_in_a_row) >= study_file.study.max_failed_in_a_row:
-            sys.stderr.write(_stopped_on_errors(worker, failed_in_a_row))
-            return 1
+            return stop_on_errors(worker, failed_in_a_row)
     return 130 if stop.requested else 0
-
-
-def _recording_errors(
-    objective: Callable[[optuna.Trial], Any], errors: list[str]
-) -> Callable[[optuna.Trial], Any]:
-    """The objective, whose unexpected errors (not a divergence, a prune, the budget's
-    surplus or Ctrl-C) are stored in the trial's "error" user attr and appended to
-    `errors` before Optuna stores the trial as FAIL."""
-
-    def run(trial: optuna.Trial) -> Any:
-        try:
-            return objective(trial)
-        except (DivergedError, SurplusTrial, optuna.TrialPruned):
-            raise
-        except Exception as err:
-            message = one_line(err)
-            trial.set_user_attr(ERROR_ATTR, message)
-            errors.append(f"trial {trial.number}: {message}")
-            raise
-
-    return run
-
-
-def _stopped_on_errors(worker: str, failed: list[str]) -> str:
-    """Why a worker stopped: the trials that failed in a row, each in one line."""
-    lines = "".join(f"  {line}\n" for line in failed)
-    return (
-        f"\nworker {worker} stopped: {len(failed)} trials in a row raised an error "
-        "(study.max_failed_in_a_row; each is stored as FAIL, outside the budget, with its "
-        "error in the trial's 'error' user attr and its traceback above):\n"
-        f"{lines}fix the cause and run the same command again to resume the study\n"
-    )
 
 
 def _worker_study(
