@@ -235,3 +235,27 @@ def test_the_bundle_key_covers_the_math_the_references_call() -> None:
     from hpo.debias.references import pooled as pooling
 
     assert {dfr, leace, pooling} <= set(CODE)
+
+
+def test_dfr_says_once_how_many_of_its_fits_stopped_at_the_iteration_limit() -> None:
+    """liblinear warns per fit; DFR runs 55 of them per reference, so its users get one
+    warning with the count instead of a screenful."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    from hpo.debias.dfr import one_warning_for_non_convergence
+
+    gen = torch.Generator().manual_seed(0)
+    x, y, _, _ = spurious_data(400, 0.9, gen)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with one_warning_for_non_convergence(fits=4):
+            for seed in range(3):
+                LogisticRegression(solver="liblinear", max_iter=1, random_state=seed).fit(x, y)
+            warnings.warn("something else", UserWarning)
+    kinds = [w.category for w in caught]
+    assert ConvergenceWarning not in kinds and kinds.count(UserWarning) == 1
+    (summary,) = [w for w in caught if w.category is RuntimeWarning]
+    assert "in 3 of its 4" in str(summary.message)
