@@ -228,13 +228,17 @@ def test_dfr_is_an_edit_of_the_final_layer_that_beats_the_biased_one() -> None:
 
 
 def test_the_bundle_key_covers_the_math_the_references_call() -> None:
-    """A change to DFR's regression, the pooling or LEACE's math must rebuild cached
-    bundles (their references were fitted by it): their modules are in the key's code."""
+    """A change to DFR's regression, the pooling, LEACE's math or the head retraining
+    (imported inside a function) must rebuild cached bundles (their references were
+    fitted by it): their modules are in the key's code, and so is scikit-learn's version."""
     from hpo.debias import dfr, leace
     from hpo.debias.references import CODE
     from hpo.debias.references import pooled as pooling
+    from hpo.models import linear_layers, training
+    from hpo.versions import numerics_versions
 
-    assert {dfr, leace, pooling} <= set(CODE)
+    assert {dfr, leace, pooling, training, linear_layers} <= set(CODE)
+    assert "scikit-learn" in numerics_versions()
 
 
 def test_dfr_says_once_how_many_of_its_fits_stopped_at_the_iteration_limit() -> None:
@@ -254,8 +258,51 @@ def test_dfr_says_once_how_many_of_its_fits_stopped_at_the_iteration_limit() -> 
         with one_warning_for_non_convergence(fits=4):
             for seed in range(3):
                 LogisticRegression(solver="liblinear", max_iter=1, random_state=seed).fit(x, y)
-            warnings.warn("something else", UserWarning)
+            warnings.warn("something else", UserWarning, stacklevel=1)
     kinds = [w.category for w in caught]
     assert ConvergenceWarning not in kinds and kinds.count(UserWarning) == 1
     (summary,) = [w for w in caught if w.category is RuntimeWarning]
     assert "in 3 of its 4" in str(summary.message)
+
+
+def test_dfr_counts_one_vs_rest_fits_and_keeps_its_warnings_when_a_fit_raises() -> None:
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    from hpo.debias.dfr import one_warning_for_non_convergence
+
+    gen = torch.Generator().manual_seed(0)
+    x, y, _, _ = spurious_data(400, 0.9, gen)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ValueError, match="the fit failed"):
+            with one_warning_for_non_convergence(fits=2):
+                LogisticRegression(solver="liblinear", max_iter=1).fit(x, y)
+                warnings.warn("why it failed", UserWarning, stacklevel=1)
+                raise ValueError("the fit failed")
+    messages = [str(w.message) for w in caught]
+    assert "why it failed" in messages
+    assert any("in 1 of its 2" in m for m in messages)
+
+
+def test_a_bias_free_dfr_never_predicts_a_class_the_probe_split_lacks() -> None:
+    """Three outputs, probe labels 1 and 2 only: without a bias the absent class's logit
+    is 0, and the present classes' scores must not all fall below it."""
+    from hpo.debias.dfr import dfr_layer
+
+    gen = torch.Generator().manual_seed(0)
+    probe_x, probe_y, probe_g, _ = spurious_data(800, 0.5, gen)
+    val_x, val_y, val_g, _ = spurious_data(400, 0.5, gen)
+    for x in (probe_x, val_x):
+        x[:, 0] -= 6.0  # every sample's score of the fitted class below 0
+        x[:, 2] = 5.0 + 0.1 * x[:, 2]  # near-constant: the fit's intercept
+    weight, bias = dfr_layer(
+        probe_x, probe_y + 1, probe_g, val_x, val_y + 1, val_g, n_out=3, seed=0, has_bias=False
+    )
+    pred = (val_x.double() @ weight.T + bias).argmax(1)
+    assert not bool((pred == 0).any())
+    worst = min(
+        float((pred[val_g == g] == val_y[val_g == g] + 1).double().mean()) for g in range(4)
+    )
+    assert worst > 0.8

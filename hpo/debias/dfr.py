@@ -99,7 +99,9 @@ def dfr_layer(
     yp, gp = probe_y.cpu().numpy(), probe_groups.cpu().numpy()
     xv = val_x.detach().double().cpu().numpy()
     yv, gv = val_y.cpu().numpy(), val_groups.cpu().numpy()
-    with one_warning_for_non_convergence(len(C_GRID) * TUNE_RETRAINS + RETRAINS):
+    classes = len(np.unique(yp))
+    per_fit = 1 if classes <= 2 else classes  # one-vs-rest: one regression per class
+    with one_warning_for_non_convergence((len(C_GRID) * TUNE_RETRAINS + RETRAINS) * per_fit):
         return _tuned_and_averaged(
             xp, yp, gp, xv, yv, gv, n_out=n_out, seed=seed, has_bias=has_bias
         )
@@ -144,6 +146,10 @@ def _tuned_and_averaged(
     bias = np.full(n_out, ABSENT_LOGIT if has_bias else 0.0)
     weight[classes] = coef / scale  # (x − μ)/σ · c = x · (c/σ) − μ/σ · c
     bias[classes] = intercept - (coef * (mean / scale)).sum(axis=1)
+    if not has_bias and len(classes) < n_out:
+        # an absent class's logit is 0: centre the present classes' rows, which leaves
+        # their ranking as it was and puts the highest of them at 0 or above
+        weight[classes] -= weight[classes].mean(axis=0)
     return torch.from_numpy(weight), torch.from_numpy(bias)
 
 
@@ -153,23 +159,29 @@ def one_warning_for_non_convergence(fits: int) -> Iterator[None]:
     fit."""
     from sklearn.exceptions import ConvergenceWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
-        yield
-    stopped = 0
-    for w in caught:
-        if issubclass(w.category, ConvergenceWarning):
-            stopped += 1
-        else:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if stopped:
-        warnings.warn(
-            f"DFR: liblinear stopped at its iteration limit in {stopped} of its {fits} "
-            f"logistic-regression fits (max_iter {MAX_ITER}); their coefficients are used "
-            "as they are",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    held: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            try:
+                yield
+            finally:
+                held = list(caught)
+    finally:  # also where a fit raised: the warnings held back may say why
+        stopped = 0
+        for w in held:
+            if issubclass(w.category, ConvergenceWarning):
+                stopped += 1
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if stopped:
+            warnings.warn(
+                f"DFR: liblinear stopped at its iteration limit in {stopped} of its {fits} "
+                f"logistic-regression fits (max_iter {MAX_ITER}); their coefficients are "
+                "used as they are",
+                RuntimeWarning,
+                stacklevel=3,
+            )
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -36,12 +36,14 @@ from hpo.tasks.collect import Collected, collect_splits
 from hpo.tasks.cut import Cut, carried
 from hpo.tasks.reference_scores import score_references
 from hpo.tasks.user import UserTask
+from hpo.versions import numerics_versions
 
 
 def code_fingerprint(modules: Sequence[ModuleType]) -> str:
-    """A hash of the source of the modules that shape a bundle: edit one, and cached
-    bundles are rebuilt (no version constant to bump by hand)."""
-    digest = hashlib.sha256()
+    """A hash of the source of the modules that shape a bundle and of the versions of
+    the numerical libraries: edit one or upgrade one, and cached bundles are rebuilt (no
+    version constant to bump by hand)."""
+    digest = hashlib.sha256(repr(sorted(numerics_versions().items())).encode())
     for module in modules:
         digest.update(inspect.getsource(module).encode())
     return digest.hexdigest()[:16]
