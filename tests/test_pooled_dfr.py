@@ -116,8 +116,39 @@ def test_max_pooling_leaves_default_dfr_out_and_a_named_one_is_an_error(
     ctx = prepare_task(token_study(tmp_path, ".amax(dim=1)"), data_dir=None, progress=False)
     assert {"last_layer", "leace"} <= set(ctx.references) and "dfr" not in ctx.references
     err = capsys.readouterr().err
-    assert "note: reference dfr left out: its final layer (out) the model's logits are" in err
+    assert "dfr left out: its final layer (out) on the probe split: the model's logits are" in err
 
     named = token_study(tmp_path, ".amax(dim=1)", references=["dfr"])
     with pytest.raises(UserError, match=r"task.references: dfr cannot run here: its final layer"):
         prepare_task(named, data_dir=None, progress=False)
+
+
+MASKED_MEAN = "(self.out(h) * (x > 0)[..., None]).sum(dim=1) / (x > 0).sum(dim=1, keepdim=True)"
+
+
+def test_a_pooling_only_the_whole_split_rules_out_leaves_dfr_out_after_all(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mean over the tokens that are not padding (token 0): on the first samples, which
+    have no padding, it is the plain mean, so the sample check passes; the fit on every
+    sample finds it is not, and DFR is left out of a default list (named, an error)."""
+    source = MAX_POOLED.replace("self.out(h).amax(dim=1)  # POOLING", MASKED_MEAN).replace(
+        "x = torch.randint(0, 4, (n, 5), generator=gen)",
+        "x = torch.randint(0, 4, (n, 5), generator=gen)\n"
+        "        x[:16] = torch.randint(1, 4, (16, 5), generator=gen)",
+    )
+    path = tmp_path / "masked_factory.py"
+    path.write_text(source)
+    doc: dict[str, Any] = {
+        "study": {"name": "masked"},
+        "task": {"kind": "python", "factory": f"{path}:make_task"},
+        "params": {"n_components": 16, "top_k": 4, "steps": 40, "eval_every": 20},
+    }
+    ctx = prepare_task(parse_study(doc, "test"), data_dir=None, progress=False)
+    assert "last_layer" in ctx.references and "dfr" not in ctx.references
+    err = capsys.readouterr().err
+    assert "note: reference dfr left out: its final layer (out) on the probe split: " in err
+
+    doc["task"]["references"] = ["dfr"]
+    with pytest.raises(UserError, match=r"dfr cannot run here: its final layer \(out\) on the"):
+        prepare_task(parse_study(doc, "test"), data_dir=None, progress=False)

@@ -15,7 +15,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from hpo.debias.references import REFERENCES, Fitted, ReferenceSource
+from hpo.debias.references import REFERENCES, CannotRun, Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit, Scorer
 from hpo.errors import UserError
 from hpo.models.head import Head
@@ -64,14 +64,23 @@ def score_references(
     for name in names:
         method = REFERENCES[name]
         why = method.unavailable(source)
-        if why is not None and optional:
-            print(f"note: reference {name} left out: {why}", file=sys.stderr, flush=True)
+        try:
+            fitted = method.fit(source) if why is None else None
+        except CannotRun as e:
+            why = str(e)
+            fitted = None
+        if fitted is None:
+            _left_out(name, str(why), optional)
             continue
-        if why is not None:
-            raise UserError(f"task.references: {name} cannot run here: {why}")
-        fitted = method.fit(source)
         out[name] = {s: _score_fitted(fitted, scorer, task, splits, s) for s in EVAL_SPLITS}
     return out
+
+
+def _left_out(name: str, why: str, optional: bool) -> None:
+    """A note where the reference was optional, else the error naming the setting."""
+    if not optional:
+        raise UserError(f"task.references: {name} cannot run here: {why}")
+    print(f"note: reference {name} left out: {why}", file=sys.stderr, flush=True)
 
 
 def _reference_source(

@@ -9,7 +9,7 @@ method; which ones run is the task's `references` setting, and part of the bundl
 cache key, as is the source of the modules in `CODE`.
 """
 
-from hpo.debias.references.base import Fitted, Reference, ReferenceSource
+from hpo.debias.references.base import CannotRun, Fitted, Reference, ReferenceSource
 from hpo.debias.references.registry import CODE, REFERENCES
 
-__all__ = ["CODE", "REFERENCES", "Fitted", "Reference", "ReferenceSource"]
+__all__ = ["CODE", "REFERENCES", "CannotRun", "Fitted", "Reference", "ReferenceSource"]

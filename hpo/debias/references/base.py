@@ -51,6 +51,12 @@ class Fitted:
     model: nn.Module | None = None
 
 
+class CannotRun(Exception):
+    """Raised by `fit` where a reference finds out only while fitting that it cannot run
+    on this source (what `unavailable` checked on a sample held, the whole split did
+    not); the message says why, as `unavailable`'s answer does."""
+
+
 class Reference(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
@@ -59,4 +65,6 @@ class Reference(Protocol):
         """Why this reference cannot run on `source`, or None if it can."""
         ...
 
-    def fit(self, source: ReferenceSource) -> Fitted: ...
+    def fit(self, source: ReferenceSource) -> Fitted:
+        """The fitted reference; raises CannotRun where it cannot run after all."""
+        ...

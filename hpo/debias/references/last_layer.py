@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from hpo.debias.dfr import dfr_layer
-from hpo.debias.references.base import Fitted, ReferenceSource
+from hpo.debias.references.base import CannotRun, Fitted, ReferenceSource
 from hpo.debias.references.head_retraining import retrain_from_head
 from hpo.debias.references.pooled import per_sample_features
-from hpo.errors import UserError
 from hpo.models.layer_types import LINEAR, LayerType, editable_type
 from hpo.models.linear_layers import linear_call_order
 from hpo.models.model_inputs import ModelInputs, take
@@ -151,9 +150,12 @@ class Dfr:
                     f"its final layer ({final}) sees sequences, and a streamed split keeps "
                     "no model inputs to find the token the model reads"
                 )
-            sample = take(source.probe.x, slice(0, POOLING_CHECK))
-            features, why = per_sample_features(source.model, final, sample, source.inputs_of)
-            return None if features is not None else f"its final layer ({final}) {why}"
+            for split, x in (("probe", source.probe.x), ("val", source.val.x)):
+                sample = take(x, slice(0, POOLING_CHECK))
+                features, why = per_sample_features(source.model, final, sample, source.inputs_of)
+                if features is None:
+                    return f"its final layer ({final}) on the {split} split: {why}"
+            return None  # fit checks every sample
         if source.val_inputs_of is not None and source.val_inputs(final) is None:
             return (
                 f"the validation split's inputs of the final layer ({final}) were not kept: "
@@ -179,7 +181,9 @@ class Dfr:
                 source.model, name, source.val.x, source.inputs_of
             )
             if probe_features is None or val_features is None:
-                raise UserError(f"reference dfr: the final layer ({name}) {why or why_val}")
+                reason = why if probe_features is None else why_val
+                split = "probe" if probe_features is None else "val"
+                raise CannotRun(f"its final layer ({name}) on the {split} split: {reason}")
         assert probe_features is not None and val_features is not None
         layer = source.model.get_submodule(name)
         kind = editable_type(layer) or LINEAR
