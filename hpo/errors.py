@@ -19,6 +19,17 @@ class DivergedError(Exception):
         self.losses = losses
 
 
+class NonFiniteObjective(DivergedError):
+    """The trial trained, but what it is ranked by came out non-finite (a score of a
+    diverged edit, a task's metric over an empty group): recorded as diverged."""
+
+    def __init__(self, values: dict[str, float]) -> None:
+        bad = ", ".join(f"{k}={v}" for k, v in values.items())
+        Exception.__init__(self, f"the objective is not finite ({bad})")
+        self.step = -1  # after training: no step of it
+        self.losses = {}
+
+
 def one_line(err: BaseException) -> str:
     """An exception as one line of at most 300 characters: its type and first line."""
     text = str(err).strip().splitlines()

@@ -5,8 +5,9 @@ raises for some of the configurations the sampler proposes."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +32,7 @@ class FlakyToyTask(ToyTask):
 # The bug: scoring raises for a trial whose lr is above this (a test sets it, and then
 # "fixes the code" by raising it).
 FAIL_ABOVE_LR = 1.0
+NAN_ABOVE_LR = 1.0  # and its score is NaN above this
 
 
 @dataclass
@@ -43,7 +45,11 @@ class FlakyToy(ToySuperposition):
     def evaluate(self, ctx: Any, saes: Any, params: Any, **kw: Any) -> Any:
         if params.lr > FAIL_ABOVE_LR:
             raise RuntimeError(f"scoring broke at lr {params.lr:.4g}\nsecond line")
-        return super().evaluate(ctx, saes, params, **kw)
+        result = super().evaluate(ctx, saes, params, **kw)
+        if params.lr > NAN_ABOVE_LR:
+            nan = {k: math.nan for k in result.objectives}
+            result = replace(result, objectives=nan, ranked={k: math.nan for k in result.ranked})
+        return result
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +118,18 @@ def test_a_task_that_fails_every_trial_stops_its_worker_saying_why(
     monkeypatch.setattr(__name__ + ".FAIL_ABOVE_LR", 1.0)
     assert work("flaky", url, worker="w", threads=1) == 0
     assert len([t for t in trials(url) if t.state == TS.COMPLETE]) == 6
+
+
+def test_a_trial_scored_nan_is_recorded_as_diverged_and_counts_toward_the_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Optuna stores a NaN objective as FAIL by itself, outside the budget: a task that
+    scores NaN every trial would have kept its worker sampling for ever."""
+    monkeypatch.setattr(__name__ + ".NAN_ABOVE_LR", 0.0)
+    url = flaky_study(tmp_path, n_trials=3)
+    assert work("flaky", url, worker="w", threads=1) == 0
+
+    done = trials(url)
+    assert [t.state for t in done] == [TS.FAIL] * 3
+    for t in done:
+        assert t.user_attrs["diverged"].startswith("the objective is not finite (mmcs=nan")

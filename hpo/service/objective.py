@@ -8,13 +8,14 @@ weights it scored so that export can hand over exactly those.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 
 from hpo.config import StudyFile, TrialParams
-from hpo.errors import DivergedError
+from hpo.errors import DivergedError, NonFiniteObjective
 from hpo.results import TrialResult
 from hpo.service.search_space import suggest
 from hpo.service.trial import loss_history, run_trial
@@ -42,6 +43,15 @@ def is_result(t: optuna.trial.FrozenTrial) -> bool:
     return t.state in FINISHED or (
         t.state == optuna.trial.TrialState.FAIL and DIVERGED_ATTR in t.user_attrs
     )
+
+
+def _check_finite(trial: optuna.Trial, values: dict[str, float]) -> None:
+    """A non-finite objective is a divergence (Optuna would store the trial as FAIL
+    unprompted, outside the budget: a task that scores NaN would be sampled for ever)."""
+    if not all(math.isfinite(v) for v in values.values()):
+        bad = NonFiniteObjective(values)
+        trial.set_user_attr(DIVERGED_ATTR, str(bad))
+        raise bad
 
 
 def constrained_errors(
@@ -125,12 +135,13 @@ class Objective:
         except DivergedError as err:
             trial.set_user_attr(DIVERGED_ATTR, str(err))
             raise
+        # ties broken (TrialResult.ranked): with many groups the worst is often 0 for all
+        values = tuple(float(result.ranked_value(name)) for name in self.objectives)
+        _check_finite(trial, dict(zip(self.objectives, values, strict=True)))
         write_result(trial, result, loss_history(trained))
         self._constrain(trial, result)
         if self.artifact_store is not None:
             self._upload_weights(trial, {k: t.sae for k, t in trained.items()}, params, result)
-        # ties broken (TrialResult.ranked): with many groups the worst is often 0 for all
-        values = tuple(float(result.ranked_value(name)) for name in self.objectives)
         if self.on_complete is not None:
             self.on_complete(trial, values)
         return values[0] if single else values
