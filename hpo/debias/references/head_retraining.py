@@ -14,6 +14,7 @@ from hpo.debias.references.base import Fitted, ReferenceSource
 from hpo.debias.scoring import CachedSplit
 from hpo.models.head import Head
 from hpo.models.layer_types import layer_type_of
+from hpo.models.training import retrain_head
 
 
 class RetrainHead:
@@ -38,8 +39,6 @@ class RetrainHead:
     def fit(self, source: ReferenceSource) -> Fitted:
         p = source.probe
         if _declares_head(source.model, source.layer):
-            from hpo.models.training import retrain_head
-
             model = copy.deepcopy(source.model)
             with torch.enable_grad():
                 retrain_head(model, source.layer, p.z, p.y, seed=source.seed)

@@ -3,10 +3,7 @@ line here."""
 
 from __future__ import annotations
 
-import ast
-import importlib
-import importlib.util
-import inspect
+import sys
 from types import ModuleType
 
 from hpo.debias.references.base import Reference
@@ -22,40 +19,29 @@ for _reference in (LastLayer(), Dfr(), RetrainHead(), Leace(), Oracle()):
 
 
 # The modules that shape a fitted reference: the protocol's, each reference's, this one
-# and every hpo module they import, at the top or inside a function (hpo.debias.dfr, the
-# pooling, hpo.models.training's head retraining...). Their source is part of a bundle's
-# cache key (hpo.tasks.bundle.code_fingerprint): edit one, and cached bundles are rebuilt.
+# and every hpo module they use (hpo.debias.dfr, the pooling, LEACE's math, the head
+# retraining, which layer is final...). Their source is part of a bundle's cache key
+# (hpo.tasks.bundle.code_fingerprint): edit one, and cached bundles are rebuilt. They
+# are found from the modules' globals, so what a reference uses is imported at the top.
 def _used_modules(roots: list[str], package: str = "hpo") -> tuple[ModuleType, ...]:
-    """`roots` and every module of `package` they import, transitively."""
+    """`roots` and every module of `package` they reach through their globals (a module,
+    or a function or class defined in one), transitively."""
     found: dict[str, ModuleType] = {}
     todo = list(roots)
     while todo:
         name = todo.pop()
-        if name not in found:
-            found[name] = module = importlib.import_module(name)
-            todo.extend(_imported(module, package))
+        if name in found:
+            continue
+        found[name] = module = sys.modules[name]
+        for value in vars(module).values():
+            used = (
+                value.__name__
+                if isinstance(value, ModuleType)
+                else getattr(value, "__module__", None)
+            )
+            if isinstance(used, str) and used.startswith(package + ".") and used in sys.modules:
+                todo.append(used)
     return tuple(found[name] for name in sorted(found))
-
-
-def _imported(module: ModuleType, package: str) -> list[str]:
-    """The modules of `package` that `module`'s source imports anywhere (`from a.b
-    import c` gives a.b, and a.b.c where that is a module)."""
-    names: list[str] = []
-    for node in ast.walk(ast.parse(inspect.getsource(module))):
-        if isinstance(node, ast.Import):
-            names.extend(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            names.append(node.module)
-            names.extend(f"{node.module}.{alias.name}" for alias in node.names)
-    ours = [n for n in names if n == package or n.startswith(package + ".")]
-    return [n for n in ours if _find(n)]
-
-
-def _find(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # a.b.c where a.b is a module, not a package
-        return False
 
 
 CODE: tuple[ModuleType, ...] = _used_modules(
